@@ -1,0 +1,265 @@
+//! Turns a [`RawRecord`] into a [`FlowRecord`]: absolute UTC times from whichever time
+//! elements the exporter used, and counters scaled by the sampling rate in force.
+
+use hawking_schemas::flow::FlowRecord;
+
+use super::template::{RawRecord, Target};
+
+/// Seconds between the NTP epoch (1900) and the Unix epoch (1970).
+const NTP_UNIX_OFFSET_S: i64 = 2_208_988_800;
+
+/// What a record's times are relative to, from its packet header and its exporter's options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeBase {
+    /// Exporter clock at export, ms since the epoch.
+    pub export_ms: i64,
+    /// v5/v9: uptime at export (ms), so boot = export - uptime with wrap-around handled.
+    pub sys_uptime_ms: Option<u32>,
+    /// IPFIX: systemInitTimeMilliseconds announced in options data.
+    pub system_init_ms: Option<i64>,
+}
+
+/// Sampling announced by an exporter in options data, per sampler/selector ID.
+#[derive(Clone, Debug, Default)]
+pub struct SamplingTable {
+    /// Rate announced without a sampler ID (applies to every record of the scope).
+    pub default_rate: Option<u32>,
+    /// Rates by sampler/selector ID, for records that name one.
+    pub by_id: Vec<(u64, u32)>,
+}
+
+impl SamplingTable {
+    fn rate_for(&self, id: u64) -> Option<u32> {
+        self.by_id.iter().find(|(k, _)| *k == id).map(|(_, r)| *r)
+    }
+
+    /// Learns from an options data record; returns true if it carried sampling information.
+    pub fn learn(&mut self, raw: &RawRecord) -> bool {
+        let Some(rate) = rate_in(raw) else { return false };
+        match raw.get(Target::SamplerId).or_else(|| raw.get(Target::SelectorId)) {
+            Some(id) => match self.by_id.iter_mut().find(|(k, _)| *k == id) {
+                Some(entry) => entry.1 = rate,
+                None => {
+                    // Bounded: exporters announce a handful of samplers; a flood of distinct
+                    // IDs keeps the first ones.
+                    if self.by_id.len() < 1024 {
+                        self.by_id.push((id, rate));
+                    }
+                }
+            },
+            None => self.default_rate = Some(rate),
+        }
+        true
+    }
+}
+
+/// The sampling rate ("1 in N") a record or an options record states, if any.
+fn rate_in(raw: &RawRecord) -> Option<u32> {
+    let rate = if let Some(n) = raw.get(Target::SamplingInterval) {
+        n
+    } else if let Some(n) = raw.get(Target::SamplerRandomInterval) {
+        n
+    } else if let Some(interval) = raw.get(Target::SamplingPacketInterval) {
+        // Systematic count-based (RFC 5476): `interval` packets selected out of every
+        // `interval + space`.
+        let space = raw.get(Target::SamplingPacketSpace).unwrap_or(0);
+        if interval == 0 {
+            return None;
+        }
+        (interval + space) / interval
+    } else if let Some(bits) = raw.get(Target::SamplingProbability) {
+        let p = f64::from_bits(bits);
+        if !(p > 0.0 && p <= 1.0) {
+            return None;
+        }
+        (1.0 / p).round() as u64
+    } else {
+        return None;
+    };
+    Some(rate.clamp(1, u32::MAX as u64) as u32)
+}
+
+/// How a record's times were found, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSource {
+    /// The record carried its own times.
+    Record,
+    /// The record had no usable time element: the export time was used.
+    ExportTime,
+}
+
+/// Resolves a flow record's times (µs since the epoch) and sampling.
+#[inline]
+pub fn resolve_flow(raw: &RawRecord, base: &TimeBase, sampling: &SamplingTable) -> (FlowRecord, TimeSource) {
+    let start = time_us(raw, base, Target::StartMs, Target::StartUsNtp, Target::StartNsNtp, Target::StartSec, Target::StartSysUp, Target::StartDeltaUs);
+    let end = time_us(raw, base, Target::EndMs, Target::EndUsNtp, Target::EndNsNtp, Target::EndSec, Target::EndSysUp, Target::EndDeltaUs);
+    let duration_us = raw
+        .get(Target::DurationUs)
+        .map(|d| d as i64)
+        .or_else(|| raw.get(Target::DurationMs).map(|d| d as i64 * 1000));
+    let (flow_start, flow_end, source) = match (start, end) {
+        (Some(s), Some(e)) => (s, e, TimeSource::Record),
+        (Some(s), None) => (s, s + duration_us.unwrap_or(0), TimeSource::Record),
+        (None, Some(e)) => (e - duration_us.unwrap_or(0), e, TimeSource::Record),
+        (None, None) => (base.export_ms * 1000, base.export_ms * 1000, TimeSource::ExportTime),
+    };
+
+    let rate = rate_in(raw)
+        .or_else(|| {
+            raw.get(Target::SamplerId)
+                .or_else(|| raw.get(Target::SelectorId))
+                .and_then(|id| sampling.rate_for(id))
+        })
+        .or(sampling.default_rate)
+        .unwrap_or(1);
+
+    let bytes = raw
+        .get(Target::Bytes)
+        .or_else(|| raw.get(Target::BytesTotal))
+        .or_else(|| raw.get(Target::PostBytes))
+        .unwrap_or(0);
+    let packets = raw
+        .get(Target::Packets)
+        .or_else(|| raw.get(Target::PacketsTotal))
+        .or_else(|| raw.get(Target::PostPackets))
+        .unwrap_or(0);
+
+    let record = FlowRecord {
+        flow_start,
+        flow_end,
+        src_ip: raw.src_ip.unwrap_or(0),
+        dst_ip: raw.dst_ip.unwrap_or(0),
+        src_port: raw.get(Target::SrcPort).unwrap_or(0) as u16,
+        dst_port: raw.get(Target::DstPort).unwrap_or(0) as u16,
+        protocol: raw.get(Target::Protocol).unwrap_or(0) as u8,
+        tcp_flags: raw.get(Target::TcpFlags).unwrap_or(0) as u8,
+        bytes: bytes.saturating_mul(rate as u64),
+        packets: packets.saturating_mul(rate as u64),
+        sampling_rate: rate,
+        in_if: raw.get(Target::InIf).unwrap_or(0) as u32,
+        out_if: raw.get(Target::OutIf).unwrap_or(0) as u32,
+    };
+    (record, source)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn time_us(
+    raw: &RawRecord,
+    base: &TimeBase,
+    ms: Target,
+    us_ntp: Target,
+    ns_ntp: Target,
+    sec: Target,
+    sys_up: Target,
+    delta_us: Target,
+) -> Option<i64> {
+    if let Some(v) = raw.get(ms) {
+        return Some(v as i64 * 1000);
+    }
+    if let Some(v) = raw.get(us_ntp).or_else(|| raw.get(ns_ntp)) {
+        return Some(ntp_to_us(v));
+    }
+    if let Some(v) = raw.get(sec) {
+        return Some(v as i64 * 1_000_000);
+    }
+    if let Some(v) = raw.get(sys_up) {
+        let v = v as u32;
+        if let Some(uptime) = base.sys_uptime_ms {
+            // The record's uptime is at most a few hours older than the header's; reading the
+            // difference as a signed 32-bit value survives the 49.7-day uptime wrap.
+            let age_ms = uptime.wrapping_sub(v) as i32 as i64;
+            return Some((base.export_ms - age_ms) * 1000);
+        }
+        let init = raw.get(Target::SysInitMs).map(|i| i as i64).or(base.system_init_ms)?;
+        return Some((init + v as i64) * 1000);
+    }
+    if let Some(v) = raw.get(delta_us) {
+        return Some(base.export_ms * 1000 - v as i64);
+    }
+    None
+}
+
+/// NTP 64-bit timestamp (seconds since 1900 in the high word, binary fraction in the low)
+/// to µs since the Unix epoch.
+#[inline]
+fn ntp_to_us(v: u64) -> i64 {
+    let secs = (v >> 32) as i64 - NTP_UNIX_OFFSET_S;
+    let frac_us = ((v & 0xffff_ffff) * 1_000_000) >> 32;
+    secs * 1_000_000 + frac_us as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> TimeBase {
+        TimeBase { export_ms: 1_795_168_800_000, sys_uptime_ms: Some(10_000), system_init_ms: None }
+    }
+
+    #[test]
+    fn v9_uptime_times_are_anchored_at_export_and_survive_wrap() {
+        let raw = RawRecord::default().with(Target::StartSysUp, 4_000).with(Target::EndSysUp, 9_500);
+        let (r, src) = resolve_flow(&raw, &base(), &SamplingTable::default());
+        assert_eq!(src, TimeSource::Record);
+        assert_eq!(r.flow_start, (1_795_168_800_000 - 6_000) * 1000);
+        assert_eq!(r.flow_end, (1_795_168_800_000 - 500) * 1000);
+        // Uptime wrapped after the flow started: first = 2^32 - 1000 ms, header uptime 500 ms.
+        let wrapped = TimeBase { sys_uptime_ms: Some(500), ..base() };
+        let raw = RawRecord::default().with(Target::StartSysUp, (u32::MAX - 999) as u64);
+        let (r, _) = resolve_flow(&raw, &wrapped, &SamplingTable::default());
+        assert_eq!(r.flow_start, (1_795_168_800_000 - 1_500) * 1000);
+    }
+
+    #[test]
+    fn ipfix_time_elements_all_resolve_to_the_same_instant() {
+        let t_ms: i64 = 1_795_168_801_234;
+        let t_ntp = (((t_ms / 1000 + NTP_UNIX_OFFSET_S) as u64) << 32) | (((t_ms % 1000) as u64 * (1u64 << 32)) / 1000 + 1);
+        let ipfix = TimeBase { export_ms: 1_795_168_802_000, sys_uptime_ms: None, system_init_ms: Some(t_ms - 60_000) };
+        let table = SamplingTable::default();
+        let cases = [
+            RawRecord::default().with(Target::StartMs, t_ms as u64),
+            RawRecord::default().with(Target::StartUsNtp, t_ntp),
+            RawRecord::default().with(Target::StartNsNtp, t_ntp),
+            RawRecord::default().with(Target::StartSysUp, 60_000),
+            RawRecord::default().with(Target::StartDeltaUs, 766_000),
+        ];
+        for raw in cases {
+            let (r, _) = resolve_flow(&raw, &ipfix, &table);
+            assert_eq!(r.flow_start, t_ms * 1000, "{raw:?}");
+            assert_eq!(r.flow_end, r.flow_start, "no end and no duration: zero-length flow");
+        }
+        let secs = RawRecord::default().with(Target::StartSec, 1_795_168_801).with(Target::DurationMs, 1500);
+        let (r, _) = resolve_flow(&secs, &ipfix, &table);
+        assert_eq!((r.flow_start, r.flow_end), (1_795_168_801_000_000, 1_795_168_802_500_000));
+    }
+
+    #[test]
+    fn records_without_times_fall_back_to_export_time_and_say_so() {
+        let (r, src) = resolve_flow(&RawRecord::default(), &base(), &SamplingTable::default());
+        assert_eq!(src, TimeSource::ExportTime);
+        assert_eq!(r.flow_start, 1_795_168_800_000_000);
+    }
+
+    #[test]
+    fn sampling_scales_counters_by_the_rate_in_force() {
+        let mut table = SamplingTable::default();
+        assert!(table.learn(&RawRecord::default().with(Target::SamplerId, 2).with(Target::SamplerRandomInterval, 100)));
+        assert!(table.learn(&RawRecord::default().with(Target::SamplingPacketInterval, 1).with(Target::SamplingPacketSpace, 9)));
+        assert!(!table.learn(&RawRecord::default().with(Target::SysInitMs, 5)));
+        let flow = RawRecord::default().with(Target::Bytes, 1500).with(Target::Packets, 1);
+        let (r, _) = resolve_flow(&flow, &base(), &table);
+        assert_eq!((r.sampling_rate, r.bytes, r.packets), (10, 15_000, 10));
+        let (r, _) = resolve_flow(&flow.clone().with(Target::SamplerId, 2), &base(), &table);
+        assert_eq!((r.sampling_rate, r.bytes), (100, 150_000));
+        let (r, _) = resolve_flow(&flow.with(Target::SamplingInterval, 4), &base(), &table);
+        assert_eq!(r.sampling_rate, 4, "a rate in the record itself wins");
+    }
+
+    #[test]
+    fn delta_counters_are_preferred_over_totals() {
+        let raw = RawRecord::default().with(Target::BytesTotal, 9).with(Target::Bytes, 5).with(Target::PacketsTotal, 3);
+        let (r, _) = resolve_flow(&raw, &base(), &SamplingTable::default());
+        assert_eq!((r.bytes, r.packets), (5, 3));
+    }
+}

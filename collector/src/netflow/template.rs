@@ -1,0 +1,416 @@
+//! Templates compiled into decoders: a template's field list becomes a short list of
+//! (offset, width, target) operations, so a data record is decoded by a handful of
+//! big-endian loads straight into a [`RawRecord`], with no per-record allocation.
+
+use serde::{Deserialize, Serialize};
+
+use super::wire::{Version, be_uint};
+
+/// One field specifier of a template as it came over the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldSpec {
+    /// Information element ID (v9 field type); enterprise bit cleared.
+    pub id: u16,
+    /// Length in bytes; 65535 means variable length (IPFIX).
+    pub length: u16,
+    /// Private enterprise number, when the element is not IANA's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enterprise: Option<u32>,
+}
+
+/// A template or options template as announced by an exporter: what is persisted and what
+/// is compiled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateLayout {
+    pub template_id: u16,
+    /// Options templates: number of leading scope fields. Data templates: 0.
+    #[serde(default)]
+    pub scope_fields: u16,
+    /// Whether this is an options template (its records describe the exporter, not flows).
+    #[serde(default)]
+    pub options: bool,
+    pub fields: Vec<FieldSpec>,
+}
+
+pub const VARIABLE_LENGTH: u16 = 65535;
+
+/// Where a decoded field goes. Scalar targets index [`RawRecord::values`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Target {
+    SrcPort = 0,
+    DstPort,
+    Protocol,
+    TcpFlags,
+    /// octetDeltaCount (1)
+    Bytes,
+    /// packetDeltaCount (2)
+    Packets,
+    /// octetTotalCount (85)
+    BytesTotal,
+    /// packetTotalCount (86)
+    PacketsTotal,
+    /// postOctetDeltaCount (23)
+    PostBytes,
+    /// postPacketDeltaCount (24)
+    PostPackets,
+    InIf,
+    OutIf,
+    /// flowStartSysUpTime / v9 FIRST_SWITCHED (22): ms since the exporter booted.
+    StartSysUp,
+    EndSysUp,
+    StartSec,
+    EndSec,
+    StartMs,
+    EndMs,
+    StartUsNtp,
+    EndUsNtp,
+    StartNsNtp,
+    EndNsNtp,
+    /// flowStartDeltaMicroseconds (158): µs before the export time.
+    StartDeltaUs,
+    EndDeltaUs,
+    /// systemInitTimeMilliseconds (160): when the exporter booted, ms since the epoch.
+    SysInitMs,
+    DurationMs,
+    DurationUs,
+    /// samplerId / FLOW_SAMPLER_ID (48)
+    SamplerId,
+    /// samplingInterval (34)
+    SamplingInterval,
+    /// samplerRandomInterval / FLOW_SAMPLER_RANDOM_INTERVAL (50)
+    SamplerRandomInterval,
+    /// samplingPacketInterval (305)
+    SamplingPacketInterval,
+    /// samplingPacketSpace (306)
+    SamplingPacketSpace,
+    /// selectorId (302)
+    SelectorId,
+    /// samplingProbability (311), an IEEE float
+    SamplingProbability,
+    SrcV4,
+    DstV4,
+    SrcV6,
+    DstV6,
+    /// Present in the template but not needed: skipped.
+    Skip,
+}
+
+const SCALAR_TARGETS: usize = Target::SrcV4 as usize;
+
+impl Target {
+    /// Maps an IANA information element (or v9 field type, identical below 128 and for the
+    /// elements here) of a given width to a target; `Skip` when Hawking does not use it or the
+    /// width cannot hold it.
+    fn of(id: u16, width: u16) -> Target {
+        use Target::*;
+        let t = match id {
+            1 => Bytes,
+            2 => Packets,
+            4 => Protocol,
+            6 => TcpFlags,
+            7 => SrcPort,
+            8 => SrcV4,
+            10 => InIf,
+            11 => DstPort,
+            12 => DstV4,
+            14 => OutIf,
+            21 => EndSysUp,
+            22 => StartSysUp,
+            23 => PostBytes,
+            24 => PostPackets,
+            27 => SrcV6,
+            28 => DstV6,
+            34 => SamplingInterval,
+            48 => SamplerId,
+            50 => SamplerRandomInterval,
+            85 => BytesTotal,
+            86 => PacketsTotal,
+            150 => StartSec,
+            151 => EndSec,
+            152 => StartMs,
+            153 => EndMs,
+            154 => StartUsNtp,
+            155 => EndUsNtp,
+            156 => StartNsNtp,
+            157 => EndNsNtp,
+            158 => StartDeltaUs,
+            159 => EndDeltaUs,
+            160 => SysInitMs,
+            161 => DurationMs,
+            162 => DurationUs,
+            302 => SelectorId,
+            305 => SamplingPacketInterval,
+            306 => SamplingPacketSpace,
+            311 => SamplingProbability,
+            _ => Skip,
+        };
+        let fits = match t {
+            SrcV4 | DstV4 => width == 4,
+            SrcV6 | DstV6 => width == 16,
+            StartUsNtp | EndUsNtp | StartNsNtp | EndNsNtp => width == 8,
+            SamplingProbability => width == 4 || width == 8,
+            Skip => true,
+            _ => (1..=8).contains(&width),
+        };
+        if fits { t } else { Skip }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct FieldOp {
+    /// Byte offset in the record (fixed-length templates only).
+    offset: u16,
+    /// Width in bytes; `VARIABLE_LENGTH` for a variable-length field.
+    width: u16,
+    target: Target,
+}
+
+/// A template ready to decode records.
+#[derive(Clone, Debug)]
+pub struct CompiledTemplate {
+    pub layout: TemplateLayout,
+    /// Record length when every field has a fixed length.
+    fixed_len: Option<usize>,
+    /// Shortest possible record (variable-length fields counted as their 1-byte prefix).
+    min_len: usize,
+    /// Fixed-length templates: only the fields Hawking uses, with absolute offsets.
+    /// Variable-length templates: every field in order (unused ones as `Skip`).
+    ops: Vec<FieldOp>,
+}
+
+/// Refusal to compile a template that could not describe a real record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UncompilableTemplate;
+
+impl CompiledTemplate {
+    pub fn compile(layout: TemplateLayout, version: Version) -> Result<Self, UncompilableTemplate> {
+        let mut ops = Vec::with_capacity(layout.fields.len());
+        let mut offset = 0usize;
+        let mut min_len = 0usize;
+        let variable = layout.fields.iter().any(|f| f.length == VARIABLE_LENGTH);
+        for (i, f) in layout.fields.iter().enumerate() {
+            // v9 options scope fields have their own type namespace (system, interface, ...):
+            // never read them as information elements.
+            let v9_scope = version == Version::V9 && layout.options && i < layout.scope_fields as usize;
+            let target = if f.enterprise.is_some() || v9_scope || f.length == VARIABLE_LENGTH {
+                Target::Skip
+            } else {
+                Target::of(f.id, f.length)
+            };
+            if variable || target != Target::Skip {
+                ops.push(FieldOp { offset: offset.min(u16::MAX as usize) as u16, width: f.length, target });
+            }
+            if f.length == VARIABLE_LENGTH {
+                min_len += 1;
+            } else {
+                offset += f.length as usize;
+                min_len += f.length as usize;
+            }
+        }
+        if min_len == 0 || min_len > u16::MAX as usize {
+            return Err(UncompilableTemplate);
+        }
+        let fixed_len = (!variable).then_some(offset);
+        Ok(CompiledTemplate { layout, fixed_len, min_len, ops })
+    }
+
+    pub fn is_options(&self) -> bool {
+        self.layout.options
+    }
+
+    /// Decodes every record of a data set body, calling `each` per record. Returns the number
+    /// of records, or an error if a variable-length record ran past the set (records before it
+    /// are still delivered). Padding shorter than a record is ignored.
+    #[inline]
+    pub fn decode_set(
+        &self,
+        body: &[u8],
+        mut each: impl FnMut(&RawRecord),
+    ) -> Result<usize, super::wire::WireError> {
+        let mut raw = RawRecord::default();
+        let mut n = 0;
+        if let Some(len) = self.fixed_len {
+            for rec in body.chunks_exact(len) {
+                raw.clear();
+                for op in &self.ops {
+                    let at = op.offset as usize;
+                    raw.set(op.target, &rec[at..at + op.width as usize]);
+                }
+                each(&raw);
+                n += 1;
+            }
+            return Ok(n);
+        }
+        let mut rest = body;
+        while rest.len() >= self.min_len {
+            raw.clear();
+            let mut at = 0usize;
+            for op in &self.ops {
+                let width = if op.width == VARIABLE_LENGTH {
+                    // RFC 7011 §7: one length byte, or 255 then a two-byte length.
+                    let first = *rest.get(at).ok_or(super::wire::WireError::TruncatedRecord)?;
+                    at += 1;
+                    if first < 255 {
+                        first as usize
+                    } else {
+                        let hi = *rest.get(at).ok_or(super::wire::WireError::TruncatedRecord)?;
+                        let lo = *rest.get(at + 1).ok_or(super::wire::WireError::TruncatedRecord)?;
+                        at += 2;
+                        u16::from_be_bytes([hi, lo]) as usize
+                    }
+                } else {
+                    op.width as usize
+                };
+                let field = rest.get(at..at + width).ok_or(super::wire::WireError::TruncatedRecord)?;
+                if op.target != Target::Skip {
+                    raw.set(op.target, field);
+                }
+                at += width;
+            }
+            each(&raw);
+            n += 1;
+            rest = &rest[at..];
+        }
+        Ok(n)
+    }
+}
+
+/// The fields of one record that Hawking uses, before times and sampling are resolved.
+#[derive(Clone, Debug)]
+pub struct RawRecord {
+    values: [u64; SCALAR_TARGETS],
+    present: u64,
+    pub src_ip: Option<u128>,
+    pub dst_ip: Option<u128>,
+}
+
+impl Default for RawRecord {
+    fn default() -> Self {
+        RawRecord { values: [0; SCALAR_TARGETS], present: 0, src_ip: None, dst_ip: None }
+    }
+}
+
+impl RawRecord {
+    #[inline]
+    fn clear(&mut self) {
+        self.present = 0;
+        self.src_ip = None;
+        self.dst_ip = None;
+    }
+
+    #[inline]
+    fn set(&mut self, target: Target, field: &[u8]) {
+        match target {
+            Target::SrcV4 => self.src_ip = Some(hawking_schemas::ip::v4_to_u128(be_uint(field) as u32)),
+            Target::DstV4 => self.dst_ip = Some(hawking_schemas::ip::v4_to_u128(be_uint(field) as u32)),
+            Target::SrcV6 => self.src_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16]))),
+            Target::DstV6 => self.dst_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16]))),
+            Target::Skip => {}
+            Target::SamplingProbability => {
+                let p = if field.len() == 4 {
+                    f32::from_bits(be_uint(field) as u32) as f64
+                } else {
+                    f64::from_bits(be_uint(field))
+                };
+                self.put(target, p.to_bits());
+            }
+            scalar => self.put(scalar, be_uint(field)),
+        }
+    }
+
+    #[inline]
+    fn put(&mut self, target: Target, v: u64) {
+        let i = target as usize;
+        // First occurrence wins: a template that repeats an element keeps its first value,
+        // as nfdump and netflow_parser's first-match lookups do.
+        if self.present & (1 << i) == 0 {
+            self.values[i] = v;
+            self.present |= 1 << i;
+        }
+    }
+
+    /// The value of a scalar target, if the record carried it.
+    #[inline]
+    pub fn get(&self, target: Target) -> Option<u64> {
+        let i = target as usize;
+        (i < SCALAR_TARGETS && self.present & (1 << i) != 0).then(|| self.values[i])
+    }
+
+    /// Test and builder helper: sets a scalar target.
+    pub fn with(mut self, target: Target, v: u64) -> Self {
+        self.put(target, v);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: u16, length: u16) -> FieldSpec {
+        FieldSpec { id, length, enterprise: None }
+    }
+
+    #[test]
+    fn fixed_template_decodes_reduced_size_counters() {
+        let layout = TemplateLayout {
+            template_id: 256,
+            scope_fields: 0,
+            options: false,
+            fields: vec![spec(8, 4), spec(1, 3), spec(2, 1), spec(999, 2), spec(7, 2)],
+        };
+        let t = CompiledTemplate::compile(layout, Version::Ipfix).unwrap();
+        let rec = [10, 0, 0, 1, 0x01, 0x00, 0x00, 7, 0xaa, 0xbb, 0x1f, 0x90];
+        let mut seen = vec![];
+        let n = t
+            .decode_set(&[&rec[..], &rec[..], &[0, 0][..]].concat(), |r| {
+                seen.push((r.src_ip, r.get(Target::Bytes), r.get(Target::Packets), r.get(Target::SrcPort)))
+            })
+            .unwrap();
+        assert_eq!(n, 2, "two records, trailing padding ignored");
+        assert_eq!(seen[0], (Some(hawking_schemas::ip::v4_to_u128(0x0a000001)), Some(65536), Some(7), Some(8080)));
+    }
+
+    #[test]
+    fn variable_length_fields_are_walked_and_truncation_reported() {
+        let layout = TemplateLayout {
+            template_id: 300,
+            scope_fields: 0,
+            options: false,
+            fields: vec![spec(7, 2), spec(82, VARIABLE_LENGTH), spec(11, 2)],
+        };
+        let t = CompiledTemplate::compile(layout, Version::Ipfix).unwrap();
+        let mut body = vec![0, 80, 3, b'e', b't', b'h', 1, 187];
+        body.extend_from_slice(&[0, 81, 255, 0, 2, b'x', b'y', 0, 53]);
+        let mut ports = vec![];
+        assert_eq!(t.decode_set(&body, |r| ports.push((r.get(Target::SrcPort), r.get(Target::DstPort)))), Ok(2));
+        assert_eq!(ports, vec![(Some(80), Some(443)), (Some(81), Some(53))]);
+        body.extend_from_slice(&[0, 82, 200, 1, 2, 3]);
+        let mut n = 0;
+        assert!(t.decode_set(&body, |_| n += 1).is_err());
+        assert_eq!(n, 2, "records before the truncated one are delivered");
+    }
+
+    #[test]
+    fn refuses_templates_without_bytes() {
+        let layout = TemplateLayout { template_id: 256, scope_fields: 0, options: false, fields: vec![spec(8, 0)] };
+        assert!(CompiledTemplate::compile(layout, Version::V9).is_err());
+    }
+
+    #[test]
+    fn v9_option_scope_fields_are_not_information_elements() {
+        // Scope type 1 (System) must not be read as octetDeltaCount (IE 1).
+        let layout = TemplateLayout {
+            template_id: 257,
+            scope_fields: 1,
+            options: true,
+            fields: vec![spec(1, 4), spec(34, 4)],
+        };
+        let t = CompiledTemplate::compile(layout, Version::V9).unwrap();
+        let mut got = None;
+        t.decode_set(&[0, 0, 0, 9, 0, 0, 0, 100], |r| got = Some((r.get(Target::Bytes), r.get(Target::SamplingInterval))))
+            .unwrap();
+        assert_eq!(got, Some((None, Some(100))));
+    }
+}

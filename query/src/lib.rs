@@ -1,0 +1,1 @@
+//! Hawking's store and query layer.

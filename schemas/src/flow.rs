@@ -1,0 +1,366 @@
+//! The flow record: what every collector produces, columnar from the start.
+
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{
+    ArrayRef, Int16Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    new_null_array,
+};
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+
+use crate::ip::push_ip_text;
+
+/// Which kind of source produced a flow record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum SourceKind {
+    NetflowV5 = 0,
+    NetflowV9 = 1,
+    Ipfix = 2,
+    Pcap = 3,
+    Ebpf = 4,
+}
+
+impl SourceKind {
+    /// The value stored in the `source_kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::NetflowV5 => "netflow_v5",
+            SourceKind::NetflowV9 => "netflow_v9",
+            SourceKind::Ipfix => "ipfix",
+            SourceKind::Pcap => "pcap",
+            SourceKind::Ebpf => "ebpf",
+        }
+    }
+}
+
+/// One decoded flow, built on the stack by a decoder and appended to a [`FlowBatch`].
+///
+/// Times are microseconds since the Unix epoch, UTC. Addresses are in the `u128` form of
+/// [`crate::ip`]. `bytes` and `packets` are already scaled by `sampling_rate` (1 = unsampled),
+/// so sums over stored flows estimate real traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub flow_start: i64,
+    pub flow_end: i64,
+    pub src_ip: u128,
+    pub dst_ip: u128,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub tcp_flags: u8,
+    pub bytes: u64,
+    pub packets: u64,
+    pub sampling_rate: u32,
+    pub in_if: u32,
+    pub out_if: u32,
+}
+
+/// Where a batch's flows came from: the same for every flow of one exporter packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowOrigin {
+    pub received_at: i64,
+    pub exporter: u128,
+    pub observation_domain: u32,
+    pub source_kind: SourceKind,
+}
+
+/// A batch of flows in columns. Appending never allocates per flow (the vectors grow
+/// geometrically and are reused across batches via [`FlowBatch::clear`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FlowBatch {
+    pub flow_start: Vec<i64>,
+    pub flow_end: Vec<i64>,
+    pub received_at: Vec<i64>,
+    pub exporter: Vec<u128>,
+    pub observation_domain: Vec<u32>,
+    pub src_ip: Vec<u128>,
+    pub dst_ip: Vec<u128>,
+    pub src_port: Vec<u16>,
+    pub dst_port: Vec<u16>,
+    pub protocol: Vec<u8>,
+    pub tcp_flags: Vec<u8>,
+    pub bytes: Vec<u64>,
+    pub packets: Vec<u64>,
+    pub sampling_rate: Vec<u32>,
+    pub in_if: Vec<u32>,
+    pub out_if: Vec<u32>,
+    pub source_kind: Vec<SourceKind>,
+}
+
+impl FlowBatch {
+    pub fn with_capacity(n: usize) -> Self {
+        FlowBatch {
+            flow_start: Vec::with_capacity(n),
+            flow_end: Vec::with_capacity(n),
+            received_at: Vec::with_capacity(n),
+            exporter: Vec::with_capacity(n),
+            observation_domain: Vec::with_capacity(n),
+            src_ip: Vec::with_capacity(n),
+            dst_ip: Vec::with_capacity(n),
+            src_port: Vec::with_capacity(n),
+            dst_port: Vec::with_capacity(n),
+            protocol: Vec::with_capacity(n),
+            tcp_flags: Vec::with_capacity(n),
+            bytes: Vec::with_capacity(n),
+            packets: Vec::with_capacity(n),
+            sampling_rate: Vec::with_capacity(n),
+            in_if: Vec::with_capacity(n),
+            out_if: Vec::with_capacity(n),
+            source_kind: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flow_start.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flow_start.is_empty()
+    }
+
+    #[inline]
+    pub fn push(&mut self, origin: &FlowOrigin, r: &FlowRecord) {
+        self.flow_start.push(r.flow_start);
+        self.flow_end.push(r.flow_end);
+        self.received_at.push(origin.received_at);
+        self.exporter.push(origin.exporter);
+        self.observation_domain.push(origin.observation_domain);
+        self.src_ip.push(r.src_ip);
+        self.dst_ip.push(r.dst_ip);
+        self.src_port.push(r.src_port);
+        self.dst_port.push(r.dst_port);
+        self.protocol.push(r.protocol);
+        self.tcp_flags.push(r.tcp_flags);
+        self.bytes.push(r.bytes);
+        self.packets.push(r.packets);
+        self.sampling_rate.push(r.sampling_rate);
+        self.in_if.push(r.in_if);
+        self.out_if.push(r.out_if);
+        self.source_kind.push(origin.source_kind);
+    }
+
+    /// The flow at `i` as a record (for tests and slow paths).
+    pub fn record(&self, i: usize) -> FlowRecord {
+        FlowRecord {
+            flow_start: self.flow_start[i],
+            flow_end: self.flow_end[i],
+            src_ip: self.src_ip[i],
+            dst_ip: self.dst_ip[i],
+            src_port: self.src_port[i],
+            dst_port: self.dst_port[i],
+            protocol: self.protocol[i],
+            tcp_flags: self.tcp_flags[i],
+            bytes: self.bytes[i],
+            packets: self.packets[i],
+            sampling_rate: self.sampling_rate[i],
+            in_if: self.in_if[i],
+            out_if: self.out_if[i],
+        }
+    }
+
+    /// Appends every flow of `other`.
+    pub fn extend_from(&mut self, other: &FlowBatch) {
+        self.flow_start.extend_from_slice(&other.flow_start);
+        self.flow_end.extend_from_slice(&other.flow_end);
+        self.received_at.extend_from_slice(&other.received_at);
+        self.exporter.extend_from_slice(&other.exporter);
+        self.observation_domain.extend_from_slice(&other.observation_domain);
+        self.src_ip.extend_from_slice(&other.src_ip);
+        self.dst_ip.extend_from_slice(&other.dst_ip);
+        self.src_port.extend_from_slice(&other.src_port);
+        self.dst_port.extend_from_slice(&other.dst_port);
+        self.protocol.extend_from_slice(&other.protocol);
+        self.tcp_flags.extend_from_slice(&other.tcp_flags);
+        self.bytes.extend_from_slice(&other.bytes);
+        self.packets.extend_from_slice(&other.packets);
+        self.sampling_rate.extend_from_slice(&other.sampling_rate);
+        self.in_if.extend_from_slice(&other.in_if);
+        self.out_if.extend_from_slice(&other.out_if);
+        self.source_kind.extend_from_slice(&other.source_kind);
+    }
+
+    pub fn clear(&mut self) {
+        *self = std::mem::take(self).cleared();
+    }
+
+    fn cleared(mut self) -> Self {
+        self.flow_start.clear();
+        self.flow_end.clear();
+        self.received_at.clear();
+        self.exporter.clear();
+        self.observation_domain.clear();
+        self.src_ip.clear();
+        self.dst_ip.clear();
+        self.src_port.clear();
+        self.dst_port.clear();
+        self.protocol.clear();
+        self.tcp_flags.clear();
+        self.bytes.clear();
+        self.packets.clear();
+        self.sampling_rate.clear();
+        self.in_if.clear();
+        self.out_if.clear();
+        self.source_kind.clear();
+        self
+    }
+
+    /// The flow columns of the stored schema, in [`flow_schema`] order (attribution columns
+    /// excluded: see [`EndpointColumns`]).
+    pub fn flow_columns(&self) -> Vec<ArrayRef> {
+        let ts = |v: &[i64]| -> ArrayRef {
+            Arc::new(TimestampMicrosecondArray::from(v.to_vec()).with_timezone("UTC"))
+        };
+        fn i64s<T: Copy + Into<i64>>(v: &[T]) -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(v.iter().map(|x| (*x).into())))
+        }
+        let bytes_i64 = |v: &[u64]| -> ArrayRef {
+            // Counters above i64::MAX are not real traffic; saturate rather than wrap negative.
+            Arc::new(Int64Array::from_iter_values(v.iter().map(|x| (*x).min(i64::MAX as u64) as i64)))
+        };
+        let ports = |v: &[u16]| -> ArrayRef { Arc::new(Int32Array::from_iter_values(v.iter().map(|x| *x as i32))) };
+        let small = |v: &[u8]| -> ArrayRef { Arc::new(Int16Array::from_iter_values(v.iter().map(|x| *x as i16))) };
+        vec![
+            ts(&self.flow_start),
+            ts(&self.flow_end),
+            ts(&self.received_at),
+            ip_text_column(&self.exporter),
+            i64s(&self.observation_domain),
+            ip_text_column(&self.src_ip),
+            ip_text_column(&self.dst_ip),
+            ports(&self.src_port),
+            ports(&self.dst_port),
+            small(&self.protocol),
+            small(&self.tcp_flags),
+            bytes_i64(&self.bytes),
+            bytes_i64(&self.packets),
+            i64s(&self.sampling_rate),
+            i64s(&self.in_if),
+            i64s(&self.out_if),
+            Arc::new(StringArray::from_iter_values(self.source_kind.iter().map(|k| k.as_str()))),
+        ]
+    }
+
+    /// The whole stored row set for this batch with every attribution column null (flows that
+    /// no enricher has seen).
+    pub fn to_record_batch_unattributed(&self) -> Result<RecordBatch, ArrowError> {
+        let mut cols = self.flow_columns();
+        let schema = flow_schema();
+        for field in schema.fields().iter().skip(cols.len()) {
+            cols.push(new_null_array(field.data_type(), self.len()));
+        }
+        RecordBatch::try_new(schema, cols)
+    }
+}
+
+/// Builds a Utf8 column of address text in one buffer, without a `String` per row.
+pub fn ip_text_column(ips: &[u128]) -> ArrayRef {
+    let mut text = String::with_capacity(ips.len() * 12);
+    let mut offsets = Vec::with_capacity(ips.len() + 1);
+    offsets.push(0i32);
+    for ip in ips {
+        push_ip_text(&mut text, *ip);
+        offsets.push(text.len() as i32);
+    }
+    let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+    Arc::new(StringArray::new(offsets, Buffer::from_vec(text.into_bytes()), None))
+}
+
+/// Names of the per-endpoint attribution columns, after the `src_`/`dst_` prefix.
+pub const ENDPOINT_COLUMNS: [&str; 8] =
+    ["cluster", "namespace", "pod", "workload_kind", "workload", "node", "service", "attribution"];
+
+/// Arrow schema of the `flows` table as stored (partition columns excluded).
+pub fn flow_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+            let mut fields = vec![
+                Field::new("flow_start", ts(), false),
+                Field::new("flow_end", ts(), false),
+                Field::new("received_at", ts(), false),
+                Field::new("exporter", DataType::Utf8, false),
+                Field::new("observation_domain", DataType::Int64, false),
+                Field::new("src_ip", DataType::Utf8, false),
+                Field::new("dst_ip", DataType::Utf8, false),
+                Field::new("src_port", DataType::Int32, false),
+                Field::new("dst_port", DataType::Int32, false),
+                Field::new("protocol", DataType::Int16, false),
+                Field::new("tcp_flags", DataType::Int16, false),
+                Field::new("bytes", DataType::Int64, false),
+                Field::new("packets", DataType::Int64, false),
+                Field::new("sampling_rate", DataType::Int64, false),
+                Field::new("in_if", DataType::Int64, false),
+                Field::new("out_if", DataType::Int64, false),
+                Field::new("source_kind", DataType::Utf8, false),
+            ];
+            for side in ["src", "dst"] {
+                for col in ENDPOINT_COLUMNS {
+                    fields.push(Field::new(format!("{side}_{col}"), DataType::Utf8, true));
+                }
+            }
+            let metadata = [(crate::SCHEMA_VERSION_KEY.to_string(), crate::SCHEMA_VERSION.to_string())]
+                .into_iter()
+                .collect();
+            Arc::new(Schema::new_with_metadata(fields, metadata))
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ip::v4_to_u128;
+    use arrow::array::{Array, AsArray};
+
+    fn sample() -> FlowBatch {
+        let mut b = FlowBatch::default();
+        let origin = FlowOrigin {
+            received_at: 1_700_000_000_000_000,
+            exporter: v4_to_u128(0x7f00_0001),
+            observation_domain: 7,
+            source_kind: SourceKind::Ipfix,
+        };
+        let r = FlowRecord {
+            flow_start: 1_699_999_999_000_000,
+            flow_end: 1_700_000_000_000_000,
+            src_ip: v4_to_u128(0x0a04_0307),
+            dst_ip: v4_to_u128(0x0808_0808),
+            src_port: 40000,
+            dst_port: 53,
+            protocol: 17,
+            tcp_flags: 0,
+            bytes: 120,
+            packets: 2,
+            sampling_rate: 1,
+            in_if: 3,
+            out_if: 4,
+        };
+        b.push(&origin, &r);
+        b
+    }
+
+    #[test]
+    fn record_batch_has_text_ips_and_null_attribution() {
+        let batch = sample().to_record_batch_unattributed().unwrap();
+        assert_eq!(batch.schema(), flow_schema());
+        let src = batch.column_by_name("src_ip").unwrap().as_string::<i32>();
+        assert_eq!(src.value(0), "10.4.3.7");
+        let exporter = batch.column_by_name("exporter").unwrap().as_string::<i32>();
+        assert_eq!(exporter.value(0), "127.0.0.1");
+        assert!(batch.column_by_name("dst_pod").unwrap().is_null(0));
+        let kind = batch.column_by_name("source_kind").unwrap().as_string::<i32>();
+        assert_eq!(kind.value(0), "ipfix");
+    }
+
+    #[test]
+    fn clear_keeps_capacity_and_empties() {
+        let mut b = sample();
+        b.clear();
+        assert!(b.is_empty());
+        assert!(b.src_ip.capacity() >= 1);
+    }
+}
