@@ -11,7 +11,11 @@ use crate::netflow::wire::Version;
 const NTP_UNIX_OFFSET_S: u64 = 2_208_988_800;
 
 fn f(id: u16, length: u16) -> FieldSpec {
-    FieldSpec { id, length, enterprise: None }
+    FieldSpec {
+        id,
+        length,
+        enterprise: None,
+    }
 }
 
 /// How a template carries flow times.
@@ -68,7 +72,12 @@ pub fn flow_template(template_id: u16, ipv6: bool, times: TimeEncoding) -> Templ
 pub fn sampling_options_template(template_id: u16, version: Version) -> TemplateLayout {
     match version {
         // v9 scope: System (1), 4 bytes.
-        Version::V9 => TemplateLayout { template_id, scope_fields: 1, options: true, fields: vec![f(1, 4), f(34, 4)] },
+        Version::V9 => TemplateLayout {
+            template_id,
+            scope_fields: 1,
+            options: true,
+            fields: vec![f(1, 4), f(34, 4)],
+        },
         // IPFIX scope: meteringProcessId (143).
         _ => TemplateLayout {
             template_id,
@@ -124,7 +133,12 @@ impl PacketBuilder {
             }
             Version::V5 => panic!("v5 packets are built by encode_v5"),
         }
-        PacketBuilder { version, buf, sets: 0, records: 0 }
+        PacketBuilder {
+            version,
+            buf,
+            sets: 0,
+            records: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -147,7 +161,11 @@ impl PacketBuilder {
         self.buf.extend_from_slice(&t.template_id.to_be_bytes());
         let specs = |buf: &mut Vec<u8>, fields: &[FieldSpec]| {
             for f in fields {
-                let id = if f.enterprise.is_some() { f.id | 0x8000 } else { f.id };
+                let id = if f.enterprise.is_some() {
+                    f.id | 0x8000
+                } else {
+                    f.id
+                };
                 buf.extend_from_slice(&id.to_be_bytes());
                 buf.extend_from_slice(&f.length.to_be_bytes());
                 if let Some(pen) = f.enterprise {
@@ -158,17 +176,21 @@ impl PacketBuilder {
         match (self.version, t.options) {
             (Version::V9, true) => {
                 let scope = t.scope_fields as usize;
-                self.buf.extend_from_slice(&((scope * 4) as u16).to_be_bytes());
-                self.buf.extend_from_slice(&(((t.fields.len() - scope) * 4) as u16).to_be_bytes());
+                self.buf
+                    .extend_from_slice(&((scope * 4) as u16).to_be_bytes());
+                self.buf
+                    .extend_from_slice(&(((t.fields.len() - scope) * 4) as u16).to_be_bytes());
                 specs(&mut self.buf, &t.fields);
             }
             (_, true) => {
-                self.buf.extend_from_slice(&(t.fields.len() as u16).to_be_bytes());
+                self.buf
+                    .extend_from_slice(&(t.fields.len() as u16).to_be_bytes());
                 self.buf.extend_from_slice(&t.scope_fields.to_be_bytes());
                 specs(&mut self.buf, &t.fields);
             }
             (_, false) => {
-                self.buf.extend_from_slice(&(t.fields.len() as u16).to_be_bytes());
+                self.buf
+                    .extend_from_slice(&(t.fields.len() as u16).to_be_bytes());
                 specs(&mut self.buf, &t.fields);
             }
         }
@@ -178,7 +200,12 @@ impl PacketBuilder {
     }
 
     /// Appends a data set of `flows` encoded with template `t`.
-    pub fn flows(&mut self, t: &TemplateLayout, clock: ExporterClock, flows: &[FlowRecord]) -> &mut Self {
+    pub fn flows(
+        &mut self,
+        t: &TemplateLayout,
+        clock: ExporterClock,
+        flows: &[FlowRecord],
+    ) -> &mut Self {
         let start = self.open_set(t.template_id);
         for r in flows {
             for field in &t.fields {
@@ -191,7 +218,12 @@ impl PacketBuilder {
     }
 
     /// Appends an options data set for [`sampling_options_template`].
-    pub fn sampling_options(&mut self, t: &TemplateLayout, clock: ExporterClock, rate: u32) -> &mut Self {
+    pub fn sampling_options(
+        &mut self,
+        t: &TemplateLayout,
+        clock: ExporterClock,
+        rate: u32,
+    ) -> &mut Self {
         let start = self.open_set(t.template_id);
         match self.version {
             Version::V9 => {
@@ -200,9 +232,11 @@ impl PacketBuilder {
             }
             _ => {
                 self.buf.extend_from_slice(&1u32.to_be_bytes());
-                self.buf.extend_from_slice(&(clock.boot_ms as u64).to_be_bytes());
+                self.buf
+                    .extend_from_slice(&(clock.boot_ms as u64).to_be_bytes());
                 self.buf.extend_from_slice(&1u32.to_be_bytes());
-                self.buf.extend_from_slice(&rate.saturating_sub(1).to_be_bytes());
+                self.buf
+                    .extend_from_slice(&rate.saturating_sub(1).to_be_bytes());
             }
         }
         self.records += 1;
@@ -291,8 +325,16 @@ fn encode_field(buf: &mut Vec<u8>, field: &FieldSpec, r: &FlowRecord, clock: Exp
 }
 
 /// Encodes up to 30 IPv4 flows as one NetFlow v5 packet.
-pub fn encode_v5(clock: ExporterClock, sequence: u32, sampling_interval: u16, flows: &[FlowRecord]) -> Vec<u8> {
-    assert!(!flows.is_empty() && flows.len() <= 30, "a v5 packet carries 1 to 30 flows");
+pub fn encode_v5(
+    clock: ExporterClock,
+    sequence: u32,
+    sampling_interval: u16,
+    flows: &[FlowRecord],
+) -> Vec<u8> {
+    assert!(
+        !flows.is_empty() && flows.len() <= 30,
+        "a v5 packet carries 1 to 30 flows"
+    );
     let mut buf = Vec::with_capacity(24 + 48 * flows.len());
     buf.extend_from_slice(&5u16.to_be_bytes());
     buf.extend_from_slice(&(flows.len() as u16).to_be_bytes());

@@ -86,10 +86,14 @@ const SHUTDOWN_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 impl NetflowListener {
     /// Binds the socket and restores persisted template state from `state_path`, so bind and
     /// state errors surface at start-up, not on the listener thread.
-    pub fn bind(config: NetflowListenerConfig, state_path: Option<PathBuf>) -> Result<Self, ListenerError> {
+    pub fn bind(
+        config: NetflowListenerConfig,
+        state_path: Option<PathBuf>,
+    ) -> Result<Self, ListenerError> {
         let addr = config.listen;
         let bind_err = |source| ListenerError::Bind { addr, source };
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+            .map_err(bind_err)?;
         if addr.is_ipv6() {
             socket.set_only_v6(false).map_err(bind_err)?;
         }
@@ -97,9 +101,11 @@ impl NetflowListener {
         set_receive_buffer(&socket, config.receive_buffer_bytes);
         enable_drop_counter(&socket);
         socket.bind(&addr.into()).map_err(bind_err)?;
-        socket.set_read_timeout(Some(POLL_INTERVAL)).map_err(bind_err)?;
-        let mut decoder =
-            NetflowDecoder::new(config.decoder.clone()).map_err(|e| ListenerError::Config(e.to_string()))?;
+        socket
+            .set_read_timeout(Some(POLL_INTERVAL))
+            .map_err(bind_err)?;
+        let mut decoder = NetflowDecoder::new(config.decoder.clone())
+            .map_err(|e| ListenerError::Config(e.to_string()))?;
         let mut templates_restored = 0;
         if let Some(path) = &state_path {
             if let Some(state) = TemplateState::load(path)? {
@@ -107,7 +113,13 @@ impl NetflowListener {
                 tracing::info!(templates = templates_restored, path = %path.display(), "restored NetFlow template state");
             }
         }
-        Ok(NetflowListener { socket: socket.into(), config, state_path, decoder, templates_restored })
+        Ok(NetflowListener {
+            socket: socket.into(),
+            config,
+            state_path,
+            decoder,
+            templates_restored,
+        })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -125,7 +137,10 @@ impl NetflowListener {
     ) -> Result<ListenerStats, ListenerError> {
         let addr = self.config.listen;
         let mut rx = BatchReceiver::new();
-        let mut stats = ListenerStats { templates_restored: self.templates_restored, ..Default::default() };
+        let mut stats = ListenerStats {
+            templates_restored: self.templates_restored,
+            ..Default::default()
+        };
         let batch_flows = self.config.batch_flows.max(1);
         let max_delay = Duration::from_millis(self.config.batch_max_delay_ms);
         let mut batch = FlowBatch::with_capacity(batch_flows);
@@ -140,7 +155,11 @@ impl NetflowListener {
             if stopping && drain_deadline.is_none() {
                 drain_deadline = Some(Instant::now() + SHUTDOWN_DRAIN_LIMIT);
             }
-            let flags = if stopping { libc::MSG_DONTWAIT } else { libc::MSG_WAITFORONE };
+            let flags = if stopping {
+                libc::MSG_DONTWAIT
+            } else {
+                libc::MSG_WAITFORONE
+            };
             match rx.receive(&self.socket, flags) {
                 Ok(n) => {
                     let now_us = unix_micros();
@@ -153,12 +172,19 @@ impl NetflowListener {
                     }
                     stats.packets += n as u64;
                     if let Some(drops) = rx.kernel_drops() {
-                        metrics.socket_drops.inc_by(drops.wrapping_sub(last_drop_count) as u64);
+                        metrics
+                            .socket_drops
+                            .inc_by(drops.wrapping_sub(last_drop_count) as u64);
                         last_drop_count = drops;
                     }
                 }
                 Err(e)
-                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) =>
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
                 {
                     if stopping {
                         break;
@@ -169,7 +195,9 @@ impl NetflowListener {
             if drain_deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            if batch.len() >= batch_flows || (!batch.is_empty() && batch_since.elapsed() >= max_delay) {
+            if batch.len() >= batch_flows
+                || (!batch.is_empty() && batch_since.elapsed() >= max_delay)
+            {
                 stats.flows += batch.len() as u64;
                 stats.batches += 1;
                 let full = std::mem::replace(&mut batch, FlowBatch::with_capacity(batch_flows));
@@ -212,7 +240,10 @@ impl NetflowListener {
 }
 
 fn unix_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 fn set_receive_buffer(socket: &Socket, bytes: usize) {
@@ -268,7 +299,8 @@ struct BatchReceiver {
 impl BatchReceiver {
     fn new() -> Self {
         let mut data = vec![0u8; RECV_BATCH * MAX_DATAGRAM];
-        let mut addrs: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; RECV_BATCH];
+        let mut addrs: Vec<libc::sockaddr_storage> =
+            vec![unsafe { std::mem::zeroed() }; RECV_BATCH];
         let mut control = vec![[0u8; CONTROL_LEN]; RECV_BATCH];
         let mut iovecs: Vec<libc::iovec> = (0..RECV_BATCH)
             .map(|i| libc::iovec {
@@ -286,12 +318,20 @@ impl BatchReceiver {
                 h
             })
             .collect();
-        BatchReceiver { data, addrs, control, iovecs, headers, received: 0 }
+        BatchReceiver {
+            data,
+            addrs,
+            control,
+            iovecs,
+            headers,
+            received: 0,
+        }
     }
 
     fn receive(&mut self, socket: &UdpSocket, flags: libc::c_int) -> io::Result<usize> {
         for h in &mut self.headers {
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_controllen = CONTROL_LEN as _;
             h.msg_len = 0;
         }
@@ -314,7 +354,8 @@ impl BatchReceiver {
 
     fn datagram(&self, i: usize) -> (SocketAddr, &[u8]) {
         let len = (self.headers[i].msg_len as usize).min(MAX_DATAGRAM);
-        let from = sockaddr_to_std(&self.addrs[i]).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let from =
+            sockaddr_to_std(&self.addrs[i]).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         (from, &self.data[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len])
     }
 
@@ -326,7 +367,8 @@ impl BatchReceiver {
         unsafe {
             let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
             while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL
+                {
                     return Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const u32));
                 }
                 cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
@@ -347,7 +389,10 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
             let sin6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
             let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             // A dual-stack socket reports IPv4 exporters as IPv4-mapped: name them as IPv4.
-            Some(SocketAddr::new(ip.to_canonical(), u16::from_be(sin6.sin6_port)))
+            Some(SocketAddr::new(
+                ip.to_canonical(),
+                u16::from_be(sin6.sin6_port),
+            ))
         }
         _ => None,
     }
@@ -363,10 +408,14 @@ mod tests {
     #[test]
     fn batch_receiver_reports_sources_and_lengths() {
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        server.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         for i in 0..3u8 {
-            client.send_to(&vec![i; 10 + i as usize], server.local_addr().unwrap()).unwrap();
+            client
+                .send_to(&vec![i; 10 + i as usize], server.local_addr().unwrap())
+                .unwrap();
         }
         let mut rx = BatchReceiver::new();
         let mut got = vec![];

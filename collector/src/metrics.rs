@@ -28,7 +28,12 @@ pub struct CollectorMetrics {
     pub scopes: IntGauge,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(c.clone()))?;
     Ok(c)
@@ -42,13 +47,29 @@ impl CollectorMetrics {
             "Datagrams dropped by the kernel because the listener's receive buffer was full",
         )?;
         registry.register(Box::new(socket_drops.clone()))?;
-        let pending_sets = IntGauge::new("hawking_netflow_pending_sets", "Data sets held waiting for their template")?;
+        let pending_sets = IntGauge::new(
+            "hawking_netflow_pending_sets",
+            "Data sets held waiting for their template",
+        )?;
         registry.register(Box::new(pending_sets.clone()))?;
-        let scopes = IntGauge::new("hawking_netflow_scopes", "Exporter template scopes (address, port, version, domain) with state")?;
+        let scopes = IntGauge::new(
+            "hawking_netflow_scopes",
+            "Exporter template scopes (address, port, version, domain) with state",
+        )?;
         registry.register(Box::new(scopes.clone()))?;
         Ok(CollectorMetrics {
-            packets: counter_vec(registry, "hawking_netflow_packets_total", "Datagrams received", ex)?,
-            packet_bytes: counter_vec(registry, "hawking_netflow_packet_bytes_total", "Datagram payload bytes received", ex)?,
+            packets: counter_vec(
+                registry,
+                "hawking_netflow_packets_total",
+                "Datagrams received",
+                ex,
+            )?,
+            packet_bytes: counter_vec(
+                registry,
+                "hawking_netflow_packet_bytes_total",
+                "Datagram payload bytes received",
+                ex,
+            )?,
             flows: counter_vec(registry, "hawking_flows_total", "Flow records decoded", ex)?,
             flow_bytes: counter_vec(
                 registry,
@@ -110,17 +131,23 @@ impl CollectorMetrics {
         let ex = exporter.to_string();
         let l = &[ex.as_str()];
         self.packets.with_label_values(l).inc_by(c.packets);
-        self.packet_bytes.with_label_values(l).inc_by(c.packet_bytes);
+        self.packet_bytes
+            .with_label_values(l)
+            .inc_by(c.packet_bytes);
         self.flows.with_label_values(l).inc_by(c.flows);
         self.flow_bytes.with_label_values(l).inc_by(c.flow_bytes);
         for (reason, n) in &c.decode_errors {
-            self.decode_errors.with_label_values(&[ex.as_str(), reason]).inc_by(*n);
+            self.decode_errors
+                .with_label_values(&[ex.as_str(), reason])
+                .inc_by(*n);
         }
         if c.sets_held > 0 {
             self.sets_held.with_label_values(l).inc_by(c.sets_held);
         }
         if c.sets_replayed > 0 {
-            self.sets_replayed.with_label_values(l).inc_by(c.sets_replayed);
+            self.sets_replayed
+                .with_label_values(l)
+                .inc_by(c.sets_replayed);
         }
         if c.sets_dropped_missing_template > 0 {
             self.sets_dropped
@@ -128,13 +155,19 @@ impl CollectorMetrics {
                 .inc_by(c.sets_dropped_missing_template);
         }
         if c.flows_timed_by_export > 0 {
-            self.flows_timed_by_export.with_label_values(l).inc_by(c.flows_timed_by_export);
+            self.flows_timed_by_export
+                .with_label_values(l)
+                .inc_by(c.flows_timed_by_export);
         }
         if c.templates_learned > 0 {
-            self.templates_learned.with_label_values(l).inc_by(c.templates_learned);
+            self.templates_learned
+                .with_label_values(l)
+                .inc_by(c.templates_learned);
         }
         if c.options_records > 0 {
-            self.options_records.with_label_values(l).inc_by(c.options_records);
+            self.options_records
+                .with_label_values(l)
+                .inc_by(c.options_records);
         }
     }
 }

@@ -1,1 +1,13 @@
-//! Hawking's store and query layer.
+//! Hawking's store and query layer: the Parquet store layout (writer and reader), the
+//! DataFusion session with its tables, and result output. Knows nothing of decoding or
+//! Kubernetes.
+
+pub mod output;
+pub mod session;
+pub mod store;
+pub mod table;
+
+pub use output::{OutputFormat, write_batches};
+pub use session::{QueryError, QueryOptions, open_session};
+pub use store::writer::{CommittedFile, PartitionedWriter, WriterOptions};
+pub use store::{DataFile, FLOWS_TABLE, StoreError, list_files};

@@ -3,8 +3,8 @@
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    ArrayRef, Int16Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    new_null_array,
+    ArrayRef, Int16Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, new_null_array,
 };
 use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -167,7 +167,8 @@ impl FlowBatch {
         self.flow_end.extend_from_slice(&other.flow_end);
         self.received_at.extend_from_slice(&other.received_at);
         self.exporter.extend_from_slice(&other.exporter);
-        self.observation_domain.extend_from_slice(&other.observation_domain);
+        self.observation_domain
+            .extend_from_slice(&other.observation_domain);
         self.src_ip.extend_from_slice(&other.src_ip);
         self.dst_ip.extend_from_slice(&other.dst_ip);
         self.src_port.extend_from_slice(&other.src_port);
@@ -218,10 +219,16 @@ impl FlowBatch {
         }
         let bytes_i64 = |v: &[u64]| -> ArrayRef {
             // Counters above i64::MAX are not real traffic; saturate rather than wrap negative.
-            Arc::new(Int64Array::from_iter_values(v.iter().map(|x| (*x).min(i64::MAX as u64) as i64)))
+            Arc::new(Int64Array::from_iter_values(
+                v.iter().map(|x| (*x).min(i64::MAX as u64) as i64),
+            ))
         };
-        let ports = |v: &[u16]| -> ArrayRef { Arc::new(Int32Array::from_iter_values(v.iter().map(|x| *x as i32))) };
-        let small = |v: &[u8]| -> ArrayRef { Arc::new(Int16Array::from_iter_values(v.iter().map(|x| *x as i16))) };
+        let ports = |v: &[u16]| -> ArrayRef {
+            Arc::new(Int32Array::from_iter_values(v.iter().map(|x| *x as i32)))
+        };
+        let small = |v: &[u8]| -> ArrayRef {
+            Arc::new(Int16Array::from_iter_values(v.iter().map(|x| *x as i16)))
+        };
         vec![
             ts(&self.flow_start),
             ts(&self.flow_end),
@@ -239,7 +246,9 @@ impl FlowBatch {
             i64s(&self.sampling_rate),
             i64s(&self.in_if),
             i64s(&self.out_if),
-            Arc::new(StringArray::from_iter_values(self.source_kind.iter().map(|k| k.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                self.source_kind.iter().map(|k| k.as_str()),
+            )),
         ]
     }
 
@@ -265,12 +274,24 @@ pub fn ip_text_column(ips: &[u128]) -> ArrayRef {
         offsets.push(text.len() as i32);
     }
     let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
-    Arc::new(StringArray::new(offsets, Buffer::from_vec(text.into_bytes()), None))
+    Arc::new(StringArray::new(
+        offsets,
+        Buffer::from_vec(text.into_bytes()),
+        None,
+    ))
 }
 
 /// Names of the per-endpoint attribution columns, after the `src_`/`dst_` prefix.
-pub const ENDPOINT_COLUMNS: [&str; 8] =
-    ["cluster", "namespace", "pod", "workload_kind", "workload", "node", "service", "attribution"];
+pub const ENDPOINT_COLUMNS: [&str; 8] = [
+    "cluster",
+    "namespace",
+    "pod",
+    "workload_kind",
+    "workload",
+    "node",
+    "service",
+    "attribution",
+];
 
 /// Arrow schema of the `flows` table as stored (partition columns excluded).
 pub fn flow_schema() -> SchemaRef {
@@ -302,9 +323,12 @@ pub fn flow_schema() -> SchemaRef {
                     fields.push(Field::new(format!("{side}_{col}"), DataType::Utf8, true));
                 }
             }
-            let metadata = [(crate::SCHEMA_VERSION_KEY.to_string(), crate::SCHEMA_VERSION.to_string())]
-                .into_iter()
-                .collect();
+            let metadata = [(
+                crate::SCHEMA_VERSION_KEY.to_string(),
+                crate::SCHEMA_VERSION.to_string(),
+            )]
+            .into_iter()
+            .collect();
             Arc::new(Schema::new_with_metadata(fields, metadata))
         })
         .clone()
@@ -352,7 +376,10 @@ mod tests {
         let exporter = batch.column_by_name("exporter").unwrap().as_string::<i32>();
         assert_eq!(exporter.value(0), "127.0.0.1");
         assert!(batch.column_by_name("dst_pod").unwrap().is_null(0));
-        let kind = batch.column_by_name("source_kind").unwrap().as_string::<i32>();
+        let kind = batch
+            .column_by_name("source_kind")
+            .unwrap()
+            .as_string::<i32>();
         assert_eq!(kind.value(0), "ipfix");
     }
 

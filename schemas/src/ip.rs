@@ -84,7 +84,13 @@ mod tests {
 
     #[test]
     fn v4_text_matches_std_for_edge_octets() {
-        for ip in ["0.0.0.0", "10.4.3.7", "255.255.255.255", "100.9.10.99", "1.20.255.0"] {
+        for ip in [
+            "0.0.0.0",
+            "10.4.3.7",
+            "255.255.255.255",
+            "100.9.10.99",
+            "1.20.255.0",
+        ] {
             let parsed: Ipv4Addr = ip.parse().unwrap();
             let mut s = String::new();
             push_ip_text(&mut s, v4_to_u128(u32::from(parsed)));

@@ -88,7 +88,10 @@ impl<'de> Deserialize<'de> for Version {
             "v5" => Ok(Version::V5),
             "v9" => Ok(Version::V9),
             "ipfix" => Ok(Version::Ipfix),
-            other => Err(serde::de::Error::unknown_variant(other, &["v5", "v9", "ipfix"])),
+            other => Err(serde::de::Error::unknown_variant(
+                other,
+                &["v5", "v9", "ipfix"],
+            )),
         }
     }
 }
@@ -144,7 +147,10 @@ impl NetflowDecoder {
             .with_allowed_versions(&[9, 10])
             .build()?;
         Ok(NetflowDecoder {
-            pending: PendingSets::new(config.pending_max_bytes, config.pending_max_age_secs as i64 * 1_000_000),
+            pending: PendingSets::new(
+                config.pending_max_bytes,
+                config.pending_max_age_secs as i64 * 1_000_000,
+            ),
             config,
             template_parser,
             scopes: HashMap::new(),
@@ -156,7 +162,13 @@ impl NetflowDecoder {
 
     /// Decodes one datagram from `from`, appending its flows to `out`. Malformed input is
     /// counted against the exporter; flows decoded before the fault are kept.
-    pub fn decode(&mut self, from: SocketAddr, pkt: &[u8], received_at_us: i64, out: &mut FlowBatch) {
+    pub fn decode(
+        &mut self,
+        from: SocketAddr,
+        pkt: &[u8],
+        received_at_us: i64,
+        out: &mut FlowBatch,
+    ) {
         let before = out.len();
         let result = self.decode_inner(from, pkt, received_at_us, out);
         let c = self.counters.entry(from.ip()).or_default();
@@ -190,7 +202,11 @@ impl NetflowDecoder {
         if header.version == Version::V5 {
             return self.decode_v5(&header, body, &origin, out);
         }
-        let key = ScopeKey { exporter: from, version: header.version, domain: header.domain };
+        let key = ScopeKey {
+            exporter: from,
+            version: header.version,
+            domain: header.domain,
+        };
         self.touch_scope(key, received_at_us);
 
         let mut result = Ok(());
@@ -207,7 +223,13 @@ impl NetflowDecoder {
             for set in Sets::new(body).flatten().filter(RawSet::is_data) {
                 if let Some(t) = scope.templates.get(&set.id).filter(|t| t.is_options()) {
                     let counters = self.counters.entry(from.ip()).or_default();
-                    let _ = decode_options(t, set.body, &mut scope.sampling, &mut scope.system_init_ms, counters);
+                    let _ = decode_options(
+                        t,
+                        set.body,
+                        &mut scope.sampling,
+                        &mut scope.system_init_ms,
+                        counters,
+                    );
                 }
             }
         }
@@ -230,9 +252,15 @@ impl NetflowDecoder {
             match scope.templates.get(&set.id) {
                 Some(t) if t.is_options() => {}
                 Some(t) => {
-                    let timed_by_export = decode_flows(t, set.body, &base, &scope.sampling, &origin, out);
+                    let timed_by_export =
+                        decode_flows(t, set.body, &base, &scope.sampling, &origin, out);
                     match timed_by_export {
-                        Ok(n) => self.counters.entry(from.ip()).or_default().flows_timed_by_export += n,
+                        Ok(n) => {
+                            self.counters
+                                .entry(from.ip())
+                                .or_default()
+                                .flows_timed_by_export += n
+                        }
                         Err(e) => result = result.and(Err(e)),
                     }
                 }
@@ -247,22 +275,41 @@ impl NetflowDecoder {
                     self.counters.entry(from.ip()).or_default().sets_held += 1;
                     let counters = &mut self.counters;
                     self.pending.hold(held, |d| {
-                        counters.entry(d.scope.exporter.ip()).or_default().sets_dropped_missing_template += 1
+                        counters
+                            .entry(d.scope.exporter.ip())
+                            .or_default()
+                            .sets_dropped_missing_template += 1
                     });
                 }
             }
         }
         let counters = &mut self.counters;
         self.pending.expire(received_at_us, |d| {
-            counters.entry(d.scope.exporter.ip()).or_default().sets_dropped_missing_template += 1
+            counters
+                .entry(d.scope.exporter.ip())
+                .or_default()
+                .sets_dropped_missing_template += 1
         });
         result
     }
 
-    fn decode_v5(&mut self, header: &Header, body: &[u8], origin: &FlowOrigin, out: &mut FlowBatch) -> Result<(), WireError> {
+    fn decode_v5(
+        &mut self,
+        header: &Header,
+        body: &[u8],
+        origin: &FlowOrigin,
+        out: &mut FlowBatch,
+    ) -> Result<(), WireError> {
         let interval = header.v5_sampling & 0x3fff;
-        let sampling = SamplingTable { default_rate: Some(interval.max(1) as u32), by_id: Vec::new() };
-        let base = TimeBase { export_ms: header.export_ms, sys_uptime_ms: header.sys_uptime_ms, system_init_ms: None };
+        let sampling = SamplingTable {
+            default_rate: Some(interval.max(1) as u32),
+            by_id: Vec::new(),
+        };
+        let base = TimeBase {
+            export_ms: header.export_ms,
+            sys_uptime_ms: header.sys_uptime_ms,
+            system_init_ms: None,
+        };
         for rec in body.chunks_exact(wire::V5_RECORD_LEN) {
             let mut raw = RawRecord::default()
                 .with(Target::InIf, wire::be16(rec, 12) as u64)
@@ -285,7 +332,12 @@ impl NetflowDecoder {
 
     fn touch_scope(&mut self, key: ScopeKey, now_us: i64) {
         if !self.scopes.contains_key(&key) && self.scopes.len() >= self.config.max_scopes {
-            if let Some(oldest) = self.scopes.iter().min_by_key(|(_, s)| s.last_seen_us).map(|(k, _)| *k) {
+            if let Some(oldest) = self
+                .scopes
+                .iter()
+                .min_by_key(|(_, s)| s.last_seen_us)
+                .map(|(k, _)| *k)
+            {
                 self.forget_scope(&oldest);
             }
         }
@@ -298,7 +350,10 @@ impl NetflowDecoder {
         }
         let counters = &mut self.counters;
         self.pending.forget_scope(key, |d| {
-            counters.entry(d.scope.exporter.ip()).or_default().sets_dropped_missing_template += 1
+            counters
+                .entry(d.scope.exporter.ip())
+                .or_default()
+                .sets_dropped_missing_template += 1
         });
     }
 
@@ -317,8 +372,10 @@ impl NetflowDecoder {
         self.template_packet.extend_from_slice(&pkt[..header_len]);
         let mut withdrawn = Vec::new();
         for set in Sets::new(body).flatten().filter(RawSet::is_template) {
-            self.template_packet.extend_from_slice(&(set.id).to_be_bytes());
-            self.template_packet.extend_from_slice(&((set.body.len() + 4) as u16).to_be_bytes());
+            self.template_packet
+                .extend_from_slice(&(set.id).to_be_bytes());
+            self.template_packet
+                .extend_from_slice(&((set.body.len() + 4) as u16).to_be_bytes());
             self.template_packet.extend_from_slice(set.body);
             if header.version == Version::Ipfix {
                 wire::ipfix_withdrawals(&set, |id| withdrawn.push(id));
@@ -333,7 +390,11 @@ impl NetflowDecoder {
         for packet in &parsed.packets {
             collect_layouts(packet, &mut layouts);
         }
-        let result = if parsed.error.is_some() { Err(WireError::BadTemplate) } else { Ok(()) };
+        let result = if parsed.error.is_some() {
+            Err(WireError::BadTemplate)
+        } else {
+            Ok(())
+        };
 
         let scope = self.scopes.get_mut(key).expect("scope exists");
         for id in withdrawn {
@@ -353,7 +414,9 @@ impl NetflowDecoder {
             if scope.templates.get(&id).is_some_and(|t| t.layout == layout) {
                 continue; // a refresh of what we have
             }
-            if !scope.templates.contains_key(&id) && scope.templates.len() >= self.config.max_templates_per_scope {
+            if !scope.templates.contains_key(&id)
+                && scope.templates.len() >= self.config.max_templates_per_scope
+            {
                 continue;
             }
             match CompiledTemplate::compile(layout, key.version) {
@@ -369,7 +432,10 @@ impl NetflowDecoder {
         scope.options_templates = scope.templates.values().filter(|t| t.is_options()).count();
         if !learned.is_empty() {
             self.templates_changed = true;
-            self.counters.entry(key.exporter.ip()).or_default().templates_learned += learned.len() as u64;
+            self.counters
+                .entry(key.exporter.ip())
+                .or_default()
+                .templates_learned += learned.len() as u64;
         }
         for id in learned {
             self.replay_pending(key, id, out);
@@ -384,19 +450,31 @@ impl NetflowDecoder {
             return;
         }
         let scope = self.scopes.get_mut(key).expect("scope exists");
-        let Some(t) = scope.templates.get(&id) else { return };
+        let Some(t) = scope.templates.get(&id) else {
+            return;
+        };
         let counters = self.counters.entry(key.exporter.ip()).or_default();
         for set in held {
             counters.sets_replayed += 1;
             if t.is_options() {
-                let _ = decode_options(t, &set.body, &mut scope.sampling, &mut scope.system_init_ms, counters);
+                let _ = decode_options(
+                    t,
+                    &set.body,
+                    &mut scope.sampling,
+                    &mut scope.system_init_ms,
+                    counters,
+                );
                 continue;
             }
             let origin = FlowOrigin {
                 received_at: set.received_at_us,
                 exporter: ip_to_u128(key.exporter.ip()),
                 observation_domain: key.domain,
-                source_kind: if key.version == Version::V9 { SourceKind::NetflowV9 } else { SourceKind::Ipfix },
+                source_kind: if key.version == Version::V9 {
+                    SourceKind::NetflowV9
+                } else {
+                    SourceKind::Ipfix
+                },
             };
             let base = TimeBase {
                 export_ms: set.header.export_ms,
@@ -443,7 +521,8 @@ impl NetflowDecoder {
             .iter()
             .filter(|(_, s)| !s.templates.is_empty())
             .map(|(key, s)| {
-                let mut templates: Vec<TemplateLayout> = s.templates.values().map(|t| t.layout.clone()).collect();
+                let mut templates: Vec<TemplateLayout> =
+                    s.templates.values().map(|t| t.layout.clone()).collect();
                 templates.sort_by_key(|t| t.template_id);
                 state::ScopeState {
                     scope: *key,
@@ -455,7 +534,10 @@ impl NetflowDecoder {
             })
             .collect();
         scopes.sort_by_key(|s| (s.scope.exporter, s.scope.version, s.scope.domain));
-        state::TemplateState { format: state::STATE_FORMAT, scopes }
+        state::TemplateState {
+            format: state::STATE_FORMAT,
+            scopes,
+        }
     }
 
     /// Restores persisted template state (after a restart), so data decodes before exporters
@@ -475,7 +557,10 @@ impl NetflowDecoder {
             }
             scope.options_templates = scope.templates.values().filter(|t| t.is_options()).count();
             scope.system_init_ms = s.system_init_ms;
-            scope.sampling = SamplingTable { default_rate: s.default_sampling_rate, by_id: s.sampler_rates };
+            scope.sampling = SamplingTable {
+                default_rate: s.default_sampling_rate,
+                by_id: s.sampler_rates,
+            };
         }
         restored
     }
@@ -537,13 +622,25 @@ fn collect_layouts(packet: &NetflowPacket, out: &mut Vec<TemplateLayout>) {
             fields: t
                 .fields
                 .iter()
-                .map(|f| FieldSpec { id: f.field_type_number, length: f.field_length, enterprise: None })
+                .map(|f| FieldSpec {
+                    id: f.field_type_number,
+                    length: f.field_length,
+                    enterprise: None,
+                })
                 .collect(),
         }
     }
     fn v9_options(t: &v9::OptionsTemplate) -> TemplateLayout {
-        let scope = t.scope_fields.iter().map(|f| FieldSpec { id: f.field_type_number, length: f.field_length, enterprise: None });
-        let fields = t.option_fields.iter().map(|f| FieldSpec { id: f.field_type_number, length: f.field_length, enterprise: None });
+        let scope = t.scope_fields.iter().map(|f| FieldSpec {
+            id: f.field_type_number,
+            length: f.field_length,
+            enterprise: None,
+        });
+        let fields = t.option_fields.iter().map(|f| FieldSpec {
+            id: f.field_type_number,
+            length: f.field_length,
+            enterprise: None,
+        });
         TemplateLayout {
             template_id: t.template_id,
             scope_fields: t.scope_fields.len() as u16,
@@ -554,11 +651,20 @@ fn collect_layouts(packet: &NetflowPacket, out: &mut Vec<TemplateLayout>) {
     fn ipfix_fields(fields: &[ipfix::TemplateField]) -> Vec<FieldSpec> {
         fields
             .iter()
-            .map(|f| FieldSpec { id: f.field_type_number, length: f.field_length, enterprise: f.enterprise_number })
+            .map(|f| FieldSpec {
+                id: f.field_type_number,
+                length: f.field_length,
+                enterprise: f.enterprise_number,
+            })
             .collect()
     }
     fn ipfix_data(t: &ipfix::Template) -> TemplateLayout {
-        TemplateLayout { template_id: t.template_id, scope_fields: 0, options: false, fields: ipfix_fields(&t.fields) }
+        TemplateLayout {
+            template_id: t.template_id,
+            scope_fields: 0,
+            options: false,
+            fields: ipfix_fields(&t.fields),
+        }
     }
     fn ipfix_options(t: &ipfix::OptionsTemplate) -> TemplateLayout {
         TemplateLayout {
@@ -573,7 +679,9 @@ fn collect_layouts(packet: &NetflowPacket, out: &mut Vec<TemplateLayout>) {
             for fs in &p.flowsets {
                 match &fs.body {
                     v9::FlowSetBody::Template(ts) => out.extend(ts.templates.iter().map(v9_data)),
-                    v9::FlowSetBody::OptionsTemplate(ts) => out.extend(ts.templates.iter().map(v9_options)),
+                    v9::FlowSetBody::OptionsTemplate(ts) => {
+                        out.extend(ts.templates.iter().map(v9_options))
+                    }
                     _ => {}
                 }
             }
@@ -584,11 +692,15 @@ fn collect_layouts(packet: &NetflowPacket, out: &mut Vec<TemplateLayout>) {
                     ipfix::FlowSetBody::Template(t) => out.push(ipfix_data(t)),
                     ipfix::FlowSetBody::Templates(ts) => out.extend(ts.iter().map(ipfix_data)),
                     ipfix::FlowSetBody::OptionsTemplate(t) => out.push(ipfix_options(t)),
-                    ipfix::FlowSetBody::OptionsTemplates(ts) => out.extend(ts.iter().map(ipfix_options)),
+                    ipfix::FlowSetBody::OptionsTemplates(ts) => {
+                        out.extend(ts.iter().map(ipfix_options))
+                    }
                     ipfix::FlowSetBody::V9Template(t) => out.push(v9_data(t)),
                     ipfix::FlowSetBody::V9Templates(ts) => out.extend(ts.iter().map(v9_data)),
                     ipfix::FlowSetBody::V9OptionsTemplate(t) => out.push(v9_options(t)),
-                    ipfix::FlowSetBody::V9OptionsTemplates(ts) => out.extend(ts.iter().map(v9_options)),
+                    ipfix::FlowSetBody::V9OptionsTemplates(ts) => {
+                        out.extend(ts.iter().map(v9_options))
+                    }
                     _ => {}
                 }
             }

@@ -31,7 +31,12 @@ pub struct PendingSets {
 
 impl PendingSets {
     pub fn new(max_bytes: usize, max_age_us: i64) -> Self {
-        PendingSets { sets: VecDeque::new(), bytes: 0, max_bytes, max_age_us }
+        PendingSets {
+            sets: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            max_age_us,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -76,7 +81,11 @@ impl PendingSets {
 
     /// Removes and returns, oldest first, the held sets waiting for `template_id` of `scope`.
     pub fn take(&mut self, scope: &ScopeKey, template_id: u16) -> Vec<PendingSet> {
-        if !self.sets.iter().any(|s| s.template_id == template_id && s.scope == *scope) {
+        if !self
+            .sets
+            .iter()
+            .any(|s| s.template_id == template_id && s.scope == *scope)
+        {
             return Vec::new();
         }
         let mut taken = Vec::new();
@@ -115,7 +124,11 @@ mod tests {
     use std::net::SocketAddr;
 
     fn scope(port: u16) -> ScopeKey {
-        ScopeKey { exporter: SocketAddr::from(([127, 0, 0, 1], port)), version: Version::Ipfix, domain: 0 }
+        ScopeKey {
+            exporter: SocketAddr::from(([127, 0, 0, 1], port)),
+            version: Version::Ipfix,
+            domain: 0,
+        }
     }
 
     fn set(port: u16, id: u16, at: i64, len: usize) -> PendingSet {
@@ -128,7 +141,13 @@ mod tests {
             v5_sampling: 0,
             count: 0,
         };
-        PendingSet { scope: scope(port), template_id: id, header, received_at_us: at, body: vec![0; len] }
+        PendingSet {
+            scope: scope(port),
+            template_id: id,
+            header,
+            received_at_us: at,
+            body: vec![0; len],
+        }
     }
 
     #[test]
@@ -139,7 +158,11 @@ mod tests {
         p.hold(set(1, 257, 1, 60), |s| dropped.push(s.received_at_us));
         assert_eq!(dropped, vec![0]);
         p.hold(set(1, 258, 2, 500), |s| dropped.push(s.received_at_us));
-        assert_eq!(dropped, vec![0, 2], "a set larger than the budget is dropped itself");
+        assert_eq!(
+            dropped,
+            vec![0, 2],
+            "a set larger than the budget is dropped itself"
+        );
         assert_eq!((p.len(), p.bytes()), (1, 60));
     }
 
@@ -149,7 +172,11 @@ mod tests {
         for (port, id, at) in [(1, 256, 0), (2, 256, 1), (1, 257, 2), (1, 256, 3)] {
             p.hold(set(port, id, at, 10), |_| panic!("within budget"));
         }
-        let got: Vec<i64> = p.take(&scope(1), 256).iter().map(|s| s.received_at_us).collect();
+        let got: Vec<i64> = p
+            .take(&scope(1), 256)
+            .iter()
+            .map(|s| s.received_at_us)
+            .collect();
         assert_eq!(got, vec![0, 3]);
         assert_eq!((p.len(), p.bytes()), (2, 20));
     }

@@ -19,7 +19,12 @@ use crate::export::{ExporterClock, PacketBuilder, TimeEncoding, encode_v5, flow_
 const NTP_UNIX_OFFSET_S: i64 = 2_208_988_800;
 
 /// Deterministic flows: times on whole milliseconds, counters within 32 bits (v5).
-pub(crate) fn random_flows(seed: u64, n: usize, ipv6: bool, clock: ExporterClock) -> Vec<FlowRecord> {
+pub(crate) fn random_flows(
+    seed: u64,
+    n: usize,
+    ipv6: bool,
+    clock: ExporterClock,
+) -> Vec<FlowRecord> {
     let mut s = seed | 1;
     let mut next = move || {
         s ^= s << 13;
@@ -31,7 +36,13 @@ pub(crate) fn random_flows(seed: u64, n: usize, ipv6: bool, clock: ExporterClock
         .map(|_| {
             let end_ms = clock.export_ms - (next() % 120_000) as i64;
             let start_ms = end_ms - (next() % 300_000) as i64;
-            let ip = |r: u64| if ipv6 { (0x2001_0db8u128 << 96) | r as u128 } else { v4_to_u128(r as u32) };
+            let ip = |r: u64| {
+                if ipv6 {
+                    (0x2001_0db8u128 << 96) | r as u128
+                } else {
+                    v4_to_u128(r as u32)
+                }
+            };
             FlowRecord {
                 flow_start: start_ms * 1000,
                 flow_end: end_ms * 1000,
@@ -111,7 +122,9 @@ impl RefFields {
     }
 
     fn flow(&self, export_ms: i64, boot_ms: i64) -> FlowRecord {
-        let ip = |id4: u16, id6: u16| ip_to_u128(*self.ips.get(&id4).or_else(|| self.ips.get(&id6)).unwrap());
+        let ip = |id4: u16, id6: u16| {
+            ip_to_u128(*self.ips.get(&id4).or_else(|| self.ips.get(&id6)).unwrap())
+        };
         let n = |id: u16| self.nums.get(&id).copied().unwrap_or(0);
         FlowRecord {
             flow_start: self.time([22, 150, 152, 154, 158], export_ms, boot_ms),
@@ -134,15 +147,22 @@ impl RefFields {
 /// netflow_parser's reading of the packets, as flows.
 fn reference_decode(packets: &[Vec<u8>], exporter: SocketAddr, boot_ms: i64) -> Vec<FlowRecord> {
     let mut parser = AutoScopedParser::new();
-    let ipfix_ids: HashMap<IANAIPFixField, u16> = (1..=400u16).map(|id| (IANAIPFixField::from(id), id)).collect();
+    let ipfix_ids: HashMap<IANAIPFixField, u16> = (1..=400u16)
+        .map(|id| (IANAIPFixField::from(id), id))
+        .collect();
     let mut flows = Vec::new();
     for pkt in packets {
         let result = parser.parse_from_source(exporter, pkt);
-        assert!(result.error.is_none(), "netflow_parser rejected a packet: {:?}", result.error);
+        assert!(
+            result.error.is_none(),
+            "netflow_parser rejected a packet: {:?}",
+            result.error
+        );
         for p in &result.packets {
             match p {
                 NetflowPacket::V5(p) => {
-                    let export_ms = p.header.unix_secs as i64 * 1000 + p.header.unix_nsecs as i64 / 1_000_000;
+                    let export_ms =
+                        p.header.unix_secs as i64 * 1000 + p.header.unix_nsecs as i64 / 1_000_000;
                     let boot = export_ms - p.header.sys_up_time as i64;
                     for r in &p.flowsets {
                         flows.push(FlowRecord {
@@ -200,11 +220,18 @@ fn reference_decode(packets: &[Vec<u8>], exporter: SocketAddr, boot_ms: i64) -> 
     flows
 }
 
-fn hawking_decode(packets: &[Vec<u8>], exporter: SocketAddr, preload_ipfix_boot: Option<i64>) -> (Vec<FlowRecord>, NetflowDecoder) {
+fn hawking_decode(
+    packets: &[Vec<u8>],
+    exporter: SocketAddr,
+    preload_ipfix_boot: Option<i64>,
+) -> (Vec<FlowRecord>, NetflowDecoder) {
     let mut decoder = NetflowDecoder::new(Default::default()).unwrap();
     if let Some(boot) = preload_ipfix_boot {
         // IPFIX sysUpTime times need the boot time an options record announces.
-        let clock = ExporterClock { boot_ms: boot, export_ms: boot + 1000 };
+        let clock = ExporterClock {
+            boot_ms: boot,
+            export_ms: boot + 1000,
+        };
         let t = crate::export::sampling_options_template(400, Version::Ipfix);
         let mut b = PacketBuilder::new(Version::Ipfix, clock, 0, 1);
         b.template(&t).sampling_options(&t, clock, 1);
@@ -236,7 +263,10 @@ fn at_resolution(flows: &[FlowRecord], times: TimeEncoding) -> Vec<FlowRecord> {
 
 fn check(version: Version, ipv6: bool, times: TimeEncoding) {
     let exporter: SocketAddr = "192.0.2.10:40000".parse().unwrap();
-    let clock = ExporterClock { boot_ms: 1_795_100_000_000, export_ms: 1_795_168_800_000 };
+    let clock = ExporterClock {
+        boot_ms: 1_795_100_000_000,
+        export_ms: 1_795_168_800_000,
+    };
     let flows = random_flows(7 + ipv6 as u64, 300, ipv6, clock);
     let t = flow_template(300, ipv6, times);
     let packets: Vec<Vec<u8>> = flows
@@ -251,12 +281,20 @@ fn check(version: Version, ipv6: bool, times: TimeEncoding) {
             b.finish()
         })
         .collect();
-    let boot = (version == Version::Ipfix && times == TimeEncoding::SysUpTime).then_some(clock.boot_ms);
+    let boot =
+        (version == Version::Ipfix && times == TimeEncoding::SysUpTime).then_some(clock.boot_ms);
     let (ours, _) = hawking_decode(&packets, exporter, boot);
     let reference = reference_decode(&packets, exporter, clock.boot_ms);
     assert_eq!(ours.len(), flows.len(), "{version:?} v6={ipv6} {times:?}");
-    assert_eq!(ours, reference, "{version:?} v6={ipv6} {times:?}: decoder disagrees with netflow_parser");
-    assert_eq!(ours, at_resolution(&flows, times), "{version:?} v6={ipv6} {times:?}: not what was exported");
+    assert_eq!(
+        ours, reference,
+        "{version:?} v6={ipv6} {times:?}: decoder disagrees with netflow_parser"
+    );
+    assert_eq!(
+        ours,
+        at_resolution(&flows, times),
+        "{version:?} v6={ipv6} {times:?}: not what was exported"
+    );
 }
 
 #[test]
@@ -287,9 +325,16 @@ fn ipfix_matches_netflow_parser_for_every_time_encoding() {
 #[test]
 fn v5_matches_netflow_parser() {
     let exporter: SocketAddr = "192.0.2.5:2055".parse().unwrap();
-    let clock = ExporterClock { boot_ms: 1_795_100_000_000, export_ms: 1_795_168_800_123 };
+    let clock = ExporterClock {
+        boot_ms: 1_795_100_000_000,
+        export_ms: 1_795_168_800_123,
+    };
     let flows = random_flows(3, 90, false, clock);
-    let packets: Vec<Vec<u8>> = flows.chunks(30).enumerate().map(|(i, c)| encode_v5(clock, i as u32 * 30, 0, c)).collect();
+    let packets: Vec<Vec<u8>> = flows
+        .chunks(30)
+        .enumerate()
+        .map(|(i, c)| encode_v5(clock, i as u32 * 30, 0, c))
+        .collect();
     let (ours, _) = hawking_decode(&packets, exporter, None);
     assert_eq!(ours, reference_decode(&packets, exporter, clock.boot_ms));
     assert_eq!(ours, flows);

@@ -35,8 +35,13 @@ impl SamplingTable {
 
     /// Learns from an options data record; returns true if it carried sampling information.
     pub fn learn(&mut self, raw: &RawRecord) -> bool {
-        let Some(rate) = rate_in(raw) else { return false };
-        match raw.get(Target::SamplerId).or_else(|| raw.get(Target::SelectorId)) {
+        let Some(rate) = rate_in(raw) else {
+            return false;
+        };
+        match raw
+            .get(Target::SamplerId)
+            .or_else(|| raw.get(Target::SelectorId))
+        {
             Some(id) => match self.by_id.iter_mut().find(|(k, _)| *k == id) {
                 Some(entry) => entry.1 = rate,
                 None => {
@@ -90,9 +95,31 @@ pub enum TimeSource {
 
 /// Resolves a flow record's times (µs since the epoch) and sampling.
 #[inline]
-pub fn resolve_flow(raw: &RawRecord, base: &TimeBase, sampling: &SamplingTable) -> (FlowRecord, TimeSource) {
-    let start = time_us(raw, base, Target::StartMs, Target::StartUsNtp, Target::StartNsNtp, Target::StartSec, Target::StartSysUp, Target::StartDeltaUs);
-    let end = time_us(raw, base, Target::EndMs, Target::EndUsNtp, Target::EndNsNtp, Target::EndSec, Target::EndSysUp, Target::EndDeltaUs);
+pub fn resolve_flow(
+    raw: &RawRecord,
+    base: &TimeBase,
+    sampling: &SamplingTable,
+) -> (FlowRecord, TimeSource) {
+    let start = time_us(
+        raw,
+        base,
+        Target::StartMs,
+        Target::StartUsNtp,
+        Target::StartNsNtp,
+        Target::StartSec,
+        Target::StartSysUp,
+        Target::StartDeltaUs,
+    );
+    let end = time_us(
+        raw,
+        base,
+        Target::EndMs,
+        Target::EndUsNtp,
+        Target::EndNsNtp,
+        Target::EndSec,
+        Target::EndSysUp,
+        Target::EndDeltaUs,
+    );
     let duration_us = raw
         .get(Target::DurationUs)
         .map(|d| d as i64)
@@ -101,7 +128,11 @@ pub fn resolve_flow(raw: &RawRecord, base: &TimeBase, sampling: &SamplingTable) 
         (Some(s), Some(e)) => (s, e, TimeSource::Record),
         (Some(s), None) => (s, s + duration_us.unwrap_or(0), TimeSource::Record),
         (None, Some(e)) => (e - duration_us.unwrap_or(0), e, TimeSource::Record),
-        (None, None) => (base.export_ms * 1000, base.export_ms * 1000, TimeSource::ExportTime),
+        (None, None) => (
+            base.export_ms * 1000,
+            base.export_ms * 1000,
+            TimeSource::ExportTime,
+        ),
     };
 
     let rate = rate_in(raw)
@@ -124,14 +155,26 @@ pub fn resolve_flow(raw: &RawRecord, base: &TimeBase, sampling: &SamplingTable) 
         .or_else(|| raw.get(Target::PostPackets))
         .unwrap_or(0);
 
+    let protocol = raw.get(Target::Protocol).unwrap_or(0) as u8;
+    let mut dst_port = raw.get(Target::DstPort).unwrap_or(0) as u16;
+    if (protocol == 1 || protocol == 58) && dst_port == 0 {
+        // ICMP type and code go where NetFlow v5 and nfdump keep them: type << 8 | code in the
+        // destination port.
+        if let Some(tc) = raw.get(Target::IcmpTypeCode) {
+            dst_port = tc as u16;
+        } else if let Some(t) = raw.get(Target::IcmpType) {
+            dst_port = ((t as u16) << 8) | raw.get(Target::IcmpCode).unwrap_or(0) as u16;
+        }
+    }
+
     let record = FlowRecord {
         flow_start,
         flow_end,
         src_ip: raw.src_ip.unwrap_or(0),
         dst_ip: raw.dst_ip.unwrap_or(0),
         src_port: raw.get(Target::SrcPort).unwrap_or(0) as u16,
-        dst_port: raw.get(Target::DstPort).unwrap_or(0) as u16,
-        protocol: raw.get(Target::Protocol).unwrap_or(0) as u8,
+        dst_port,
+        protocol,
         tcp_flags: raw.get(Target::TcpFlags).unwrap_or(0) as u8,
         bytes: bytes.saturating_mul(rate as u64),
         packets: packets.saturating_mul(rate as u64),
@@ -171,7 +214,10 @@ fn time_us(
             let age_ms = uptime.wrapping_sub(v) as i32 as i64;
             return Some((base.export_ms - age_ms) * 1000);
         }
-        let init = raw.get(Target::SysInitMs).map(|i| i as i64).or(base.system_init_ms)?;
+        let init = raw
+            .get(Target::SysInitMs)
+            .map(|i| i as i64)
+            .or(base.system_init_ms)?;
         return Some((init + v as i64) * 1000);
     }
     if let Some(v) = raw.get(delta_us) {
@@ -194,18 +240,27 @@ mod tests {
     use super::*;
 
     fn base() -> TimeBase {
-        TimeBase { export_ms: 1_795_168_800_000, sys_uptime_ms: Some(10_000), system_init_ms: None }
+        TimeBase {
+            export_ms: 1_795_168_800_000,
+            sys_uptime_ms: Some(10_000),
+            system_init_ms: None,
+        }
     }
 
     #[test]
     fn v9_uptime_times_are_anchored_at_export_and_survive_wrap() {
-        let raw = RawRecord::default().with(Target::StartSysUp, 4_000).with(Target::EndSysUp, 9_500);
+        let raw = RawRecord::default()
+            .with(Target::StartSysUp, 4_000)
+            .with(Target::EndSysUp, 9_500);
         let (r, src) = resolve_flow(&raw, &base(), &SamplingTable::default());
         assert_eq!(src, TimeSource::Record);
         assert_eq!(r.flow_start, (1_795_168_800_000 - 6_000) * 1000);
         assert_eq!(r.flow_end, (1_795_168_800_000 - 500) * 1000);
         // Uptime wrapped after the flow started: first = 2^32 - 1000 ms, header uptime 500 ms.
-        let wrapped = TimeBase { sys_uptime_ms: Some(500), ..base() };
+        let wrapped = TimeBase {
+            sys_uptime_ms: Some(500),
+            ..base()
+        };
         let raw = RawRecord::default().with(Target::StartSysUp, (u32::MAX - 999) as u64);
         let (r, _) = resolve_flow(&raw, &wrapped, &SamplingTable::default());
         assert_eq!(r.flow_start, (1_795_168_800_000 - 1_500) * 1000);
@@ -214,8 +269,13 @@ mod tests {
     #[test]
     fn ipfix_time_elements_all_resolve_to_the_same_instant() {
         let t_ms: i64 = 1_795_168_801_234;
-        let t_ntp = (((t_ms / 1000 + NTP_UNIX_OFFSET_S) as u64) << 32) | (((t_ms % 1000) as u64 * (1u64 << 32)) / 1000 + 1);
-        let ipfix = TimeBase { export_ms: 1_795_168_802_000, sys_uptime_ms: None, system_init_ms: Some(t_ms - 60_000) };
+        let t_ntp = (((t_ms / 1000 + NTP_UNIX_OFFSET_S) as u64) << 32)
+            | (((t_ms % 1000) as u64 * (1u64 << 32)) / 1000 + 1);
+        let ipfix = TimeBase {
+            export_ms: 1_795_168_802_000,
+            sys_uptime_ms: None,
+            system_init_ms: Some(t_ms - 60_000),
+        };
         let table = SamplingTable::default();
         let cases = [
             RawRecord::default().with(Target::StartMs, t_ms as u64),
@@ -227,11 +287,19 @@ mod tests {
         for raw in cases {
             let (r, _) = resolve_flow(&raw, &ipfix, &table);
             assert_eq!(r.flow_start, t_ms * 1000, "{raw:?}");
-            assert_eq!(r.flow_end, r.flow_start, "no end and no duration: zero-length flow");
+            assert_eq!(
+                r.flow_end, r.flow_start,
+                "no end and no duration: zero-length flow"
+            );
         }
-        let secs = RawRecord::default().with(Target::StartSec, 1_795_168_801).with(Target::DurationMs, 1500);
+        let secs = RawRecord::default()
+            .with(Target::StartSec, 1_795_168_801)
+            .with(Target::DurationMs, 1500);
         let (r, _) = resolve_flow(&secs, &ipfix, &table);
-        assert_eq!((r.flow_start, r.flow_end), (1_795_168_801_000_000, 1_795_168_802_500_000));
+        assert_eq!(
+            (r.flow_start, r.flow_end),
+            (1_795_168_801_000_000, 1_795_168_802_500_000)
+        );
     }
 
     #[test]
@@ -244,10 +312,24 @@ mod tests {
     #[test]
     fn sampling_scales_counters_by_the_rate_in_force() {
         let mut table = SamplingTable::default();
-        assert!(table.learn(&RawRecord::default().with(Target::SamplerId, 2).with(Target::SamplerRandomInterval, 100)));
-        assert!(table.learn(&RawRecord::default().with(Target::SamplingPacketInterval, 1).with(Target::SamplingPacketSpace, 9)));
+        assert!(
+            table.learn(
+                &RawRecord::default()
+                    .with(Target::SamplerId, 2)
+                    .with(Target::SamplerRandomInterval, 100)
+            )
+        );
+        assert!(
+            table.learn(
+                &RawRecord::default()
+                    .with(Target::SamplingPacketInterval, 1)
+                    .with(Target::SamplingPacketSpace, 9)
+            )
+        );
         assert!(!table.learn(&RawRecord::default().with(Target::SysInitMs, 5)));
-        let flow = RawRecord::default().with(Target::Bytes, 1500).with(Target::Packets, 1);
+        let flow = RawRecord::default()
+            .with(Target::Bytes, 1500)
+            .with(Target::Packets, 1);
         let (r, _) = resolve_flow(&flow, &base(), &table);
         assert_eq!((r.sampling_rate, r.bytes, r.packets), (10, 15_000, 10));
         let (r, _) = resolve_flow(&flow.clone().with(Target::SamplerId, 2), &base(), &table);
@@ -257,8 +339,34 @@ mod tests {
     }
 
     #[test]
+    fn icmp_type_and_code_land_in_the_destination_port() {
+        let table = SamplingTable::default();
+        let raw = RawRecord::default()
+            .with(Target::Protocol, 58)
+            .with(Target::IcmpTypeCode, 0x8100);
+        assert_eq!(resolve_flow(&raw, &base(), &table).0.dst_port, 0x8100);
+        let raw = RawRecord::default()
+            .with(Target::Protocol, 1)
+            .with(Target::IcmpType, 3)
+            .with(Target::IcmpCode, 1);
+        assert_eq!(resolve_flow(&raw, &base(), &table).0.dst_port, 0x0301);
+        let raw = RawRecord::default()
+            .with(Target::Protocol, 6)
+            .with(Target::IcmpTypeCode, 0x0800)
+            .with(Target::DstPort, 443);
+        assert_eq!(
+            resolve_flow(&raw, &base(), &table).0.dst_port,
+            443,
+            "only for ICMP"
+        );
+    }
+
+    #[test]
     fn delta_counters_are_preferred_over_totals() {
-        let raw = RawRecord::default().with(Target::BytesTotal, 9).with(Target::Bytes, 5).with(Target::PacketsTotal, 3);
+        let raw = RawRecord::default()
+            .with(Target::BytesTotal, 9)
+            .with(Target::Bytes, 5)
+            .with(Target::PacketsTotal, 3);
         let (r, _) = resolve_flow(&raw, &base(), &SamplingTable::default());
         assert_eq!((r.bytes, r.packets), (5, 3));
     }

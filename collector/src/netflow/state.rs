@@ -35,13 +35,22 @@ pub struct ScopeState {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("reading template state {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("template state {path} is not valid: {source}")]
-    Parse { path: String, source: serde_json::Error },
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("template state {path} has format {found}, this build reads {STATE_FORMAT}")]
     Format { path: String, found: u32 },
     #[error("writing template state {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl TemplateState {
@@ -50,25 +59,40 @@ impl TemplateState {
         let text = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StateError::Read { path: path.display().to_string(), source }),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
         };
-        let state: TemplateState = serde_json::from_slice(&text)
-            .map_err(|source| StateError::Parse { path: path.display().to_string(), source })?;
+        let state: TemplateState =
+            serde_json::from_slice(&text).map_err(|source| StateError::Parse {
+                path: path.display().to_string(),
+                source,
+            })?;
         if state.format != STATE_FORMAT {
-            return Err(StateError::Format { path: path.display().to_string(), found: state.format });
+            return Err(StateError::Format {
+                path: path.display().to_string(),
+                found: state.format,
+            });
         }
         Ok(Some(state))
     }
 
     /// Writes the state to a temporary file, syncs it and renames it over `path`.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let err = |source| StateError::Write { path: path.display().to_string(), source };
+        let err = |source| StateError::Write {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
         let tmp = path.with_extension("json.tmp");
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&serde_json::to_vec_pretty(self).expect("state serialises")).map_err(err)?;
+        f.write_all(&serde_json::to_vec_pretty(self).expect("state serialises"))
+            .map_err(err)?;
         f.sync_all().map_err(err)?;
         std::fs::rename(&tmp, path).map_err(err)?;
         Ok(())

@@ -88,6 +88,12 @@ pub enum Target {
     SelectorId,
     /// samplingProbability (311), an IEEE float
     SamplingProbability,
+    /// icmpTypeCodeIPv4 (32) / icmpTypeCodeIPv6 (139): type in the high byte.
+    IcmpTypeCode,
+    /// icmpTypeIPv4 (176) / icmpTypeIPv6 (178)
+    IcmpType,
+    /// icmpCodeIPv4 (177) / icmpCodeIPv6 (179)
+    IcmpCode,
     SrcV4,
     DstV4,
     SrcV6,
@@ -143,6 +149,9 @@ impl Target {
             305 => SamplingPacketInterval,
             306 => SamplingPacketSpace,
             311 => SamplingProbability,
+            32 | 139 => IcmpTypeCode,
+            176 | 178 => IcmpType,
+            177 | 179 => IcmpCode,
             _ => Skip,
         };
         let fits = match t {
@@ -192,14 +201,19 @@ impl CompiledTemplate {
         for (i, f) in layout.fields.iter().enumerate() {
             // v9 options scope fields have their own type namespace (system, interface, ...):
             // never read them as information elements.
-            let v9_scope = version == Version::V9 && layout.options && i < layout.scope_fields as usize;
+            let v9_scope =
+                version == Version::V9 && layout.options && i < layout.scope_fields as usize;
             let target = if f.enterprise.is_some() || v9_scope || f.length == VARIABLE_LENGTH {
                 Target::Skip
             } else {
                 Target::of(f.id, f.length)
             };
             if variable || target != Target::Skip {
-                ops.push(FieldOp { offset: offset.min(u16::MAX as usize) as u16, width: f.length, target });
+                ops.push(FieldOp {
+                    offset: offset.min(u16::MAX as usize) as u16,
+                    width: f.length,
+                    target,
+                });
             }
             if f.length == VARIABLE_LENGTH {
                 min_len += 1;
@@ -212,7 +226,12 @@ impl CompiledTemplate {
             return Err(UncompilableTemplate);
         }
         let fixed_len = (!variable).then_some(offset);
-        Ok(CompiledTemplate { layout, fixed_len, min_len, ops })
+        Ok(CompiledTemplate {
+            layout,
+            fixed_len,
+            min_len,
+            ops,
+        })
     }
 
     pub fn is_options(&self) -> bool {
@@ -249,20 +268,28 @@ impl CompiledTemplate {
             for op in &self.ops {
                 let width = if op.width == VARIABLE_LENGTH {
                     // RFC 7011 §7: one length byte, or 255 then a two-byte length.
-                    let first = *rest.get(at).ok_or(super::wire::WireError::TruncatedRecord)?;
+                    let first = *rest
+                        .get(at)
+                        .ok_or(super::wire::WireError::TruncatedRecord)?;
                     at += 1;
                     if first < 255 {
                         first as usize
                     } else {
-                        let hi = *rest.get(at).ok_or(super::wire::WireError::TruncatedRecord)?;
-                        let lo = *rest.get(at + 1).ok_or(super::wire::WireError::TruncatedRecord)?;
+                        let hi = *rest
+                            .get(at)
+                            .ok_or(super::wire::WireError::TruncatedRecord)?;
+                        let lo = *rest
+                            .get(at + 1)
+                            .ok_or(super::wire::WireError::TruncatedRecord)?;
                         at += 2;
                         u16::from_be_bytes([hi, lo]) as usize
                     }
                 } else {
                     op.width as usize
                 };
-                let field = rest.get(at..at + width).ok_or(super::wire::WireError::TruncatedRecord)?;
+                let field = rest
+                    .get(at..at + width)
+                    .ok_or(super::wire::WireError::TruncatedRecord)?;
                 if op.target != Target::Skip {
                     raw.set(op.target, field);
                 }
@@ -287,7 +314,12 @@ pub struct RawRecord {
 
 impl Default for RawRecord {
     fn default() -> Self {
-        RawRecord { values: [0; SCALAR_TARGETS], present: 0, src_ip: None, dst_ip: None }
+        RawRecord {
+            values: [0; SCALAR_TARGETS],
+            present: 0,
+            src_ip: None,
+            dst_ip: None,
+        }
     }
 }
 
@@ -302,10 +334,18 @@ impl RawRecord {
     #[inline]
     fn set(&mut self, target: Target, field: &[u8]) {
         match target {
-            Target::SrcV4 => self.src_ip = Some(hawking_schemas::ip::v4_to_u128(be_uint(field) as u32)),
-            Target::DstV4 => self.dst_ip = Some(hawking_schemas::ip::v4_to_u128(be_uint(field) as u32)),
-            Target::SrcV6 => self.src_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16]))),
-            Target::DstV6 => self.dst_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16]))),
+            Target::SrcV4 => {
+                self.src_ip = Some(hawking_schemas::ip::v4_to_u128(be_uint(field) as u32))
+            }
+            Target::DstV4 => {
+                self.dst_ip = Some(hawking_schemas::ip::v4_to_u128(be_uint(field) as u32))
+            }
+            Target::SrcV6 => {
+                self.src_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16])))
+            }
+            Target::DstV6 => {
+                self.dst_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16])))
+            }
             Target::Skip => {}
             Target::SamplingProbability => {
                 let p = if field.len() == 4 {
@@ -349,7 +389,11 @@ mod tests {
     use super::*;
 
     fn spec(id: u16, length: u16) -> FieldSpec {
-        FieldSpec { id, length, enterprise: None }
+        FieldSpec {
+            id,
+            length,
+            enterprise: None,
+        }
     }
 
     #[test]
@@ -365,11 +409,24 @@ mod tests {
         let mut seen = vec![];
         let n = t
             .decode_set(&[&rec[..], &rec[..], &[0, 0][..]].concat(), |r| {
-                seen.push((r.src_ip, r.get(Target::Bytes), r.get(Target::Packets), r.get(Target::SrcPort)))
+                seen.push((
+                    r.src_ip,
+                    r.get(Target::Bytes),
+                    r.get(Target::Packets),
+                    r.get(Target::SrcPort),
+                ))
             })
             .unwrap();
         assert_eq!(n, 2, "two records, trailing padding ignored");
-        assert_eq!(seen[0], (Some(hawking_schemas::ip::v4_to_u128(0x0a000001)), Some(65536), Some(7), Some(8080)));
+        assert_eq!(
+            seen[0],
+            (
+                Some(hawking_schemas::ip::v4_to_u128(0x0a000001)),
+                Some(65536),
+                Some(7),
+                Some(8080)
+            )
+        );
     }
 
     #[test]
@@ -384,7 +441,11 @@ mod tests {
         let mut body = vec![0, 80, 3, b'e', b't', b'h', 1, 187];
         body.extend_from_slice(&[0, 81, 255, 0, 2, b'x', b'y', 0, 53]);
         let mut ports = vec![];
-        assert_eq!(t.decode_set(&body, |r| ports.push((r.get(Target::SrcPort), r.get(Target::DstPort)))), Ok(2));
+        assert_eq!(
+            t.decode_set(&body, |r| ports
+                .push((r.get(Target::SrcPort), r.get(Target::DstPort)))),
+            Ok(2)
+        );
         assert_eq!(ports, vec![(Some(80), Some(443)), (Some(81), Some(53))]);
         body.extend_from_slice(&[0, 82, 200, 1, 2, 3]);
         let mut n = 0;
@@ -394,7 +455,12 @@ mod tests {
 
     #[test]
     fn refuses_templates_without_bytes() {
-        let layout = TemplateLayout { template_id: 256, scope_fields: 0, options: false, fields: vec![spec(8, 0)] };
+        let layout = TemplateLayout {
+            template_id: 256,
+            scope_fields: 0,
+            options: false,
+            fields: vec![spec(8, 0)],
+        };
         assert!(CompiledTemplate::compile(layout, Version::V9).is_err());
     }
 
@@ -409,8 +475,10 @@ mod tests {
         };
         let t = CompiledTemplate::compile(layout, Version::V9).unwrap();
         let mut got = None;
-        t.decode_set(&[0, 0, 0, 9, 0, 0, 0, 100], |r| got = Some((r.get(Target::Bytes), r.get(Target::SamplingInterval))))
-            .unwrap();
+        t.decode_set(&[0, 0, 0, 9, 0, 0, 0, 100], |r| {
+            got = Some((r.get(Target::Bytes), r.get(Target::SamplingInterval)))
+        })
+        .unwrap();
         assert_eq!(got, Some((None, Some(100))));
     }
 }

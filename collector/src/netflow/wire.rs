@@ -113,7 +113,10 @@ pub fn parse_header(pkt: &[u8]) -> Result<(Header, &[u8]), WireError> {
                 return Err(WireError::TooShort);
             }
             let count = be16(pkt, 2);
-            if count == 0 || count > 30 || pkt.len() < V5_HEADER_LEN + count as usize * V5_RECORD_LEN {
+            if count == 0
+                || count > 30
+                || pkt.len() < V5_HEADER_LEN + count as usize * V5_RECORD_LEN
+            {
                 return Err(WireError::BadRecordCount);
             }
             let secs = be32(pkt, 8) as i64;
@@ -127,7 +130,10 @@ pub fn parse_header(pkt: &[u8]) -> Result<(Header, &[u8]), WireError> {
                 v5_sampling: be16(pkt, 22),
                 count,
             };
-            Ok((header, &pkt[V5_HEADER_LEN..V5_HEADER_LEN + count as usize * V5_RECORD_LEN]))
+            Ok((
+                header,
+                &pkt[V5_HEADER_LEN..V5_HEADER_LEN + count as usize * V5_RECORD_LEN],
+            ))
         }
         9 => {
             if pkt.len() < V9_HEADER_LEN {
@@ -253,8 +259,14 @@ mod tests {
     #[test]
     fn rejects_what_it_cannot_frame() {
         assert_eq!(parse_header(&[]).unwrap_err(), WireError::TooShort);
-        assert_eq!(parse_header(&[0, 7, 0, 0]).unwrap_err(), WireError::UnsupportedVersion(7));
-        assert_eq!(parse_header(&[0, 9, 0, 1]).unwrap_err(), WireError::TooShort);
+        assert_eq!(
+            parse_header(&[0, 7, 0, 0]).unwrap_err(),
+            WireError::UnsupportedVersion(7)
+        );
+        assert_eq!(
+            parse_header(&[0, 9, 0, 1]).unwrap_err(),
+            WireError::TooShort
+        );
         let mut v5 = vec![0u8; V5_HEADER_LEN];
         v5[1] = 5;
         v5[3] = 1; // claims one record but carries none
@@ -262,7 +274,10 @@ mod tests {
         let mut ipfix = vec![0u8; 16];
         ipfix[1] = 10;
         ipfix[3] = 40; // message length beyond the datagram
-        assert_eq!(parse_header(&ipfix).unwrap_err(), WireError::BadMessageLength);
+        assert_eq!(
+            parse_header(&ipfix).unwrap_err(),
+            WireError::BadMessageLength
+        );
     }
 
     #[test]

@@ -1,0 +1,101 @@
+//! The Parquet store: hour-partitioned tables under one root directory, written by
+//! [`writer::PartitionedWriter`] and listed for queries by [`list_files`].
+
+pub mod layout;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+use layout::{IN_PROGRESS_SUFFIX, TimeRange, parse_date_dir, parse_hour_dir};
+
+/// The `flows` table's directory name.
+pub const FLOWS_TABLE: &str = "flows";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("writing Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("schema mismatch: {0}")]
+    Schema(String),
+    #[error("store configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// A visible data file of a table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataFile {
+    pub path: PathBuf,
+    pub size: u64,
+    /// Start of the hour partition holding the file (µs since the epoch).
+    pub partition_start_us: i64,
+}
+
+/// Lists the complete files of the table at `table_dir` whose hour partition overlaps
+/// `range`, in partition then name order. Directories outside the layout are ignored.
+pub fn list_files(table_dir: &Path, range: TimeRange) -> Result<Vec<DataFile>, StoreError> {
+    let mut files = Vec::new();
+    let days = match std::fs::read_dir(table_dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+        Err(e) => return Err(StoreError::io(table_dir, e)),
+    };
+    let mut day_dirs: Vec<(i64, PathBuf)> = days
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((parse_date_dir(e.file_name().to_str()?)?, e.path())))
+        .filter(|(day, _)| range.overlaps(*day, day + 24 * layout::HOUR_US))
+        .collect();
+    day_dirs.sort();
+    for (day, day_path) in day_dirs {
+        let Ok(hours) = std::fs::read_dir(&day_path) else {
+            continue;
+        };
+        let mut hour_dirs: Vec<(i64, PathBuf)> = hours
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((day + parse_hour_dir(e.file_name().to_str()?)?, e.path())))
+            .filter(|(hour, _)| range.overlaps(*hour, hour + layout::HOUR_US))
+            .collect();
+        hour_dirs.sort();
+        for (hour, hour_path) in hour_dirs {
+            let Ok(entries) = std::fs::read_dir(&hour_path) else {
+                continue;
+            };
+            let mut in_hour: Vec<DataFile> = entries
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.ends_with(".parquet")
+                        && !name.starts_with('.')
+                        && !name.ends_with(IN_PROGRESS_SUFFIX)
+                })
+                .filter_map(|e| {
+                    let size = e.metadata().ok()?.len();
+                    Some(DataFile {
+                        path: e.path(),
+                        size,
+                        partition_start_us: hour,
+                    })
+                })
+                .collect();
+            in_hour.sort_by(|a, b| a.path.cmp(&b.path));
+            files.extend(in_hour);
+        }
+    }
+    Ok(files)
+}

@@ -1,0 +1,80 @@
+//! The `hawking serve` configuration: one TOML file (optional) whose every section has
+//! defaults, overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use hawking_collector::NetflowListenerConfig;
+use hawking_query::{QueryOptions, WriterOptions};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Root of the Parquet store and of persisted state. Default `./data`.
+    pub data_dir: Option<PathBuf>,
+    /// NetFlow v5/v9 and IPFIX listener.
+    pub netflow: NetflowListenerConfig,
+    /// How accepted flows become files.
+    pub store: StoreConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Query engine settings (for `hawking sql` and served queries).
+    pub query: QueryOptions,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Seconds between commits: accepted flows become visible to queries at most this late.
+    /// Default 5.
+    pub flush_interval_secs: f64,
+    /// Rows that trigger a commit before the interval ends. Default 1048576 (one row group).
+    pub commit_rows: usize,
+    /// Rows kept buffered while commits fail (disk full, permissions); beyond it the oldest
+    /// are dropped and counted in `hawking_store_rows_dropped_total`. Default 8388608.
+    pub max_buffered_rows: usize,
+    /// Parquet encoding of ingested files.
+    pub writer: WriterOptions,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            flush_interval_secs: 5.0,
+            commit_rows: 1 << 20,
+            max_buffered_rows: 8 << 20,
+            writer: WriterOptions::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus `/metrics` endpoint. Default `127.0.0.1:9464`.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./data"))
+    }
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: the `hawking` binary with real exporters, collectors and sockets.
+//! One test binary with modules, so the dependency stack links once.
+
+mod exporters;
+mod support;
