@@ -78,3 +78,40 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("./data"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/hawking.example.toml");
+        let example = Config::load(&path).unwrap();
+        let defaults = Config::default();
+        assert_eq!(example.data_dir(), defaults.data_dir());
+        assert_eq!(example.netflow.listen, defaults.netflow.listen);
+        assert_eq!(
+            example.netflow.receive_buffer_bytes,
+            defaults.netflow.receive_buffer_bytes
+        );
+        assert_eq!(
+            example.netflow.decoder.pending_max_bytes,
+            defaults.netflow.decoder.pending_max_bytes
+        );
+        assert_eq!(
+            example.store.flush_interval_secs,
+            defaults.store.flush_interval_secs
+        );
+        assert_eq!(
+            example.store.writer.zstd_level,
+            defaults.store.writer.zstd_level
+        );
+        assert_eq!(example.metrics.listen, defaults.metrics.listen);
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        let err = toml::from_str::<Config>("[netflow]\nlisten_addr = \"0.0.0.0:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

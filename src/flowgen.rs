@@ -135,7 +135,7 @@ pub fn run(args: FlowgenArgs) -> anyhow::Result<()> {
                 break;
             }
             burst.clear();
-            if version != Version::V5 && round % args.template_every.max(1) == 0 {
+            if version != Version::V5 && round.is_multiple_of(args.template_every.max(1)) {
                 exp.socket.send(&exp.template).context("sending template")?;
                 sent_templates += 1;
             }

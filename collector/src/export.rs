@@ -262,7 +262,7 @@ impl PacketBuilder {
 
     fn close_set(&mut self, start: usize) {
         // Pad to a 4-byte boundary, as RFC 3954 requires and many exporters do for IPFIX.
-        while (self.buf.len() - start) % 4 != 0 {
+        while !(self.buf.len() - start).is_multiple_of(4) {
             self.buf.push(0);
         }
         let len = (self.buf.len() - start) as u16;

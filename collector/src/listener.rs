@@ -107,11 +107,11 @@ impl NetflowListener {
         let mut decoder = NetflowDecoder::new(config.decoder.clone())
             .map_err(|e| ListenerError::Config(e.to_string()))?;
         let mut templates_restored = 0;
-        if let Some(path) = &state_path {
-            if let Some(state) = TemplateState::load(path)? {
-                templates_restored = decoder.restore(state);
-                tracing::info!(templates = templates_restored, path = %path.display(), "restored NetFlow template state");
-            }
+        if let Some(path) = &state_path
+            && let Some(state) = TemplateState::load(path)?
+        {
+            templates_restored = decoder.restore(state);
+            tracing::info!(templates = templates_restored, path = %path.display(), "restored NetFlow template state");
         }
         Ok(NetflowListener {
             socket: socket.into(),
@@ -231,10 +231,10 @@ impl NetflowListener {
 
     fn save_state_if_changed(&mut self) {
         let Some(path) = &self.state_path else { return };
-        if let Some(state) = self.decoder.take_changed_state() {
-            if let Err(e) = state.save(path) {
-                tracing::warn!(error = %e, "could not persist NetFlow template state; will retry on the next change");
-            }
+        if let Some(state) = self.decoder.take_changed_state()
+            && let Err(e) = state.save(path)
+        {
+            tracing::warn!(error = %e, "could not persist NetFlow template state; will retry on the next change");
         }
     }
 }
@@ -259,10 +259,10 @@ fn set_receive_buffer(socket: &Socket, bytes: usize) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if forced != 0 {
-        if let Err(e) = socket.set_recv_buffer_size(bytes) {
-            tracing::warn!(error = %e, bytes, "could not set the NetFlow socket receive buffer");
-        }
+    if forced != 0
+        && let Err(e) = socket.set_recv_buffer_size(bytes)
+    {
+        tracing::warn!(error = %e, bytes, "could not set the NetFlow socket receive buffer");
     }
 }
 

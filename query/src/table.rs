@@ -97,7 +97,7 @@ impl TableProvider for StoreTable {
 
 /// Spreads files over `n` groups of similar total size (largest first, into the lightest).
 fn balance(mut files: Vec<DataFile>, n: usize) -> Vec<FileGroup> {
-    files.sort_by(|a, b| b.size.cmp(&a.size));
+    files.sort_by_key(|f| std::cmp::Reverse(f.size));
     let mut groups: Vec<(u64, Vec<PartitionedFile>)> =
         (0..n.min(files.len())).map(|_| (0, Vec::new())).collect();
     for f in files {

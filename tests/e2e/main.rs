@@ -2,4 +2,7 @@
 //! One test binary with modules, so the dependency stack links once.
 
 mod exporters;
+mod malformed;
+mod shutdown;
 mod support;
+mod templates;

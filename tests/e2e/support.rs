@@ -65,21 +65,25 @@ pub struct Hawking {
     child: Option<Child>,
     pub netflow: SocketAddr,
     pub metrics: SocketAddr,
-    pub data: PathBuf,
     stdout: Option<BufReader<std::process::ChildStdout>>,
+    /// Where the process logs (stderr), read when something fails.
+    log: PathBuf,
 }
 
 /// What `hawking serve` reported when it stopped.
 #[derive(Debug)]
 pub struct StopReport {
-    pub packets: u64,
     pub flows: u64,
     pub rows_committed: u64,
-    pub stderr: String,
 }
 
 impl Hawking {
     pub fn start(data: &Path, extra: &[&str]) -> Hawking {
+        static RUN: AtomicU64 = AtomicU64::new(0);
+        let log = data.with_file_name(format!(
+            "hawking-serve-{}.log",
+            RUN.fetch_add(1, Ordering::Relaxed)
+        ));
         let mut child = Command::new(hawking_bin())
             .args([
                 "serve",
@@ -87,23 +91,26 @@ impl Hawking {
                 "127.0.0.1:0",
                 "--metrics",
                 "127.0.0.1:0",
-                "--flush-interval",
-                "0.5",
                 "--data",
             ])
             .arg(data)
+            .args(if extra.contains(&"--flush-interval") {
+                &[][..]
+            } else {
+                &["--flush-interval", "0.5"][..]
+            })
             .args(extra)
             .env("HAWKING_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("create log file"))
             .spawn()
             .expect("spawn hawking serve");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).expect("read start-up line");
         if !line.starts_with("hawking serving") {
-            let mut err = String::new();
-            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            let _ = child.wait();
+            let err = std::fs::read_to_string(&log).unwrap_or_default();
             panic!("hawking serve did not start: {line:?}\n{err}");
         }
         let field = |key: &str| -> String {
@@ -114,9 +121,9 @@ impl Hawking {
         Hawking {
             netflow: field("netflow").parse().unwrap(),
             metrics: field("metrics").parse().unwrap(),
-            data: data.to_path_buf(),
             child: Some(child),
             stdout: Some(stdout),
+            log,
         }
     }
 
@@ -132,13 +139,7 @@ impl Hawking {
             .unwrap()
             .read_to_string(&mut out)
             .unwrap();
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let stderr = std::fs::read_to_string(&self.log).unwrap_or_default();
         assert!(
             status.success(),
             "hawking exited with {status}\nstdout: {out}\nstderr: {stderr}"
@@ -154,10 +155,8 @@ impl Hawking {
                 .unwrap_or_else(|| panic!("no {key} in {line:?}"))
         };
         StopReport {
-            packets: num("packets"),
             flows: num("flows"),
             rows_committed: num("rows_committed"),
-            stderr,
         }
     }
 
@@ -449,11 +448,12 @@ pub fn exporter_socket(ip: &str) -> UdpSocket {
     UdpSocket::bind(format!("{ip}:0")).expect("bind exporter socket")
 }
 
+/// A TCP/UDP 5-tuple: source, destination, source port, destination port, protocol.
+pub type FiveTuple = (String, String, u16, u16, u8);
+
 /// First and last packet time (µs) of every TCP/UDP 5-tuple in a classic pcap of Ethernet
 /// frames: the ground truth an exporter's flow times should reproduce.
-pub fn pcap_flow_times(
-    path: &Path,
-) -> std::collections::HashMap<(String, String, u16, u16, u8), (i64, i64)> {
+pub fn pcap_flow_times(path: &Path) -> std::collections::HashMap<FiveTuple, (i64, i64)> {
     use std::net::{Ipv4Addr, Ipv6Addr};
     let data = std::fs::read(path).unwrap();
     assert_eq!(

@@ -175,7 +175,9 @@ impl NetflowDecoder {
         c.packets += 1;
         c.packet_bytes += pkt.len() as u64;
         c.flows += (out.len() - before) as u64;
-        c.flow_bytes += out.bytes[before..].iter().sum::<u64>();
+        c.flow_bytes = c
+            .flow_bytes
+            .saturating_add(saturating_sum(&out.bytes[before..]));
         if let Err(e) = result {
             *c.decode_errors.entry(e.reason()).or_default() += 1;
         }
@@ -210,10 +212,10 @@ impl NetflowDecoder {
         self.touch_scope(key, received_at_us);
 
         let mut result = Ok(());
-        if Sets::new(body).any(|s| s.is_ok_and(|s| s.is_template())) {
-            if let Err(e) = self.learn_templates(&key, pkt, &header, body, out) {
-                result = Err(e);
-            }
+        if Sets::new(body).any(|s| s.is_ok_and(|s| s.is_template()))
+            && let Err(e) = self.learn_templates(&key, pkt, &header, body, out)
+        {
+            result = Err(e);
         }
 
         let scope = self.scopes.get_mut(&key).expect("touched above");
@@ -331,15 +333,15 @@ impl NetflowDecoder {
     }
 
     fn touch_scope(&mut self, key: ScopeKey, now_us: i64) {
-        if !self.scopes.contains_key(&key) && self.scopes.len() >= self.config.max_scopes {
-            if let Some(oldest) = self
+        if !self.scopes.contains_key(&key)
+            && self.scopes.len() >= self.config.max_scopes
+            && let Some(oldest) = self
                 .scopes
                 .iter()
                 .min_by_key(|(_, s)| s.last_seen_us)
                 .map(|(k, _)| *k)
-            {
-                self.forget_scope(&oldest);
-            }
+        {
+            self.forget_scope(&oldest);
         }
         self.scopes.entry(key).or_default().last_seen_us = now_us;
     }
@@ -487,7 +489,9 @@ impl NetflowDecoder {
                 Err(e) => *counters.decode_errors.entry(e.reason()).or_default() += 1,
             }
             counters.flows += (out.len() - before) as u64;
-            counters.flow_bytes += out.bytes[before..].iter().sum::<u64>();
+            counters.flow_bytes = counters
+                .flow_bytes
+                .saturating_add(saturating_sum(&out.bytes[before..]));
         }
     }
 
@@ -564,6 +568,11 @@ impl NetflowDecoder {
         }
         restored
     }
+}
+
+/// Hostile counters can sum past u64: the metric saturates instead of wrapping.
+fn saturating_sum(v: &[u64]) -> u64 {
+    v.iter().fold(0u64, |a, b| a.saturating_add(*b))
 }
 
 fn header_len_of(version: Version) -> usize {

@@ -43,6 +43,10 @@ impl PendingSets {
         self.sets.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }

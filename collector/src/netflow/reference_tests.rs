@@ -94,7 +94,7 @@ impl RefFields {
                 self.nums.insert(id, u8::from(*p) as u64);
             }
             FieldValue::TcpControlBits(bits, _) => {
-                self.nums.insert(id, u16::from(bits.clone()) as u64);
+                self.nums.insert(id, u16::from(*bits) as u64);
             }
             other => {
                 if let Some(n) = other.as_u64() {
@@ -338,4 +338,69 @@ fn v5_matches_netflow_parser() {
     let (ours, _) = hawking_decode(&packets, exporter, None);
     assert_eq!(ours, reference_decode(&packets, exporter, clock.boot_ms));
     assert_eq!(ours, flows);
+}
+
+/// Mutated and truncated packets (bit flips, cut-offs, lying lengths) never panic the
+/// decoder, and whatever it decodes still leaves it able to decode a good packet.
+#[test]
+fn mutated_packets_never_panic_the_decoder() {
+    let exporter: SocketAddr = "192.0.2.20:9000".parse().unwrap();
+    let clock = ExporterClock {
+        boot_ms: 1_795_100_000_000,
+        export_ms: 1_795_168_800_000,
+    };
+    let flows = random_flows(11, 20, false, clock);
+    let mut seeds = Vec::new();
+    for version in [Version::V9, Version::Ipfix] {
+        for times in [TimeEncoding::SysUpTime, TimeEncoding::Milliseconds] {
+            let t = flow_template(256, false, times);
+            let o = crate::export::sampling_options_template(257, version);
+            let mut b = PacketBuilder::new(version, clock, 0, 1);
+            b.template(&t)
+                .template(&o)
+                .sampling_options(&o, clock, 4)
+                .flows(&t, clock, &flows);
+            seeds.push(b.finish());
+        }
+    }
+    seeds.push(encode_v5(clock, 0, 0, &flows));
+    let mut decoder = NetflowDecoder::new(Default::default()).unwrap();
+    let mut batch = FlowBatch::default();
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    for i in 0..60_000 {
+        let mut pkt = seeds[i % seeds.len()].clone();
+        match next() % 4 {
+            0 => pkt.truncate((next() as usize) % (pkt.len() + 1)),
+            1 => {
+                for _ in 0..1 + next() % 8 {
+                    let at = (next() as usize) % pkt.len();
+                    pkt[at] ^= 1 << (next() % 8);
+                }
+            }
+            2 => {
+                // Overwrite a 16-bit field with an extreme value (lengths, counts, IDs).
+                let at = (next() as usize) % (pkt.len() - 1);
+                let v = [0u16, 1, 3, 4, 255, 256, 0x7fff, 0xffff][(next() % 8) as usize];
+                pkt[at..at + 2].copy_from_slice(&v.to_be_bytes());
+            }
+            _ => pkt.extend((0..next() % 64).map(|_| next() as u8)),
+        }
+        decoder.decode(exporter, &pkt, i as i64, &mut batch);
+        if batch.len() > 100_000 {
+            batch.clear();
+        }
+    }
+    batch.clear();
+    decoder.decode("192.0.2.21:9000".parse().unwrap(), &seeds[0], 0, &mut batch);
+    assert_eq!(
+        batch.len(),
+        flows.len(),
+        "a clean exporter still decodes after the barrage"
+    );
 }

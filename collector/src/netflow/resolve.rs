@@ -122,8 +122,11 @@ pub fn resolve_flow(
     );
     let duration_us = raw
         .get(Target::DurationUs)
-        .map(|d| d as i64)
-        .or_else(|| raw.get(Target::DurationMs).map(|d| d as i64 * 1000));
+        .and_then(|d| i64::try_from(d).ok())
+        .or_else(|| {
+            raw.get(Target::DurationMs)
+                .and_then(|d| i64::try_from(d).ok()?.checked_mul(1000))
+        });
     let (flow_start, flow_end, source) = match (start, end) {
         (Some(s), Some(e)) => (s, e, TimeSource::Record),
         (Some(s), None) => (s, s + duration_us.unwrap_or(0), TimeSource::Record),
@@ -197,39 +200,44 @@ fn time_us(
     sys_up: Target,
     delta_us: Target,
 ) -> Option<i64> {
-    if let Some(v) = raw.get(ms) {
-        return Some(v as i64 * 1000);
-    }
-    if let Some(v) = raw.get(us_ntp).or_else(|| raw.get(ns_ntp)) {
-        return Some(ntp_to_us(v));
-    }
-    if let Some(v) = raw.get(sec) {
-        return Some(v as i64 * 1_000_000);
-    }
-    if let Some(v) = raw.get(sys_up) {
+    let us = if let Some(v) = raw.get(ms) {
+        i64::try_from(v).ok()?.checked_mul(1000)
+    } else if let Some(v) = raw.get(us_ntp).or_else(|| raw.get(ns_ntp)) {
+        Some(ntp_to_us(v))
+    } else if let Some(v) = raw.get(sec) {
+        i64::try_from(v).ok()?.checked_mul(1_000_000)
+    } else if let Some(v) = raw.get(sys_up) {
         let v = v as u32;
         if let Some(uptime) = base.sys_uptime_ms {
             // The record's uptime is at most a few hours older than the header's; reading the
             // difference as a signed 32-bit value survives the 49.7-day uptime wrap.
             let age_ms = uptime.wrapping_sub(v) as i32 as i64;
-            return Some((base.export_ms - age_ms) * 1000);
+            (base.export_ms - age_ms).checked_mul(1000)
+        } else {
+            let init = match raw.get(Target::SysInitMs) {
+                Some(i) => i64::try_from(i).ok()?,
+                None => base.system_init_ms?,
+            };
+            init.checked_add(v as i64)?.checked_mul(1000)
         }
-        let init = raw
-            .get(Target::SysInitMs)
-            .map(|i| i as i64)
-            .or(base.system_init_ms)?;
-        return Some((init + v as i64) * 1000);
-    }
-    if let Some(v) = raw.get(delta_us) {
-        return Some(base.export_ms * 1000 - v as i64);
-    }
-    None
+    } else if let Some(v) = raw.get(delta_us) {
+        (base.export_ms * 1000).checked_sub(i64::try_from(v).ok()?)
+    } else {
+        None
+    };
+    // A time outside 1970..2100 is a broken or hostile record, not a flow: it is treated as
+    // absent (and the flow timed by its export) rather than stored in an absurd partition.
+    us.filter(|t| (0..MAX_SANE_US).contains(t))
 }
+
+/// 2100-01-01T00:00:00Z in µs.
+const MAX_SANE_US: i64 = 4_102_444_800_000_000;
 
 /// NTP 64-bit timestamp (seconds since 1900 in the high word, binary fraction in the low)
 /// to µs since the Unix epoch.
 #[inline]
 fn ntp_to_us(v: u64) -> i64 {
+    // At most 2^32 s after 1900: no overflow.
     let secs = (v >> 32) as i64 - NTP_UNIX_OFFSET_S;
     let frac_us = ((v & 0xffff_ffff) * 1_000_000) >> 32;
     secs * 1_000_000 + frac_us as i64
@@ -358,6 +366,19 @@ mod tests {
             resolve_flow(&raw, &base(), &table).0.dst_port,
             443,
             "only for ICMP"
+        );
+    }
+
+    #[test]
+    fn absurd_times_are_not_stored_as_flow_times() {
+        let raw = RawRecord::default()
+            .with(Target::StartMs, u64::MAX)
+            .with(Target::EndSec, 1 << 40);
+        let (r, src) = resolve_flow(&raw, &base(), &SamplingTable::default());
+        assert_eq!(src, TimeSource::ExportTime);
+        assert_eq!(
+            (r.flow_start, r.flow_end),
+            (1_795_168_800_000_000, 1_795_168_800_000_000)
         );
     }
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the system packages Hawking's build, tests, demo and benchmarks use, when missing.
+# Safe to run repeatedly: it only calls apt-get when a command or library is absent.
+set -euo pipefail
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+have_cmd softflowd || need+=(softflowd)
+have_cmd nfcapd || need+=(nfdump)
+have_cmd tshark || need+=(tshark)
+have_cmd psql || need+=(postgresql-client)
+have_cmd conntrack || need+=(conntrack)
+have_cmd iptables || need+=(iptables)
+have_cmd ip || need+=(iproute2)
+have_cmd pkg-config || need+=(pkg-config)
+have_cmd curl || need+=(curl)
+[ -e /usr/include/pcap.h ] || need+=(libpcap-dev)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "installing: ${need[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+# tshark asks whether non-root users may capture; answer for it.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections 2>/dev/null || true
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
