@@ -174,6 +174,9 @@ pub fn run(args: FlowgenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A flow between addresses drawn from realistic pools: 4096 cluster hosts in 10.0.0.0/12 and
+/// 20000 remote addresses, half the flows internal; well-known destination ports. (Uniformly
+/// random 32-bit addresses would make every address unique, which real traffic never is.)
 fn synthetic_flow(rng: &mut u64, clock: ExporterClock) -> FlowRecord {
     let mut next = || {
         *rng ^= *rng << 13;
@@ -183,14 +186,22 @@ fn synthetic_flow(rng: &mut u64, clock: ExporterClock) -> FlowRecord {
     };
     let end_ms = clock.export_ms - (next() % 30_000) as i64;
     let start_ms = end_ms - (next() % 60_000) as i64;
+    let host = |r: u64| 0x0a00_0000 | ((r % 4096) as u32 * 251 % 0x000f_ffff);
+    let remote = |r: u64| ((r % 20_000) as u32).wrapping_mul(0x9e37_79b1) | 0x0100_0000;
+    let src = host(next());
+    let dst = if next() % 2 == 0 {
+        host(next())
+    } else {
+        remote(next())
+    };
     FlowRecord {
         flow_start: start_ms * 1000,
         flow_end: end_ms * 1000,
-        src_ip: v4_to_u128(0x0a00_0000 | (next() as u32 & 0x00ff_ffff)),
-        dst_ip: v4_to_u128(next() as u32),
-        src_port: next() as u16,
-        dst_port: [443u16, 80, 53, 8080, 5432][(next() % 5) as usize],
-        protocol: [6u8, 17][(next() % 2) as usize],
+        src_ip: v4_to_u128(src),
+        dst_ip: v4_to_u128(dst),
+        src_port: 32768 + (next() % 28_000) as u16,
+        dst_port: [443u16, 80, 53, 8080, 5432, 6443, 9090, 3306, 6379, 123][(next() % 10) as usize],
+        protocol: [6u8, 6, 6, 17][(next() % 4) as usize],
         tcp_flags: 0x1b,
         bytes: 40 + next() % 100_000,
         packets: 1 + next() % 100,

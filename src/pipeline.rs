@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hawking_collector::{CollectorMetrics, ListenerStats, NetflowListener};
 use hawking_query::store::layout::table_dir;
-use hawking_query::{FLOWS_TABLE, PartitionedWriter};
+use hawking_query::{FLOWS_TABLE, FLOWS_TUNING, PartitionedWriter};
 use hawking_schemas::{FlowBatch, flow_schema};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -110,6 +110,7 @@ impl Pipeline {
             flow_schema(),
             "flow_start",
             &config.store.writer,
+            &FLOWS_TUNING,
         )?;
         let collector_metrics = CollectorMetrics::register(registry)?;
         let sink_metrics = SinkMetrics::register(registry)?;

@@ -9,5 +9,5 @@ pub mod table;
 
 pub use output::{OutputFormat, write_batches};
 pub use session::{QueryError, QueryOptions, open_session};
-pub use store::writer::{CommittedFile, PartitionedWriter, WriterOptions};
-pub use store::{DataFile, FLOWS_TABLE, StoreError, list_files};
+pub use store::writer::{Codec, ColumnTuning, CommittedFile, PartitionedWriter, WriterOptions};
+pub use store::{DataFile, FLOWS_TABLE, FLOWS_TUNING, StoreError, list_files};

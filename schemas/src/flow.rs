@@ -264,21 +264,26 @@ impl FlowBatch {
     }
 }
 
-/// Builds a Utf8 column of address text in one buffer, without a `String` per row.
+/// Builds a Utf8 column of address text in one buffer, without a `String` per row; a run
+/// of equal addresses (the exporter column) is formatted once.
 pub fn ip_text_column(ips: &[u128]) -> ArrayRef {
-    let mut text = String::with_capacity(ips.len() * 12);
+    let mut text: Vec<u8> = Vec::with_capacity(ips.len() * 13);
     let mut offsets = Vec::with_capacity(ips.len() + 1);
     offsets.push(0i32);
+    let mut previous: Option<(u128, usize, usize)> = None;
     for ip in ips {
-        push_ip_text(&mut text, *ip);
+        match previous {
+            Some((p, start, end)) if p == *ip => text.extend_from_within(start..end),
+            _ => {
+                let start = text.len();
+                push_ip_text(&mut text, *ip);
+                previous = Some((*ip, start, text.len()));
+            }
+        }
         offsets.push(text.len() as i32);
     }
     let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
-    Arc::new(StringArray::new(
-        offsets,
-        Buffer::from_vec(text.into_bytes()),
-        None,
-    ))
+    Arc::new(StringArray::new(offsets, Buffer::from_vec(text), None))
 }
 
 /// Names of the per-endpoint attribution columns, after the `src_`/`dst_` prefix.

@@ -11,6 +11,27 @@ use layout::{IN_PROGRESS_SUFFIX, TimeRange, parse_date_dir, parse_hour_dir};
 /// The `flows` table's directory name.
 pub const FLOWS_TABLE: &str = "flows";
 
+/// Encoding choices for `flows` (measured in `tests/bench/store_encode.rs`).
+pub const FLOWS_TUNING: writer::ColumnTuning = writer::ColumnTuning {
+    page_statistics: &["flow_start", "flow_end", "received_at", "src_ip", "dst_ip"],
+    no_statistics: &[
+        "tcp_flags",
+        "bytes",
+        "packets",
+        "sampling_rate",
+        "source_kind",
+        "observation_domain",
+    ],
+    no_dictionary: &[
+        "flow_start",
+        "flow_end",
+        "received_at",
+        "bytes",
+        "packets",
+        "src_port",
+    ],
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]

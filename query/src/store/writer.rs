@@ -14,6 +14,7 @@ use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
@@ -23,32 +24,68 @@ use super::layout::{IN_PROGRESS_SUFFIX, hour_of, partition_dir};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WriterOptions {
-    /// zstd level for files written at ingest. Default 1: fast; compaction rewrites closed
-    /// hours at a higher level.
+    /// Compression of files written at ingest: `zstd` (default), `lz4` or `none`.
+    pub compression: Codec,
+    /// zstd level. Default 1: fast.
     pub zstd_level: i32,
     /// Rows per Parquet row group. Default 1048576.
     pub row_group_rows: usize,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    Zstd,
+    Lz4,
+    None,
+}
+
 impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
+            compression: Codec::Zstd,
             zstd_level: 1,
             row_group_rows: 1 << 20,
         }
     }
 }
 
+/// A table's encoding choices by column: which carry page-level statistics (the columns
+/// queries filter on, so pages can be skipped), which carry none (counters nobody filters
+/// by), and which skip dictionary encoding (values that rarely repeat, where building a
+/// dictionary only costs). Other columns get chunk statistics and dictionaries.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ColumnTuning {
+    pub page_statistics: &'static [&'static str],
+    pub no_statistics: &'static [&'static str],
+    pub no_dictionary: &'static [&'static str],
+}
+
 impl WriterOptions {
-    pub fn properties(&self) -> Result<WriterProperties, StoreError> {
-        let level =
-            ZstdLevel::try_new(self.zstd_level).map_err(|e| StoreError::Config(e.to_string()))?;
-        Ok(WriterProperties::builder()
-            .set_compression(Compression::ZSTD(level))
+    pub fn properties(&self, tuning: &ColumnTuning) -> Result<WriterProperties, StoreError> {
+        let compression = match self.compression {
+            Codec::Zstd => Compression::ZSTD(
+                ZstdLevel::try_new(self.zstd_level)
+                    .map_err(|e| StoreError::Config(e.to_string()))?,
+            ),
+            Codec::Lz4 => Compression::LZ4_RAW,
+            Codec::None => Compression::UNCOMPRESSED,
+        };
+        let mut b = WriterProperties::builder()
+            .set_compression(compression)
             .set_max_row_group_row_count(Some(self.row_group_rows.max(1)))
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .set_created_by(format!("hawking {}", env!("CARGO_PKG_VERSION")))
-            .build())
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_created_by(format!("hawking {}", env!("CARGO_PKG_VERSION")));
+        for c in tuning.page_statistics {
+            b = b.set_column_statistics_enabled(ColumnPath::from(*c), EnabledStatistics::Page);
+        }
+        for c in tuning.no_statistics {
+            b = b.set_column_statistics_enabled(ColumnPath::from(*c), EnabledStatistics::None);
+        }
+        for c in tuning.no_dictionary {
+            b = b.set_column_dictionary_enabled(ColumnPath::from(*c), false);
+        }
+        Ok(b.build())
     }
 }
 
@@ -79,6 +116,7 @@ impl PartitionedWriter {
         schema: SchemaRef,
         time_column: &str,
         options: &WriterOptions,
+        tuning: &ColumnTuning,
     ) -> Result<Self, StoreError> {
         let time_column = schema
             .index_of(time_column)
@@ -89,7 +127,7 @@ impl PartitionedWriter {
             table_dir: table_dir.to_path_buf(),
             schema,
             time_column,
-            properties: options.properties()?,
+            properties: options.properties(tuning)?,
             buffered: BTreeMap::new(),
             buffered_rows: 0,
             sequence: 0,
@@ -266,4 +304,120 @@ fn unix_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::layout::{HOUR_US, TimeRange};
+    use crate::store::{FLOWS_TUNING, list_files};
+    use hawking_schemas::flow::{FlowBatch, FlowOrigin, FlowRecord, SourceKind};
+    use hawking_schemas::flow_schema;
+
+    const H: i64 = 1_795_168_800_000_000; // 2026-11-20T10:00:00Z
+
+    fn batch(starts: &[i64]) -> RecordBatch {
+        let mut b = FlowBatch::default();
+        let origin = FlowOrigin {
+            received_at: H,
+            exporter: 1,
+            observation_domain: 0,
+            source_kind: SourceKind::Ipfix,
+        };
+        for s in starts {
+            b.push(
+                &origin,
+                &FlowRecord {
+                    flow_start: *s,
+                    flow_end: *s,
+                    ..Default::default()
+                },
+            );
+        }
+        b.to_record_batch_unattributed().unwrap()
+    }
+
+    fn writer(dir: &Path) -> PartitionedWriter {
+        PartitionedWriter::new(
+            dir,
+            flow_schema(),
+            "flow_start",
+            &WriterOptions::default(),
+            &FLOWS_TUNING,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rows_land_in_their_hour_and_become_visible_only_on_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = writer(tmp.path());
+        w.write(batch(&[H + 1, H + HOUR_US + 5, H + 2])).unwrap();
+        assert!(
+            list_files(tmp.path(), TimeRange::ALL).unwrap().is_empty(),
+            "nothing visible before commit"
+        );
+        let files = w.commit().unwrap();
+        assert_eq!(files.iter().map(|f| f.rows).collect::<Vec<_>>(), vec![2, 1]);
+        assert!(
+            files[0]
+                .path
+                .to_string_lossy()
+                .contains("date=2026-11-20/hour=10/")
+        );
+        assert!(
+            files[1]
+                .path
+                .to_string_lossy()
+                .contains("date=2026-11-20/hour=11/")
+        );
+        assert_eq!(w.buffered_rows(), 0);
+        let eleven = TimeRange {
+            start_us: Some(H + HOUR_US),
+            end_us: None,
+        };
+        assert_eq!(
+            list_files(tmp.path(), eleven).unwrap().len(),
+            1,
+            "the range prunes the 10:00 partition"
+        );
+    }
+
+    #[test]
+    fn a_failed_commit_keeps_the_rows_for_the_next_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = writer(tmp.path());
+        w.write(batch(&[H, H + 1])).unwrap();
+        // Make the partition directory impossible to create.
+        std::fs::write(tmp.path().join("date=2026-11-20"), b"not a directory").unwrap();
+        assert!(w.commit().is_err());
+        assert_eq!(w.buffered_rows(), 2);
+        std::fs::remove_file(tmp.path().join("date=2026-11-20")).unwrap();
+        assert_eq!(w.commit().unwrap()[0].rows, 2);
+    }
+
+    #[test]
+    fn half_written_files_from_a_crash_are_removed_and_never_listed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("date=2026-11-20/hour=10");
+        std::fs::create_dir_all(&dir).unwrap();
+        let stale = dir.join(".part-1-1-000001.parquet.inprogress");
+        std::fs::write(&stale, b"PAR1 truncated").unwrap();
+        assert!(list_files(tmp.path(), TimeRange::ALL).unwrap().is_empty());
+        let _w = writer(tmp.path());
+        assert!(!stale.exists());
+    }
+
+    #[test]
+    fn shedding_drops_the_oldest_partitions_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = writer(tmp.path());
+        w.write(batch(&[H + 2 * HOUR_US, H, H + HOUR_US])).unwrap();
+        assert_eq!(w.shed_to(2), 1);
+        let files = w.commit().unwrap();
+        assert!(
+            files[0].path.to_string_lossy().contains("hour=11"),
+            "the 10:00 rows were shed"
+        );
+    }
 }
