@@ -1,2 +1,17 @@
-//! Hawking's enricher: the time-indexed history of who held which address, and the
-//! point-in-time attribution of flows against it.
+//! Hawking's enricher: the time-indexed history of who held which address in each
+//! Kubernetes cluster, how it is kept (live watches, recordings), and the point-in-time
+//! attribution of flows against it. Knows nothing of sockets or SQL.
+
+pub mod attribute;
+pub mod cidr;
+pub mod history;
+pub mod keeper;
+pub mod objects;
+pub mod owners;
+
+pub use attribute::{BatchAttribution, ClusterSelector, attribute_batch, attribution_columns};
+pub use cidr::Cidr;
+pub use history::{IpHistory, OPEN, Verdict};
+pub use keeper::{Event, HistoryKeeper, Mode, Observation};
+pub use objects::{ObservedObject, Resource};
+pub use owners::{OwnerId, OwnerSpec, OwnerTable};

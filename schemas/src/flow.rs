@@ -208,8 +208,8 @@ impl FlowBatch {
         self
     }
 
-    /// The flow columns of the stored schema, in [`flow_schema`] order (attribution columns
-    /// excluded: see [`EndpointColumns`]).
+    /// The flow columns of the stored schema, in [`flow_schema`] order, without the
+    /// per-endpoint attribution columns.
     pub fn flow_columns(&self) -> Vec<ArrayRef> {
         let ts = |v: &[i64]| -> ArrayRef {
             Arc::new(TimestampMicrosecondArray::from(v.to_vec()).with_timezone("UTC"))
@@ -255,10 +255,24 @@ impl FlowBatch {
     /// The whole stored row set for this batch with every attribution column null (flows that
     /// no enricher has seen).
     pub fn to_record_batch_unattributed(&self) -> Result<RecordBatch, ArrowError> {
+        self.to_record_batch(None)
+    }
+
+    /// The stored row set: the flow columns plus `endpoint_columns`, the `src_*` then `dst_*`
+    /// attribution columns in [`ENDPOINT_COLUMNS`] order (all null when `None`).
+    pub fn to_record_batch(
+        &self,
+        endpoint_columns: Option<Vec<ArrayRef>>,
+    ) -> Result<RecordBatch, ArrowError> {
         let mut cols = self.flow_columns();
         let schema = flow_schema();
-        for field in schema.fields().iter().skip(cols.len()) {
-            cols.push(new_null_array(field.data_type(), self.len()));
+        match endpoint_columns {
+            Some(endpoint) => cols.extend(endpoint),
+            None => {
+                for field in schema.fields().iter().skip(cols.len()) {
+                    cols.push(new_null_array(field.data_type(), self.len()));
+                }
+            }
         }
         RecordBatch::try_new(schema, cols)
     }
@@ -287,7 +301,8 @@ pub fn ip_text_column(ips: &[u128]) -> ArrayRef {
 }
 
 /// Names of the per-endpoint attribution columns, after the `src_`/`dst_` prefix.
-pub const ENDPOINT_COLUMNS: [&str; 8] = [
+/// `candidates` names every possible owner when the attribution is `ambiguous`.
+pub const ENDPOINT_COLUMNS: [&str; 9] = [
     "cluster",
     "namespace",
     "pod",
@@ -296,6 +311,7 @@ pub const ENDPOINT_COLUMNS: [&str; 8] = [
     "node",
     "service",
     "attribution",
+    "candidates",
 ];
 
 /// Arrow schema of the `flows` table as stored (partition columns excluded).

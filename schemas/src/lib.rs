@@ -2,9 +2,11 @@
 //! enricher, the sinks and the store. Nothing here knows about sockets, Kubernetes or SQL.
 
 pub mod flow;
+pub mod history;
 pub mod ip;
 
 pub use flow::{FlowBatch, SourceKind, flow_schema};
+pub use history::{Attribution, OwnerKind, history_gaps_schema, ip_history_schema};
 
 /// Version of the stored schemas. Bumped when a column changes meaning or type; readers use
 /// it to refuse files they would misread.

@@ -1,0 +1,371 @@
+//! `attribute_batch`: every flow endpoint of a batch looked up in the history at the flow's
+//! own time, in the clusters its exporter belongs to, and written out as the `src_*` and
+//! `dst_*` attribution columns.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, StringBuilder};
+use hawking_schemas::flow::FlowBatch;
+use hawking_schemas::{Attribution, OwnerKind};
+
+use crate::cidr::Cidr;
+use crate::history::{IpHistory, MAX_CANDIDATES, Verdict};
+use crate::owners::OwnerId;
+
+const NO_CLUSTER: u16 = u16::MAX;
+
+/// Which clusters' history applies to flows from which exporters. Clusters may reuse the
+/// same pod ranges, so the exporter (address, optionally observation domain) decides.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterSelector {
+    rules: Vec<(Cidr, Option<u32>, u16)>,
+    all: Vec<u16>,
+}
+
+impl ClusterSelector {
+    /// Flows from `exporter` (and `domain`, if given) belong to `cluster`.
+    pub fn add_rule(&mut self, exporter: Cidr, domain: Option<u32>, cluster: u16) {
+        self.rules.push((exporter, domain, cluster));
+        self.add_cluster(cluster);
+    }
+
+    /// A cluster consulted for exporters no rule names.
+    pub fn add_cluster(&mut self, cluster: u16) {
+        if !self.all.contains(&cluster) {
+            self.all.push(cluster);
+        }
+    }
+
+    /// The clusters for a flow: those whose rules name its exporter, else every cluster.
+    pub fn clusters_for(&self, exporter: u128, domain: u32, out: &mut Vec<u16>) {
+        out.clear();
+        for (range, dom, cluster) in &self.rules {
+            if range.contains(exporter) && dom.is_none_or(|d| d == domain) && !out.contains(cluster)
+            {
+                out.push(*cluster);
+            }
+        }
+        if out.is_empty() {
+            out.extend_from_slice(&self.all);
+        }
+    }
+}
+
+/// One endpoint's resolved attribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub attribution: Attribution,
+    /// The cluster it was resolved in, when exactly one applies.
+    pub cluster: u16,
+    pub owner: Option<OwnerId>,
+    pub candidates: [OwnerId; MAX_CANDIDATES],
+    pub n_candidates: u8,
+}
+
+impl Resolved {
+    fn plain(attribution: Attribution, cluster: u16) -> Self {
+        Resolved {
+            attribution,
+            cluster,
+            owner: None,
+            candidates: [0; MAX_CANDIDATES],
+            n_candidates: 0,
+        }
+    }
+}
+
+fn held(history: &IpHistory, owner: OwnerId, cluster: u16) -> Resolved {
+    let attribution = match history.owners.get(owner).kind {
+        OwnerKind::Pod | OwnerKind::HostNetworkPod => Attribution::Pod,
+        OwnerKind::Node => Attribution::Node,
+        OwnerKind::Service => Attribution::Service,
+    };
+    Resolved {
+        owner: Some(owner),
+        ..Resolved::plain(attribution, cluster)
+    }
+}
+
+/// Resolves one endpoint across the applicable clusters. An owner is named only when one
+/// cluster holds the address and every other says it is not theirs (`External`); anything
+/// less certain stays `Ambiguous` or `Unknown`.
+#[allow(clippy::too_many_arguments)]
+pub fn resolve_endpoint(
+    history: &IpHistory,
+    clusters: &[u16],
+    addr: u128,
+    start: i64,
+    end: i64,
+    port: u16,
+    protocol: u8,
+) -> Resolved {
+    match clusters {
+        [] => Resolved::plain(Attribution::Unknown, NO_CLUSTER),
+        [c] => match history.lookup(*c, addr, start, end, port, protocol) {
+            Verdict::Held(o) => held(history, o, *c),
+            Verdict::Ambiguous { candidates, n } => Resolved {
+                candidates,
+                n_candidates: n,
+                ..Resolved::plain(Attribution::Ambiguous, *c)
+            },
+            Verdict::Unknown => Resolved::plain(Attribution::Unknown, *c),
+            Verdict::External => Resolved::plain(Attribution::External, NO_CLUSTER),
+        },
+        many => {
+            let mut holder: Option<(OwnerId, u16)> = None;
+            let mut holders = 0;
+            let mut candidates = [0; MAX_CANDIDATES];
+            let mut n = 0usize;
+            let mut unknown = false;
+            let mut ambiguous = false;
+            for c in many {
+                match history.lookup(*c, addr, start, end, port, protocol) {
+                    Verdict::Held(o) => {
+                        holders += 1;
+                        holder = Some((o, *c));
+                        if n < MAX_CANDIDATES {
+                            candidates[n] = o;
+                            n += 1;
+                        }
+                    }
+                    Verdict::Ambiguous {
+                        candidates: cs,
+                        n: k,
+                    } => {
+                        ambiguous = true;
+                        for o in &cs[..k as usize] {
+                            if n < MAX_CANDIDATES {
+                                candidates[n] = *o;
+                                n += 1;
+                            }
+                        }
+                    }
+                    Verdict::Unknown => unknown = true,
+                    Verdict::External => {}
+                }
+            }
+            match (holders, ambiguous, unknown, holder) {
+                (1, false, false, Some((o, c))) => held(history, o, c),
+                (h, a, _, _) if h > 1 || a => Resolved {
+                    candidates,
+                    n_candidates: n as u8,
+                    ..Resolved::plain(Attribution::Ambiguous, NO_CLUSTER)
+                },
+                (_, _, true, _) | (1, _, _, _) => Resolved::plain(Attribution::Unknown, NO_CLUSTER),
+                _ => Resolved::plain(Attribution::External, NO_CLUSTER),
+            }
+        }
+    }
+}
+
+/// Attribution of both endpoints of every flow in a batch.
+#[derive(Clone, Debug, Default)]
+pub struct BatchAttribution {
+    pub src: Vec<Resolved>,
+    pub dst: Vec<Resolved>,
+}
+
+/// Looks up every endpoint of `batch` at its flow's own time.
+pub fn attribute_batch(
+    history: &IpHistory,
+    selector: &ClusterSelector,
+    batch: &FlowBatch,
+) -> BatchAttribution {
+    let n = batch.len();
+    let mut out = BatchAttribution {
+        src: Vec::with_capacity(n),
+        dst: Vec::with_capacity(n),
+    };
+    let mut clusters = Vec::new();
+    let mut last_exporter = None;
+    for i in 0..n {
+        let exporter = (batch.exporter[i], batch.observation_domain[i]);
+        if last_exporter != Some(exporter) {
+            selector.clusters_for(exporter.0, exporter.1, &mut clusters);
+            last_exporter = Some(exporter);
+        }
+        let (start, end, proto) = (batch.flow_start[i], batch.flow_end[i], batch.protocol[i]);
+        out.src.push(resolve_endpoint(
+            history,
+            &clusters,
+            batch.src_ip[i],
+            start,
+            end,
+            batch.src_port[i],
+            proto,
+        ));
+        out.dst.push(resolve_endpoint(
+            history,
+            &clusters,
+            batch.dst_ip[i],
+            start,
+            end,
+            batch.dst_port[i],
+            proto,
+        ));
+    }
+    out
+}
+
+/// The nine attribution columns of one endpoint side, in `ENDPOINT_COLUMNS` order.
+pub fn endpoint_columns(history: &IpHistory, resolved: &[Resolved]) -> Vec<ArrayRef> {
+    let n = resolved.len();
+    let mut b: Vec<StringBuilder> = (0..9)
+        .map(|_| StringBuilder::with_capacity(n, n * 8))
+        .collect();
+    let owners = &history.owners;
+    let mut candidates = String::new();
+    for r in resolved {
+        let cluster = (r.cluster != NO_CLUSTER).then(|| history.cluster_name(r.cluster));
+        b[0].append_option(cluster);
+        match r.owner {
+            Some(o) => {
+                let owner = owners.get(o);
+                let name = owners.name(o);
+                let (pod, node, service) = match owner.kind {
+                    OwnerKind::Pod | OwnerKind::HostNetworkPod => {
+                        (Some(name), owners.text(owner.node), None)
+                    }
+                    OwnerKind::Node => (None, Some(name), None),
+                    OwnerKind::Service => (None, None, Some(name)),
+                };
+                b[1].append_option(owners.text(owner.namespace));
+                b[2].append_option(pod);
+                b[3].append_option(owners.text(owner.workload_kind));
+                b[4].append_option(owners.text(owner.workload));
+                b[5].append_option(node);
+                b[6].append_option(service);
+            }
+            None => {
+                for col in &mut b[1..7] {
+                    col.append_null();
+                }
+            }
+        }
+        b[7].append_value(r.attribution.as_str());
+        if r.n_candidates > 0 {
+            candidates.clear();
+            for (i, o) in r.candidates[..r.n_candidates as usize].iter().enumerate() {
+                if i > 0 {
+                    candidates.push_str(", ");
+                }
+                candidates.push_str(&owners.display(*o));
+            }
+            b[8].append_value(&candidates);
+        } else {
+            b[8].append_null();
+        }
+    }
+    b.into_iter()
+        .map(|mut c| Arc::new(c.finish()) as ArrayRef)
+        .collect()
+}
+
+/// `src_*` then `dst_*` attribution columns for a batch.
+pub fn attribution_columns(history: &IpHistory, attribution: &BatchAttribution) -> Vec<ArrayRef> {
+    let mut cols = endpoint_columns(history, &attribution.src);
+    cols.extend(endpoint_columns(history, &attribution.dst));
+    cols
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::OPEN;
+    use crate::owners::OwnerSpec;
+    use arrow::array::{Array, AsArray};
+    use hawking_schemas::flow::{FlowOrigin, FlowRecord, SourceKind};
+    use hawking_schemas::ip::v4_to_u128;
+
+    fn two_clusters_with_the_same_pod_range() -> (IpHistory, ClusterSelector, OwnerId, OwnerId) {
+        let mut h = IpHistory::default();
+        let (eu, us) = (h.cluster("eu"), h.cluster("us"));
+        for c in [eu, us] {
+            h.add_range(c, "10.4.0.0/16".parse().unwrap());
+        }
+        let spec = |name, uid| OwnerSpec {
+            namespace: Some("shop"),
+            name,
+            uid,
+            workload_kind: Some("Deployment"),
+            workload: Some("web"),
+            node: Some("node-1"),
+            ports: None,
+        };
+        let a = h.owners.upsert(eu, OwnerKind::Pod, &spec("web-eu", "u-eu"));
+        let b = h.owners.upsert(us, OwnerKind::Pod, &spec("web-us", "u-us"));
+        let ip = v4_to_u128(0x0a04_010a);
+        h.insert(eu, ip, a, 0, OPEN);
+        h.insert(us, ip, b, 0, OPEN);
+        let mut sel = ClusterSelector::default();
+        sel.add_rule("192.168.1.0/24".parse().unwrap(), None, eu);
+        sel.add_rule("192.168.2.0/24".parse().unwrap(), None, us);
+        (h, sel, a, b)
+    }
+
+    #[test]
+    fn the_exporter_decides_between_clusters_with_overlapping_ranges() {
+        let (h, sel, a, b) = two_clusters_with_the_same_pod_range();
+        let mut clusters = vec![];
+        sel.clusters_for(v4_to_u128(0xc0a8_0105), 0, &mut clusters);
+        let r = resolve_endpoint(&h, &clusters, v4_to_u128(0x0a04_010a), 10, 20, 80, 6);
+        assert_eq!((r.attribution, r.owner), (Attribution::Pod, Some(a)));
+        sel.clusters_for(v4_to_u128(0xc0a8_0205), 0, &mut clusters);
+        assert_eq!(
+            resolve_endpoint(&h, &clusters, v4_to_u128(0x0a04_010a), 10, 20, 80, 6).owner,
+            Some(b)
+        );
+        // An exporter no rule names: both clusters claim the address, so it is ambiguous.
+        sel.clusters_for(v4_to_u128(0x0101_0101), 0, &mut clusters);
+        let r = resolve_endpoint(&h, &clusters, v4_to_u128(0x0a04_010a), 10, 20, 80, 6);
+        assert_eq!((r.attribution, r.n_candidates), (Attribution::Ambiguous, 2));
+        let r = resolve_endpoint(&h, &clusters, v4_to_u128(0x0808_0808), 10, 20, 80, 6);
+        assert_eq!(r.attribution, Attribution::External);
+    }
+
+    #[test]
+    fn batch_columns_name_the_workload_and_candidates() {
+        let (h, sel, _, _) = two_clusters_with_the_same_pod_range();
+        let mut batch = FlowBatch::default();
+        for exporter in [0xc0a8_0105u32, 0x0101_0101] {
+            let origin = FlowOrigin {
+                received_at: 0,
+                exporter: v4_to_u128(exporter),
+                observation_domain: 0,
+                source_kind: SourceKind::Ipfix,
+            };
+            batch.push(
+                &origin,
+                &FlowRecord {
+                    flow_start: 10,
+                    flow_end: 20,
+                    src_ip: v4_to_u128(0x0a04_010a),
+                    dst_ip: v4_to_u128(0x0808_0808),
+                    protocol: 6,
+                    ..Default::default()
+                },
+            );
+        }
+        let attribution = attribute_batch(&h, &sel, &batch);
+        let cols = attribution_columns(&h, &attribution);
+        let rb = batch.to_record_batch(Some(cols)).unwrap();
+        let s = |name: &str, row: usize| {
+            let c = rb.column_by_name(name).unwrap().as_string::<i32>();
+            (!c.is_null(row)).then(|| c.value(row).to_string())
+        };
+        assert_eq!(s("src_cluster", 0).as_deref(), Some("eu"));
+        assert_eq!(s("src_pod", 0).as_deref(), Some("web-eu"));
+        assert_eq!(s("src_workload", 0).as_deref(), Some("web"));
+        assert_eq!(s("src_workload_kind", 0).as_deref(), Some("Deployment"));
+        assert_eq!(s("src_node", 0).as_deref(), Some("node-1"));
+        assert_eq!(s("src_attribution", 0).as_deref(), Some("pod"));
+        assert_eq!(s("dst_attribution", 0).as_deref(), Some("external"));
+        assert_eq!(s("dst_cluster", 0), None);
+        assert_eq!(s("src_attribution", 1).as_deref(), Some("ambiguous"));
+        assert_eq!(
+            s("src_candidates", 1).as_deref(),
+            Some("shop/web-eu, shop/web-us")
+        );
+        assert_eq!(s("src_pod", 1), None, "an ambiguous endpoint names no pod");
+    }
+}
