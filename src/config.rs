@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use hawking_collector::NetflowListenerConfig;
+use hawking_enricher::EnricherConfig;
 use hawking_query::{QueryOptions, WriterOptions};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Query engine settings (for `hawking sql` and served queries).
     pub query: QueryOptions,
+    /// Kubernetes clusters and attribution.
+    pub enricher: EnricherConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -3,9 +3,14 @@
 
 mod config;
 mod flowgen;
+mod history_cmd;
+mod history_state;
 mod metrics_http;
 mod pipeline;
+mod sink;
 mod sql;
+mod timearg;
+mod whois;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,10 +36,60 @@ struct Cli {
 enum Command {
     /// Receive flows and store them until SIGINT/SIGTERM (then commit everything accepted).
     Serve(ServeArgs),
-    /// Run SQL over the store (tables: flows).
+    /// Run SQL over the store (tables: flows, ip_history, history_gaps).
     Sql(SqlArgs),
+    /// Who held an address at a time, from the stored history.
+    Whois(WhoisArgs),
+    /// Address history: import kubectl recordings.
+    History {
+        #[command(subcommand)]
+        command: HistoryCommand,
+    },
     /// Send synthetic NetFlow v5/v9/IPFIX packets (load generation and benchmarks).
     Flowgen(flowgen::FlowgenArgs),
+}
+
+#[derive(Subcommand)]
+enum HistoryCommand {
+    /// Build history from a recording: `kubectl get pods,nodes,services -A -o json` snapshots
+    /// or `kubectl get pods -A -w -o json --output-watch-events` streams.
+    Import {
+        /// The recording.
+        file: PathBuf,
+        /// The cluster it records.
+        #[arg(long)]
+        cluster: String,
+        /// Store directory.
+        #[arg(long, default_value = "./data")]
+        data: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct WhoisArgs {
+    /// The address.
+    ip: String,
+    /// The time: RFC 3339 (2026-11-20T10:05:00Z), "2026-11-20 10:05:00" (UTC) or "now".
+    #[arg(long)]
+    at: String,
+    /// Only this cluster [default: every cluster in the history].
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Also list every interval of the address, before and after.
+    #[arg(long)]
+    around: bool,
+    /// A port the address used then (tells a host-network pod from its node).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Protocol of that port: tcp, udp or sctp.
+    #[arg(long, default_value = "tcp")]
+    protocol: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Store directory.
+    #[arg(long, default_value = "./data")]
+    data: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -85,7 +140,28 @@ impl From<Format> for OutputFormat {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes, without a backtrace: these are messages for users. Causes
+            // whose text their wrapper already includes are not repeated.
+            let mut message = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !message.contains(&cause) {
+                    if !message.is_empty() {
+                        message.push_str(": ");
+                    }
+                    message.push_str(&cause);
+                }
+            }
+            eprintln!("error: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HAWKING_LOG")
@@ -103,6 +179,29 @@ fn main() -> anyhow::Result<()> {
             &Default::default(),
         ),
         Command::Flowgen(args) => flowgen::run(args),
+        Command::History {
+            command:
+                HistoryCommand::Import {
+                    file,
+                    cluster,
+                    data,
+                },
+        } => history_cmd::import(&file, &cluster, &data),
+        Command::Whois(a) => whois::run(whois::WhoisArgs {
+            ip: &a.ip,
+            at: &a.at,
+            cluster: a.cluster.as_deref(),
+            around: a.around,
+            port: a.port,
+            protocol: match a.protocol.to_ascii_lowercase().as_str() {
+                "tcp" => 6,
+                "udp" => 17,
+                "sctp" => 132,
+                other => anyhow::bail!("unknown protocol {other}: use tcp, udp or sctp"),
+            },
+            json: a.json,
+            data: &a.data,
+        }),
     }
 }
 
@@ -130,7 +229,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let registry = prometheus::Registry::new();
-        let pipeline = pipeline::Pipeline::start(&config, &registry)?;
+        let pipeline = pipeline::Pipeline::start(&config, &registry).await?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (metrics_addr, metrics_task) =
             metrics_http::serve(config.metrics.listen, registry.clone(), async {

@@ -15,7 +15,7 @@ pub fn run(
         .enable_all()
         .build()?;
     let batches = runtime.block_on(async {
-        let ctx = open_session(data, options)?;
+        let ctx = open_session(data, options).await?;
         let df = ctx.sql(query).await?;
         anyhow::Ok(df.collect().await?)
     })?;

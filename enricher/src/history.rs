@@ -260,6 +260,11 @@ impl IpHistory {
         }
         match n {
             0 => Verdict::Unknown,
+            // A host-network pod shares its node's address, whether or not the node is in
+            // the history: only its declared port tells its traffic from the node's.
+            1 if self.owners.get(found[0]).kind == OwnerKind::HostNetworkPod => {
+                self.resolve_shared_address(&found[..1], port, protocol)
+            }
             1 => Verdict::Held(found[0]),
             _ if !more => self.resolve_shared_address(&found[..n], port, protocol),
             _ => Verdict::Ambiguous {

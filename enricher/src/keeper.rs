@@ -163,6 +163,30 @@ impl HistoryKeeper {
         &self.history
     }
 
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Ends a recording of `cluster` at `end`, its last timestamp: addresses still held then
+    /// are recorded as held until `end` (what the recording knows, no more). With
+    /// `unknown_after`, a gap opens at `end` so that later flows are `unknown` rather than
+    /// judged by ranges (for clusters whose history comes only from recordings).
+    pub fn finish_recording(&mut self, cluster: &str, end: i64, unknown_after: bool) {
+        let c = self.history.cluster(cluster);
+        let held: Vec<(u16, Resource, String)> =
+            self.held.keys().filter(|k| k.0 == c).cloned().collect();
+        for key in held {
+            if let Some(h) = self.held.remove(&key) {
+                for a in h.addrs {
+                    self.close(c, a, h.owner, end);
+                }
+            }
+        }
+        if unknown_after && self.history.open_gap(c).is_none() {
+            self.open_gap(c, end, "recording ends");
+        }
+    }
+
     pub fn history_mut(&mut self) -> &mut IpHistory {
         &mut self.history
     }
@@ -187,6 +211,15 @@ impl HistoryKeeper {
             .insert(c, vec![Resource::Pods, Resource::Nodes, Resource::Services]);
         if self.history.open_gap(c).is_none() {
             self.open_gap(c, since, reason);
+        }
+    }
+
+    /// Hawking stops watching `cluster` at `at`: a gap opens that the next start closes
+    /// once its watches are in sync.
+    pub fn stop_watching(&mut self, cluster: &str, at: i64) {
+        let c = self.history.cluster(cluster);
+        if self.history.open_gap(c).is_none() {
+            self.open_gap(c, at, "collector stopped");
         }
     }
 
@@ -517,7 +550,7 @@ impl HistoryKeeper {
                     .ok_or_else(|| LoadError(format!("ip_history has no timestamp column {name}")))
             };
             let (cluster, ip, kind, ns, name, uid) = (
-                s("cluster")?,
+                s("cluster_name")?,
                 s("ip")?,
                 s("owner_kind")?,
                 s("namespace")?,
@@ -568,7 +601,7 @@ impl HistoryKeeper {
         }
         for b in gaps {
             let cluster = b
-                .column_by_name("cluster")
+                .column_by_name("cluster_name")
                 .and_then(|c| c.as_string_opt::<i32>());
             let start = b
                 .column_by_name("gap_start")
@@ -583,7 +616,7 @@ impl HistoryKeeper {
                 (cluster, start, end, reason)
             else {
                 return Err(LoadError(
-                    "history_gaps lacks cluster, gap_start, gap_end or reason".into(),
+                    "history_gaps lacks cluster_name, gap_start, gap_end or reason".into(),
                 ));
             };
             for i in 0..b.num_rows() {

@@ -4,13 +4,17 @@
 
 pub mod attribute;
 pub mod cidr;
+pub mod config;
 pub mod history;
+pub mod import;
 pub mod keeper;
 pub mod objects;
 pub mod owners;
+pub mod watch;
 
 pub use attribute::{BatchAttribution, ClusterSelector, attribute_batch, attribution_columns};
 pub use cidr::Cidr;
+pub use config::{ClusterConfig, EnricherConfig};
 pub use history::{IpHistory, OPEN, Verdict};
 pub use keeper::{Event, HistoryKeeper, Mode, Observation};
 pub use objects::{ObservedObject, Resource};

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use hawking_schemas::flow_schema;
+use hawking_schemas::{flow_schema, history_gaps_schema, ip_history_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::store::FLOWS_TABLE;
 use crate::store::layout::table_dir;
+use crate::store::{FLOWS_TABLE, HISTORY_GAPS_LOG_TABLE, IP_HISTORY_LOG_TABLE};
 use crate::table::StoreTable;
 
 /// Query engine settings.
@@ -46,8 +46,27 @@ pub enum QueryError {
     },
 }
 
-/// Opens a session with the store's tables registered.
-pub fn open_session(root: &Path, options: &QueryOptions) -> Result<SessionContext, QueryError> {
+/// Per interval (or gap), the closed row if there is one, else the latest: what the logs
+/// mean once their open-then-closed rows are folded.
+const IP_HISTORY_VIEW: &str = "CREATE VIEW ip_history AS \
+    SELECT interval_id, cluster_name, ip, owner_kind, namespace, name, uid, workload_kind, workload, node, ports, \
+           valid_from, valid_to, source, recorded_at \
+    FROM (SELECT *, row_number() OVER (PARTITION BY interval_id ORDER BY valid_to IS NULL, recorded_at DESC) AS version \
+          FROM ip_history_log) \
+    WHERE version = 1";
+
+const HISTORY_GAPS_VIEW: &str = "CREATE VIEW history_gaps AS \
+    SELECT gap_id, cluster_name, gap_start, gap_end, reason, recorded_at \
+    FROM (SELECT *, row_number() OVER (PARTITION BY gap_id ORDER BY gap_end IS NULL, recorded_at DESC) AS version \
+          FROM history_gaps_log) \
+    WHERE version = 1";
+
+/// Opens a session with the store's tables and views registered: `flows`, `ip_history`,
+/// `history_gaps` (and the logs behind the last two).
+pub async fn open_session(
+    root: &Path,
+    options: &QueryOptions,
+) -> Result<SessionContext, QueryError> {
     let root = std::path::absolute(root).map_err(|source| QueryError::Store {
         path: root.display().to_string(),
         source,
@@ -64,13 +83,18 @@ pub fn open_session(root: &Path, options: &QueryOptions) -> Result<SessionContex
         runtime = runtime.with_memory_limit(limit, 1.0);
     }
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
-    ctx.register_table(
-        FLOWS_TABLE,
-        Arc::new(StoreTable::new(
-            table_dir(&root, FLOWS_TABLE),
-            flow_schema(),
-            "flow_start",
-        )),
-    )?;
+    let tables = [
+        (FLOWS_TABLE, flow_schema(), "flow_start"),
+        (IP_HISTORY_LOG_TABLE, ip_history_schema(), "recorded_at"),
+        (HISTORY_GAPS_LOG_TABLE, history_gaps_schema(), "recorded_at"),
+    ];
+    for (name, schema, time_column) in tables {
+        ctx.register_table(
+            name,
+            Arc::new(StoreTable::new(table_dir(&root, name), schema, time_column)),
+        )?;
+    }
+    ctx.sql(IP_HISTORY_VIEW).await?;
+    ctx.sql(HISTORY_GAPS_VIEW).await?;
     Ok(ctx)
 }

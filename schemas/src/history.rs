@@ -94,7 +94,8 @@ pub fn ip_history_schema() -> SchemaRef {
             with_version(vec![
                 // Same for the open and the closed row of one interval.
                 Field::new("interval_id", DataType::Int64, false),
-                Field::new("cluster", DataType::Utf8, false),
+                // Not `cluster`: DataFusion's SQL parser reads a bare CLUSTER as a keyword.
+                Field::new("cluster_name", DataType::Utf8, false),
                 Field::new("ip", DataType::Utf8, false),
                 Field::new("owner_kind", DataType::Utf8, false),
                 Field::new("namespace", DataType::Utf8, true),
@@ -126,7 +127,7 @@ pub fn history_gaps_schema() -> SchemaRef {
         .get_or_init(|| {
             with_version(vec![
                 Field::new("gap_id", DataType::Int64, false),
-                Field::new("cluster", DataType::Utf8, false),
+                Field::new("cluster_name", DataType::Utf8, false),
                 Field::new("gap_start", ts(), false),
                 // Null while the gap lasts.
                 Field::new("gap_end", ts(), true),

@@ -11,6 +11,12 @@ use layout::{IN_PROGRESS_SUFFIX, TimeRange, parse_date_dir, parse_hour_dir};
 /// The `flows` table's directory name.
 pub const FLOWS_TABLE: &str = "flows";
 
+/// The append-only log behind the `ip_history` view (partitioned by `recorded_at`).
+pub const IP_HISTORY_LOG_TABLE: &str = "ip_history_log";
+
+/// The append-only log behind the `history_gaps` view (partitioned by `recorded_at`).
+pub const HISTORY_GAPS_LOG_TABLE: &str = "history_gaps_log";
+
 /// Encoding choices for `flows` (measured in `tests/bench/store_encode.rs`).
 pub const FLOWS_TUNING: writer::ColumnTuning = writer::ColumnTuning {
     page_statistics: &["flow_start", "flow_end", "received_at", "src_ip", "dst_ip"],

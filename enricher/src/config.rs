@@ -1,0 +1,187 @@
+//! Enricher configuration: the clusters to watch, which exporters' flows belong to which
+//! cluster, and how long flows wait for history.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::attribute::ClusterSelector;
+use crate::cidr::{BadCidr, Cidr};
+use crate::history::IpHistory;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnricherConfig {
+    /// Seconds a flow waits after it is received before it is attributed, so that history
+    /// arriving late (watch lag) is there when it is looked up. Default 5.
+    pub grace_secs: f64,
+    /// Most flows held waiting; beyond it the oldest are attributed early (counted in
+    /// `hawking_enricher_early_attributions_total`). Default 2000000.
+    pub max_held_flows: usize,
+    /// Clusters whose history attributes flows. None: flows are stored unattributed.
+    pub clusters: Vec<ClusterConfig>,
+}
+
+impl Default for EnricherConfig {
+    fn default() -> Self {
+        EnricherConfig {
+            grace_secs: 5.0,
+            max_held_flows: 2_000_000,
+            clusters: Vec::new(),
+        }
+    }
+}
+
+/// One Kubernetes cluster.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The cluster's name in the `*_cluster` columns and in `ip_history`.
+    pub name: String,
+    /// Watch the cluster live (default true). False: its history comes from imports only.
+    pub watch: Option<bool>,
+    /// Use the in-cluster service account (when Hawking runs in this cluster).
+    pub in_cluster: bool,
+    /// kubeconfig file (default: $KUBECONFIG or ~/.kube/config) and context to use.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// An API server URL used as is, without authentication (e.g. `kubectl proxy`).
+    pub api_url: Option<String>,
+    /// Exporters whose flows belong to this cluster: addresses or ranges, optionally with
+    /// an observation domain (`192.168.10.0/24`, `192.168.10.5@7`). Exporters no cluster
+    /// names are looked up in every cluster (an owner is named only if exactly one has it).
+    pub exporters: Vec<String>,
+    /// Pod ranges beyond those nodes announce in `spec.podCIDRs` (addresses in them that no
+    /// history covers are `unknown`, never `external`).
+    pub pod_cidrs: Vec<String>,
+    /// Service ranges (cluster IPs).
+    pub service_cidrs: Vec<String>,
+}
+
+impl ClusterConfig {
+    pub fn watched(&self) -> bool {
+        self.watch.unwrap_or(true)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cluster {cluster}: {source}")]
+    Range { cluster: String, source: BadCidr },
+    #[error("cluster {cluster}: bad observation domain in exporter {exporter:?}")]
+    Domain { cluster: String, exporter: String },
+    #[error("two clusters are named {0:?}")]
+    Duplicate(String),
+    #[error("a cluster has no name")]
+    Unnamed,
+}
+
+impl EnricherConfig {
+    /// Registers every cluster in `history` (with its configured ranges) and returns the
+    /// exporter → cluster selector.
+    pub fn apply(&self, history: &mut IpHistory) -> Result<ClusterSelector, ConfigError> {
+        let mut selector = ClusterSelector::default();
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.clusters {
+            if c.name.is_empty() {
+                return Err(ConfigError::Unnamed);
+            }
+            if !seen.insert(c.name.clone()) {
+                return Err(ConfigError::Duplicate(c.name.clone()));
+            }
+            let id = history.cluster(&c.name);
+            selector.add_cluster(id);
+            let range = |s: &str| {
+                s.parse::<Cidr>().map_err(|source| ConfigError::Range {
+                    cluster: c.name.clone(),
+                    source,
+                })
+            };
+            for r in c.pod_cidrs.iter().chain(&c.service_cidrs) {
+                history.add_range(id, range(r)?);
+            }
+            for e in &c.exporters {
+                let (addr, domain) = match e.split_once('@') {
+                    Some((a, d)) => (
+                        a,
+                        Some(d.parse::<u32>().map_err(|_| ConfigError::Domain {
+                            cluster: c.name.clone(),
+                            exporter: e.clone(),
+                        })?),
+                    ),
+                    None => (e.as_str(), None),
+                };
+                selector.add_rule(range(addr)?, domain, id);
+            }
+        }
+        Ok(selector)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hawking_schemas::ip::parse_ip;
+
+    #[test]
+    fn exporters_with_domains_select_their_cluster() {
+        let config = EnricherConfig {
+            clusters: vec![
+                ClusterConfig {
+                    name: "eu".into(),
+                    exporters: vec!["192.168.1.0/24".into()],
+                    ..Default::default()
+                },
+                ClusterConfig {
+                    name: "us".into(),
+                    exporters: vec!["192.168.1.5@7".into()],
+                    pod_cidrs: vec!["10.4.0.0/16".into()],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let mut h = IpHistory::default();
+        let sel = config.apply(&mut h).unwrap();
+        let mut out = vec![];
+        sel.clusters_for(parse_ip("192.168.1.5").unwrap(), 7, &mut out);
+        assert_eq!(out, vec![0, 1]);
+        sel.clusters_for(parse_ip("192.168.1.5").unwrap(), 8, &mut out);
+        assert_eq!(out, vec![0]);
+        sel.clusters_for(parse_ip("10.0.0.1").unwrap(), 0, &mut out);
+        assert_eq!(out, vec![0, 1], "unnamed exporters consult every cluster");
+    }
+
+    #[test]
+    fn bad_ranges_and_duplicates_are_refused() {
+        let bad = EnricherConfig {
+            clusters: vec![ClusterConfig {
+                name: "eu".into(),
+                pod_cidrs: vec!["10.4.0.0/40".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            bad.apply(&mut IpHistory::default()),
+            Err(ConfigError::Range { .. })
+        ));
+        let dup = EnricherConfig {
+            clusters: vec![
+                ClusterConfig {
+                    name: "eu".into(),
+                    ..Default::default()
+                },
+                ClusterConfig {
+                    name: "eu".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert!(matches!(
+            dup.apply(&mut IpHistory::default()),
+            Err(ConfigError::Duplicate(_))
+        ));
+    }
+}

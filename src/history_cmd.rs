@@ -1,0 +1,82 @@
+//! `hawking history import FILE`: builds history from kubectl recordings and commits it to
+//! the store's `ip_history` and `history_gaps` tables.
+
+use std::path::Path;
+
+use anyhow::Context;
+use hawking_enricher::import::import_recording;
+use hawking_enricher::{HistoryKeeper, Mode};
+use hawking_query::store::layout::table_dir;
+use hawking_query::{
+    ColumnTuning, HISTORY_GAPS_LOG_TABLE, IP_HISTORY_LOG_TABLE, PartitionedWriter, WriterOptions,
+};
+use hawking_schemas::{history_gaps_schema, ip_history_schema};
+
+use crate::timearg::format_time;
+
+pub fn import(file: &Path, cluster: &str, data: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut keeper = HistoryKeeper::new(Mode::Import);
+    let report = import_recording(&text, cluster, &mut keeper)
+        .with_context(|| format!("importing {}", file.display()))?;
+    let Some(end) = report.recording_end else {
+        anyhow::bail!(
+            "{} holds no Pods, Nodes or Services with timestamps",
+            file.display()
+        );
+    };
+    // A cluster Hawking also watches live keeps its own account of what it saw; one known
+    // only from recordings has nothing after the recording's end.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let watched_live = runtime.block_on(async {
+        let ctx = hawking_query::open_session(data, &Default::default()).await?;
+        let sql = format!(
+            "SELECT count(*) FROM ip_history_log WHERE cluster_name = '{}' AND source = 'watch'",
+            cluster.replace('\'', "''")
+        );
+        let batches = ctx.sql(&sql).await?.collect().await?;
+        let n = batches
+            .first()
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .map(|a| a.value(0))
+            })
+            .unwrap_or(0);
+        anyhow::Ok(n > 0)
+    })?;
+    keeper.finish_recording(cluster, end, !watched_live);
+    let (intervals, gaps) = keeper.take_rows();
+    let options = WriterOptions::default();
+    let mut written = 0;
+    for (table, schema, rows) in [
+        (IP_HISTORY_LOG_TABLE, ip_history_schema(), intervals),
+        (HISTORY_GAPS_LOG_TABLE, history_gaps_schema(), gaps),
+    ] {
+        let Some(rows) = rows else { continue };
+        let mut w = PartitionedWriter::new(
+            &table_dir(data, table),
+            schema,
+            "recorded_at",
+            &options,
+            &ColumnTuning::default(),
+        )?;
+        if table == IP_HISTORY_LOG_TABLE {
+            written = rows.num_rows();
+        }
+        w.write(rows)?;
+        w.commit()?;
+    }
+    println!(
+        "imported {} objects ({} watch events, {} other documents skipped) into cluster {cluster}: {written} interval rows; recording ends {}",
+        report.objects,
+        report.events,
+        report.skipped,
+        format_time(end)
+    );
+    Ok(())
+}
