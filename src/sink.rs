@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use hawking_enricher::{
@@ -238,10 +238,17 @@ impl Sink {
             while history.try_recv().is_ok() {}
             return;
         };
-        loop {
-            match history.try_recv() {
-                Ok(obs) => e.keeper.apply(obs),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        let mut applied = false;
+        while let Ok(obs) = history.try_recv() {
+            e.keeper.apply(obs);
+            applied = true;
+        }
+        if applied {
+            for cluster in &e.watched {
+                self.metrics
+                    .cluster_in_gap
+                    .with_label_values(&[cluster])
+                    .set(e.keeper.is_down(cluster) as i64);
             }
         }
     }
@@ -315,10 +322,10 @@ impl Sink {
                 (&mut self.writers.intervals, intervals),
                 (&mut self.writers.gaps, gaps),
             ] {
-                if let Some(rows) = rows {
-                    if let Err(err) = writer.write(rows) {
-                        tracing::error!(error = %err, "history rows do not fit their table");
-                    }
+                if let Some(rows) = rows
+                    && let Err(err) = writer.write(rows)
+                {
+                    tracing::error!(error = %err, "history rows do not fit their table");
                 }
             }
         }

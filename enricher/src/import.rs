@@ -118,13 +118,12 @@ impl Owners {
     }
 
     fn workload(&self, pod: &Pod) -> (String, String) {
-        if let (Some(ns), Some(owner)) = (&pod.metadata.namespace, controller(&pod.metadata)) {
-            if let Some(w) = self
+        if let (Some(ns), Some(owner)) = (&pod.metadata.namespace, controller(&pod.metadata))
+            && let Some(w) = self
                 .0
                 .get(&(ns.clone(), owner.kind.clone(), owner.name.clone()))
-            {
-                return w.clone();
-            }
+        {
+            return w.clone();
         }
         workload_by_convention(pod)
     }

@@ -287,10 +287,10 @@ impl HistoryKeeper {
             Event::Up { resource } => {
                 let down = self.down.entry(c).or_default();
                 down.retain(|r| *r != resource);
-                if down.is_empty() {
-                    if let Some(start) = self.history.open_gap(c) {
-                        self.close_gap(c, start, at);
-                    }
+                if down.is_empty()
+                    && let Some(start) = self.history.open_gap(c)
+                {
+                    self.close_gap(c, start, at);
                 }
             }
         }

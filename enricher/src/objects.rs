@@ -231,10 +231,9 @@ pub fn node_observation(node: &Node) -> ObservedObject {
     if let Some(c) = spec
         .and_then(|s| s.pod_cidr.as_deref())
         .and_then(|c| c.parse().ok())
+        && !ranges.contains(&c)
     {
-        if !ranges.contains(&c) {
-            ranges.push(c);
-        }
+        ranges.push(c);
     }
     let mut times = Vec::new();
     meta_times(meta, &mut times);

@@ -132,10 +132,10 @@ impl WorkloadResolver {
                 None
             }
         };
-        if self.order.len() >= self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.cache.remove(&old);
-            }
+        if self.order.len() >= self.capacity
+            && let Some(old) = self.order.pop_front()
+        {
+            self.cache.remove(&old);
         }
         self.order.push_back(key.clone());
         self.cache.insert(key, resolved.clone());

@@ -1,7 +1,10 @@
 //! End-to-end tests: the `hawking` binary with real exporters, collectors and sockets.
 //! One test binary with modules, so the dependency stack links once.
 
+mod attribution;
 mod exporters;
+mod kube_api;
+mod kube_api_tests;
 mod malformed;
 mod shutdown;
 mod support;
