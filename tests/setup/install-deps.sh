@@ -16,6 +16,11 @@ have_cmd pkg-config || need+=(pkg-config)
 have_cmd curl || need+=(curl)
 [ -e /usr/include/pcap.h ] || need+=(libpcap-dev)
 
+# Python peers for the PostgreSQL-wire tests and the query benchmark (pip is a no-op when present).
+if ! python3 -c "import psycopg, asyncpg, duckdb" >/dev/null 2>&1; then
+  python3 -m pip install -q -r "$(dirname "$0")/requirements.txt" >&2
+fi
+
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
