@@ -7,6 +7,7 @@ mod history_cmd;
 mod history_state;
 mod metrics_http;
 mod pipeline;
+mod session;
 mod sink;
 mod sql;
 mod timearg;
@@ -113,8 +114,8 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct SqlArgs {
-    /// The query.
-    query: String,
+    /// The query; without one, an interactive prompt opens.
+    query: Option<String>,
     /// Store directory.
     #[arg(long, default_value = "./data")]
     data: PathBuf,
@@ -173,7 +174,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Sql(args) => sql::run(
-            &args.query,
+            args.query.as_deref(),
             &args.data,
             args.format.into(),
             &Default::default(),

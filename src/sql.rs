@@ -3,14 +3,19 @@
 use std::path::Path;
 
 use anyhow::Context;
-use hawking_query::{OutputFormat, QueryOptions, open_session, write_batches};
+use hawking_query::{OutputFormat, QueryOptions, write_batches};
+
+use crate::session::open_session;
 
 pub fn run(
-    query: &str,
+    query: Option<&str>,
     data: &Path,
     format: OutputFormat,
     options: &QueryOptions,
 ) -> anyhow::Result<()> {
+    let Some(query) = query else {
+        anyhow::bail!("give a query: the interactive prompt is not built yet");
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
