@@ -103,6 +103,8 @@ impl Pipeline {
             None
         } else {
             let mut keeper = HistoryKeeper::new(Mode::Live);
+            // The grace period is sized for the watch's lag; a broken watch may have lost that much.
+            keeper.set_lag_allowance((config.enricher.grace_secs.max(0.0) * 1e6) as i64);
             let (intervals, gaps) = load_history(&data_dir).await?;
             let loaded = keeper.load(&intervals, &gaps)?;
             let selector = config.enricher.apply(keeper.history_mut())?;

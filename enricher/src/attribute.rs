@@ -75,7 +75,7 @@ impl Resolved {
 }
 
 fn held(history: &IpHistory, owner: OwnerId, cluster: u16) -> Resolved {
-    let attribution = match history.owners.get(owner).kind {
+    let attribution = match history.owners.kind(owner) {
         OwnerKind::Pod | OwnerKind::HostNetworkPod => Attribution::Pod,
         OwnerKind::Node => Attribution::Node,
         OwnerKind::Service => Attribution::Service,

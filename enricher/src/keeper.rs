@@ -23,6 +23,9 @@ use crate::owners::{OwnerId, OwnerSpec};
 /// address) goes some seconds after the last container stops.
 pub const RELEASE_MARGIN_US: i64 = 5_000_000;
 
+/// Default of [`HistoryKeeper::set_lag_allowance`]: how late watch events may arrive.
+pub const DEFAULT_LAG_ALLOWANCE_US: i64 = 5_000_000;
+
 /// Where observations come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -136,6 +139,7 @@ pub struct HistoryKeeper {
     rows: IntervalRows,
     gap_rows: GapRows,
     now: fn() -> i64,
+    lag_allowance: i64,
 }
 
 fn unix_micros() -> i64 {
@@ -156,7 +160,16 @@ impl HistoryKeeper {
             rows: IntervalRows::default(),
             gap_rows: GapRows::default(),
             now: unix_micros,
+            lag_allowance: DEFAULT_LAG_ALLOWANCE_US,
         }
+    }
+
+    /// How late a watch event may arrive after the change it reports (µs; the flows' grace
+    /// period is sized for it). When a watch breaks or stops, the changes of that last stretch
+    /// may never have been delivered, so the gap is taken to start that much earlier: flows
+    /// then are `unknown` rather than attributed to an owner that had already left.
+    pub fn set_lag_allowance(&mut self, micros: i64) {
+        self.lag_allowance = micros.max(0);
     }
 
     pub fn history(&self) -> &IpHistory {
@@ -210,7 +223,7 @@ impl HistoryKeeper {
         self.down
             .insert(c, vec![Resource::Pods, Resource::Nodes, Resource::Services]);
         if self.history.open_gap(c).is_none() {
-            self.open_gap(c, since, reason);
+            self.open_gap(c, since - self.lag_allowance, reason);
         }
     }
 
@@ -219,7 +232,7 @@ impl HistoryKeeper {
     pub fn stop_watching(&mut self, cluster: &str, at: i64) {
         let c = self.history.cluster(cluster);
         if self.history.open_gap(c).is_none() {
-            self.open_gap(c, at, "collector stopped");
+            self.open_gap(c, at - self.lag_allowance, "collector stopped");
         }
     }
 
@@ -281,7 +294,7 @@ impl HistoryKeeper {
                     down.push(resource);
                 }
                 if self.history.open_gap(c).is_none() {
-                    self.open_gap(c, at, &reason);
+                    self.open_gap(c, at - self.lag_allowance, &reason);
                 }
             }
             Event::Up { resource } => {
@@ -719,6 +732,7 @@ mod tests {
     #[test]
     fn a_relist_after_a_gap_ends_what_vanished_and_the_gap_makes_flows_unknown() {
         let mut k = HistoryKeeper::new(Mode::Live);
+        k.set_lag_allowance(20);
         k.begin_watching("prod", 0, "starting");
         k.apply(obs(
             10,
@@ -762,6 +776,11 @@ mod tests {
             h.lookup(0, ip10(), 120, 130, 0, 6),
             Verdict::Unknown,
             "in the gap"
+        );
+        assert_eq!(
+            h.lookup(0, ip10(), 85, 90, 0, 6),
+            Verdict::Unknown,
+            "changes of the last lag allowance before the break may never have been delivered"
         );
         assert_eq!(
             h.lookup(0, ip10(), 300, 310, 0, 6),

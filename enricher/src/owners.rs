@@ -51,6 +51,9 @@ pub struct OwnerSpec<'a> {
 #[derive(Debug, Default)]
 pub struct OwnerTable {
     owners: Vec<Owner>,
+    /// Each owner's kind again, one byte apiece: lookups test it on every endpoint, and this
+    /// stays in cache where `owners` would not.
+    kinds: Vec<OwnerKind>,
     names: String,
     interned: String,
     spans: Vec<(u32, u32)>,
@@ -104,6 +107,7 @@ impl OwnerTable {
     /// Heap bytes held by the table (for the memory benchmark and metrics).
     pub fn heap_bytes(&self) -> usize {
         self.owners.capacity() * std::mem::size_of::<Owner>()
+            + self.kinds.capacity()
             + self.names.capacity()
             + self.interned.capacity()
             + self.spans.capacity() * 8
@@ -168,6 +172,7 @@ impl OwnerTable {
         };
         let id = self.owners.len() as OwnerId;
         self.owners.push(owner);
+        self.kinds.push(kind);
         self.by_uid.insert((cluster, uid, kind), id);
         id
     }
@@ -179,6 +184,12 @@ impl OwnerTable {
             None => Uid::Text(*self.index.get(uid)?),
         };
         self.by_uid.get(&(cluster, uid, kind)).copied()
+    }
+
+    /// The kind of an owner (cheaper than `get(id).kind`).
+    #[inline]
+    pub fn kind(&self, id: OwnerId) -> OwnerKind {
+        self.kinds[id as usize]
     }
 
     pub fn get(&self, id: OwnerId) -> &Owner {

@@ -1,0 +1,309 @@
+//! Cost of the time-indexed history (issue 3): point lookup per endpoint with 1M intervals,
+//! memory per interval, and whole-batch enrichment rate, on one core.
+//!
+//! `cargo bench -p hawking-enricher --bench history_index [-- --intervals N --flows N]`
+//!
+//! The history is shaped like a busy cluster's: 65,536 pod addresses each reused by 16 pods
+//! in turn (1,048,576 intervals, every interval a distinct pod with a UUID uid and a
+//! generated name, 40 namespaces, 2,000 workloads, 200 nodes). Memory is measured twice:
+//! by a counting global allocator (what the process really holds after building, temporary
+//! allocations excluded) and by `IpHistory::heap_bytes` (the figure the metrics report).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use hawking_enricher::attribute::resolve_endpoint;
+use hawking_enricher::{
+    ClusterSelector, IpHistory, OPEN, OwnerSpec, attribute_batch, attribution_columns,
+};
+use hawking_schemas::OwnerKind;
+use hawking_schemas::flow::{FlowBatch, FlowOrigin, FlowRecord, SourceKind};
+use hawking_schemas::ip::v4_to_u128;
+
+/// Counts bytes currently allocated through the global allocator.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// splitmix64: a small deterministic generator, so every run measures the same data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const SECOND: i64 = 1_000_000;
+/// 2026-11-20T00:00:00Z
+const T0: i64 = 1_795_651_200 * SECOND;
+/// Each address is held by a pod for 5 minutes, then free for 10 s before the next.
+const HOLD: i64 = 300 * SECOND;
+const PERIOD: i64 = HOLD + 10 * SECOND;
+
+fn pod_addr(i: u64) -> u128 {
+    // 10.64.0.0/16 and up: 65,536 addresses per /16.
+    v4_to_u128(0x0a40_0000 + i as u32)
+}
+
+struct Built {
+    history: IpHistory,
+    addrs: u64,
+    reuse: u64,
+}
+
+fn build(intervals: u64) -> Built {
+    let reuse = 16u64;
+    let addrs = intervals.div_ceil(reuse);
+    let mut rng = Rng(42);
+    let mut history = IpHistory::default();
+    let c = history.cluster("prod-eu");
+    history.add_range(c, "10.64.0.0/10".parse().expect("range"));
+    let namespaces: Vec<String> = (0..40).map(|i| format!("team-{i:02}")).collect();
+    let workloads: Vec<String> = (0..2000).map(|i| format!("service-{i:04}")).collect();
+    let nodes: Vec<String> = (0..200)
+        .map(|i| format!("ip-10-1-{}-{}.eu-west-1.compute.internal", i / 250, i % 250))
+        .collect();
+    let mut name = String::new();
+    let mut uid = String::new();
+    for round in 0..reuse {
+        for a in 0..addrs {
+            if round * addrs + a >= intervals {
+                break;
+            }
+            let w = rng.below(workloads.len() as u64) as usize;
+            name.clear();
+            use std::fmt::Write;
+            let _ = write!(
+                name,
+                "{}-{:08x}-{:05x}",
+                workloads[w],
+                rng.next() as u32,
+                rng.next() & 0xfffff
+            );
+            let r = rng.next();
+            let s = rng.next();
+            uid.clear();
+            let _ = write!(
+                uid,
+                "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+                r as u32,
+                (r >> 32) as u16,
+                (r >> 48) & 0xfff,
+                s as u16 & 0x3fff | 0x8000,
+                s >> 16
+            );
+            let owner = history.owners.upsert(
+                c,
+                OwnerKind::Pod,
+                &OwnerSpec {
+                    namespace: Some(&namespaces[w % namespaces.len()]),
+                    name: &name,
+                    uid: &uid,
+                    workload_kind: Some("Deployment"),
+                    workload: Some(&workloads[w]),
+                    node: Some(&nodes[rng.below(nodes.len() as u64) as usize]),
+                    ports: None,
+                },
+            );
+            let from = T0 + round as i64 * PERIOD + rng.below(5 * SECOND as u64) as i64;
+            let to = if round == reuse - 1 {
+                OPEN
+            } else {
+                from + HOLD
+            };
+            history.insert(c, pod_addr(a), owner, from, to);
+        }
+    }
+    Built {
+        history,
+        addrs,
+        reuse,
+    }
+}
+
+/// Flows like a node's: one pod-side endpoint, the other a mix of other pods (60%) and
+/// external addresses (40%), each lasting up to 30 s, starting in the last `window` µs of
+/// the history.
+fn flows(b: &Built, n: usize, window: i64, rng: &mut Rng) -> FlowBatch {
+    let mut batch = FlowBatch::with_capacity(n);
+    let span = b.reuse as i64 * PERIOD;
+    let first = T0 + span - window;
+    let origin = FlowOrigin {
+        received_at: T0 + span,
+        exporter: v4_to_u128(0x0a01_0001),
+        observation_domain: 0,
+        source_kind: SourceKind::Ipfix,
+    };
+    for _ in 0..n {
+        let start = first + rng.below(window as u64) as i64;
+        let dst = if rng.below(10) < 6 {
+            pod_addr(rng.below(b.addrs))
+        } else {
+            v4_to_u128(0x3400_0000 + rng.below(1 << 20) as u32)
+        };
+        batch.push(
+            &origin,
+            &FlowRecord {
+                flow_start: start,
+                flow_end: start + rng.below(30 * SECOND as u64) as i64,
+                src_ip: pod_addr(rng.below(b.addrs)),
+                dst_ip: dst,
+                src_port: 30000 + rng.below(30000) as u16,
+                dst_port: 443,
+                protocol: 6,
+                bytes: 1500,
+                packets: 3,
+                sampling_rate: 1,
+                ..Default::default()
+            },
+        );
+    }
+    batch
+}
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let intervals = arg("--intervals", 1 << 20);
+    let n_flows = arg("--flows", 1 << 20) as usize;
+    let rounds = arg("--rounds", 5) as usize;
+
+    let before = LIVE.load(Ordering::Relaxed);
+    let built = build(intervals);
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    let h = &built.history;
+    let count = h.interval_count();
+    assert_eq!(count as u64, intervals);
+    let c = h.find_cluster("prod-eu").expect("cluster");
+
+    let mb = |b: usize| b as f64 / (1 << 20) as f64;
+    println!(
+        "history: {count} intervals over {} addresses, {} owners, {n_flows} flows per batch",
+        built.addrs,
+        h.owners.len(),
+    );
+    println!();
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!(
+        "| memory per interval, counted by the allocator (index + owners) | {:.0} B ({:.1} MiB total) | ≤ 200 B |",
+        held as f64 / count as f64,
+        mb(held)
+    );
+    println!(
+        "| memory per interval, `IpHistory::heap_bytes` | {:.0} B ({:.1} MiB total) | ≤ 200 B |",
+        h.heap_bytes() as f64 / count as f64,
+        mb(h.heap_bytes())
+    );
+    let span = built.reuse as i64 * PERIOD;
+    let shapes = [
+        ("live: flows of the last 5 minutes", 300 * SECOND),
+        ("replay: flows over the whole history", span),
+    ];
+    let mut rng = Rng(7);
+    for (shape, window) in shapes {
+        let batch = flows(&built, n_flows, window, &mut rng);
+        let m = measure(h, c, &batch, rounds);
+        println!(
+            "| {shape}: lookup per endpoint, one at a time (best of {rounds}; {:.0}% held) | {:.0} ns | ≤ 200 ns |",
+            100.0 * m.held as f64 / (2 * batch.len()) as f64,
+            m.lookup * 1e9 / (2 * batch.len()) as f64
+        );
+        println!(
+            "| {shape}: `attribute_batch` (both endpoints) | {:.2} M flows/s | ≥ 2 M flows/s |",
+            batch.len() as f64 / m.attribute / 1e6
+        );
+        println!(
+            "| {shape}: `attribute_batch` + 18 Arrow attribution columns | {:.2} M flows/s | ≥ 2 M flows/s |",
+            batch.len() as f64 / m.with_columns / 1e6
+        );
+    }
+}
+
+struct Measured {
+    lookup: f64,
+    held: usize,
+    attribute: f64,
+    with_columns: f64,
+}
+
+/// Best-of-`rounds` seconds for: every endpoint looked up one at a time (as `whois` does),
+/// the batch attributed, and the batch attributed with its columns built (as the sink does).
+fn measure(h: &IpHistory, c: u16, batch: &FlowBatch, rounds: usize) -> Measured {
+    let mut m = Measured {
+        lookup: f64::MAX,
+        held: 0,
+        attribute: f64::MAX,
+        with_columns: f64::MAX,
+    };
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let mut held = 0;
+        for i in 0..batch.len() {
+            for addr in [batch.src_ip[i], batch.dst_ip[i]] {
+                let r = resolve_endpoint(
+                    h,
+                    &[c],
+                    black_box(addr),
+                    batch.flow_start[i],
+                    batch.flow_end[i],
+                    batch.src_port[i],
+                    6,
+                );
+                held += r.owner.is_some() as usize;
+            }
+        }
+        m.lookup = m.lookup.min(t.elapsed().as_secs_f64());
+        m.held = held;
+    }
+    let mut selector = ClusterSelector::default();
+    selector.add_cluster(c);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let attributed = attribute_batch(h, &selector, black_box(batch));
+        let t_attr = t.elapsed().as_secs_f64();
+        let cols = attribution_columns(h, &attributed);
+        let t_all = t.elapsed().as_secs_f64();
+        assert_eq!(cols[0].len(), batch.len());
+        black_box(cols);
+        m.attribute = m.attribute.min(t_attr);
+        m.with_columns = m.with_columns.min(t_all);
+    }
+    m
+}
