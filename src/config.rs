@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use hawking_collector::NetflowListenerConfig;
 use hawking_enricher::EnricherConfig;
+use hawking_query::pg::PgConfig;
 use hawking_query::{QueryOptions, WriterOptions};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,8 @@ pub struct Config {
     pub query: QueryOptions,
     /// Kubernetes clusters and attribution.
     pub enricher: EnricherConfig,
+    /// The PostgreSQL-wire endpoint (Grafana, psql); off unless users are configured.
+    pub pg: PgConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -110,6 +113,39 @@ mod tests {
             defaults.store.writer.zstd_level
         );
         assert_eq!(example.metrics.listen, defaults.metrics.listen);
+        assert_eq!(example.pg.listen, defaults.pg.listen);
+        assert_eq!(example.pg.auth, defaults.pg.auth);
+        assert!(example.pg.users.is_empty() && !example.pg.enabled());
+        assert_eq!(
+            example.pg.query_timeout_secs,
+            defaults.pg.query_timeout_secs
+        );
+        assert_eq!(
+            example.pg.query_memory_limit_bytes,
+            defaults.pg.query_memory_limit_bytes
+        );
+        assert_eq!(example.pg.max_connections, defaults.pg.max_connections);
+        assert_eq!(example.pg.require_tls, defaults.pg.require_tls);
+        assert_eq!(
+            example.pg.shutdown_grace_secs,
+            defaults.pg.shutdown_grace_secs
+        );
+    }
+
+    #[test]
+    fn pg_users_name_where_their_password_is() {
+        let config: Config = toml::from_str(
+            "[pg]\nlisten = \"127.0.0.1:0\"\nusers = [{ name = \"grafana\", password_env = \"GRAFANA_PW\" }]\n",
+        )
+        .unwrap();
+        assert!(config.pg.enabled());
+        assert_eq!(
+            config.pg.users[0].password_env.as_deref(),
+            Some("GRAFANA_PW")
+        );
+        let err = toml::from_str::<Config>("[pg]\nusers = [{ name = \"x\", pass = \"y\" }]\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Kubernetes.
 
 pub mod output;
+pub mod pg;
 pub mod session;
 pub mod store;
 pub mod table;
