@@ -435,6 +435,33 @@ fn hawking(pods: &[SimPod], events: &[WatchEvent], flows: &[Flow], grace: i64) -
                     .iter()
                     .any(|o| h.owners.uid(*o) == truth.uid);
                 tally.ambiguous_with_truth += named as usize;
+                if std::env::var_os("ACCURACY_DEBUG_AMBIGUOUS").is_some() && tally.ambiguous < 6 {
+                    let names: Vec<String> = r.candidates[..r.n_candidates as usize]
+                        .iter()
+                        .map(|o| {
+                            let uid = h.owners.uid(*o);
+                            let p = pods.iter().find(|p| p.uid == uid).expect("pod");
+                            let ivs: Vec<(i64, i64)> = h.clusters()[c as usize]
+                                .intervals(truth.addr)
+                                .iter()
+                                .filter(|iv| iv.owner == *o)
+                                .map(|iv| (iv.from - T0, iv.to.saturating_sub(T0)))
+                                .collect();
+                            format!(
+                                "{} [start {} addr {} run {} term {} rel {} del {}] intervals {ivs:?}",
+                                p.name, p.started - T0, p.addr_at - T0, p.running - T0,
+                                p.terminated - T0, p.released - T0, p.deleted - T0
+                            )
+                        })
+                        .collect();
+                    eprintln!(
+                        "ambiguous: flow {}..{} (processed {}) truth {}: {names:#?}",
+                        f.start - T0,
+                        f.end - T0,
+                        now - T0,
+                        truth.name
+                    );
+                }
             }
             Attribution::Unknown => tally.unknown += 1,
             _ => match r.owner {

@@ -181,6 +181,37 @@ impl IpHistory {
         Some(v[i].from)
     }
 
+    /// Ends at `at` every interval on `addr` of a pod other than `keep` that began before
+    /// `at` and lasts past it (`keep` demonstrably held the address from `at`). Appends each
+    /// changed interval's (owner, start) to `ended`.
+    pub fn end_other_pods_at(
+        &mut self,
+        cluster: u16,
+        addr: u128,
+        keep: OwnerId,
+        at: i64,
+        ended: &mut Vec<(OwnerId, i64)>,
+    ) {
+        let Some(v) = self.clusters[cluster as usize].addrs.get_mut(&addr) else {
+            return;
+        };
+        let mut first = None;
+        for (i, iv) in v.iter_mut().enumerate() {
+            if iv.owner != keep
+                && iv.from < at
+                && iv.to > at
+                && self.owners.kind(iv.owner) == OwnerKind::Pod
+            {
+                iv.to = at;
+                ended.push((iv.owner, iv.from));
+                first.get_or_insert(i);
+            }
+        }
+        if let Some(i) = first {
+            recompute_max_to(v, i);
+        }
+    }
+
     /// The start of `owner`'s open interval on `addr`.
     pub fn open_since(&self, cluster: u16, addr: u128, owner: OwnerId) -> Option<i64> {
         self.clusters[cluster as usize]

@@ -140,6 +140,9 @@ pub struct HistoryKeeper {
     gap_rows: GapRows,
     now: fn() -> i64,
     lag_allowance: i64,
+    /// Per address, the latest moment a pod demonstrably still held it (a container start
+    /// or finish) and which pod: the next holder cannot have had it earlier.
+    last_alive: FxHashMap<(u16, u128), (OwnerId, i64)>,
 }
 
 fn unix_micros() -> i64 {
@@ -161,6 +164,7 @@ impl HistoryKeeper {
             gap_rows: GapRows::default(),
             now: unix_micros,
             lag_allowance: DEFAULT_LAG_ALLOWANCE_US,
+            last_alive: FxHashMap::default(),
         }
     }
 
@@ -243,6 +247,13 @@ impl HistoryKeeper {
         match obs.event {
             Event::Upsert(o) => self.upsert(c, at, o),
             Event::Delete(o) => {
+                if o.kind == OwnerKind::Pod
+                    && let Some(owner) = self.history.owners.find(c, o.kind, &o.uid)
+                {
+                    for a in &o.addrs {
+                        self.apply_container_evidence(c, *a, owner, None, o.alive_until);
+                    }
+                }
                 let end = self.end_time(at, &o);
                 let key = (c, o.resource, o.uid.clone());
                 match self.held.remove(&key) {
@@ -333,10 +344,77 @@ impl HistoryKeeper {
     }
 
     fn upsert(&mut self, c: u16, at: i64, o: ObservedObject) {
+        let evidence =
+            (o.kind == OwnerKind::Pod).then_some((o.alive_from, o.alive_until, o.addrs.clone()));
+        let owner = self.owner(c, &o);
+        self.upsert_intervals(c, at, owner, o);
+        if let Some((alive_from, alive_until, addrs)) = evidence {
+            for a in addrs {
+                self.apply_container_evidence(c, a, owner, alive_from, alive_until);
+            }
+        }
+    }
+
+    /// What a pod's containers prove about an address it holds: running from `alive_from`,
+    /// the pod had it then, so another pod's interval still open or ending later ends there;
+    /// alive at `alive_until`, it still had it then, which bounds the next holder's start
+    /// (see [`Self::start_after_previous`]). Evidence that contradicts another pod's (clocks
+    /// of different nodes) is not used.
+    fn apply_container_evidence(
+        &mut self,
+        c: u16,
+        addr: u128,
+        owner: OwnerId,
+        alive_from: Option<i64>,
+        alive_until: Option<i64>,
+    ) {
+        let last = self.last_alive.get(&(c, addr)).copied();
+        if let Some(start) = alive_from {
+            let contradicted = last.is_some_and(|(o, t)| o != owner && t > start);
+            if !contradicted {
+                let mut ended = Vec::new();
+                self.history
+                    .end_other_pods_at(c, addr, owner, start, &mut ended);
+                for (other, from) in ended {
+                    self.push_row(c, addr, other, from, Some(start));
+                }
+            }
+        }
+        if let Some(t) = alive_until
+            && last.is_none_or(|(_, lt)| t >= lt)
+        {
+            self.last_alive.insert((c, addr), (owner, t));
+        }
+    }
+
+    /// The start of `owner`'s interval on `addr`, given its own evidence `from`: not before
+    /// the previous pod on the address was last seen alive, unless that contradicts what
+    /// `owner`'s containers say.
+    fn start_after_previous(
+        &self,
+        c: u16,
+        addr: u128,
+        o: &ObservedObject,
+        owner: OwnerId,
+        from: i64,
+    ) -> i64 {
+        if o.kind != OwnerKind::Pod {
+            return from;
+        }
+        match self.last_alive.get(&(c, addr)) {
+            Some((prev, t))
+                if *prev != owner && *t > from && o.alive_from.is_none_or(|s| *t <= s) =>
+            {
+                *t
+            }
+            _ => from,
+        }
+    }
+
+    fn upsert_intervals(&mut self, c: u16, at: i64, owner: OwnerId, o: ObservedObject) {
         for r in &o.ranges {
             self.history.add_range(c, *r);
         }
-        let owner = self.owner(c, &o);
         let key = (c, o.resource, o.uid.clone());
         let prev = self.held.remove(&key);
         if o.released {
@@ -431,7 +509,8 @@ impl HistoryKeeper {
         r.recorded_at.push((self.now)());
     }
 
-    fn open(&mut self, c: u16, addr: u128, owner: OwnerId, _o: &ObservedObject, from: i64) {
+    fn open(&mut self, c: u16, addr: u128, owner: OwnerId, o: &ObservedObject, from: i64) {
+        let from = self.start_after_previous(c, addr, o, owner, from);
         self.history.insert(c, addr, owner, from, OPEN);
         self.push_row(c, addr, owner, from, None);
     }
@@ -441,7 +520,7 @@ impl HistoryKeeper {
         c: u16,
         addr: u128,
         owner: OwnerId,
-        _o: &ObservedObject,
+        o: &ObservedObject,
         from: i64,
         to: i64,
     ) {
@@ -449,10 +528,11 @@ impl HistoryKeeper {
         let exists = self.history.clusters()[c as usize]
             .intervals(addr)
             .iter()
-            .any(|iv| iv.owner == owner && iv.from == from);
+            .any(|iv| iv.owner == owner && iv.from >= from && iv.from <= to);
         if exists {
             return;
         }
+        let from = self.start_after_previous(c, addr, o, owner, from).min(to);
         self.history.insert(c, addr, owner, from, to);
         self.push_row(c, addr, owner, from, Some(to));
     }
@@ -672,6 +752,8 @@ mod tests {
             released: false,
             released_by: None,
             latest_timestamp: Some(since),
+            alive_from: None,
+            alive_until: None,
         }
     }
 
@@ -685,6 +767,56 @@ mod tests {
 
     fn ip10() -> u128 {
         v4_to_u128(0x0a04_010a)
+    }
+
+    #[test]
+    fn container_times_tighten_a_hand_over_that_pod_timestamps_leave_loose() {
+        // B was scheduled (startTime 50 s) long before A gave up the address: it waited for
+        // one. A's containers ran until 100 s, B's started at 104 s; A's deletion is observed
+        // only at 110 s. Without container evidence, 50..110 s would be ambiguous.
+        const S: i64 = 1_000_000;
+        let mut k = HistoryKeeper::new(Mode::Live);
+        let mut a = pod("a", "web-a", "10.4.1.10", 0);
+        a.alive_from = Some(10 * S);
+        a.alive_until = Some(10 * S);
+        k.apply(obs(11 * S, Event::Upsert(a.clone())));
+        a.alive_until = Some(100 * S);
+        k.apply(obs(101 * S, Event::Upsert(a.clone())));
+        let mut b = pod("b", "worker-b", "10.4.1.10", 50 * S);
+        b.alive_from = Some(104 * S);
+        b.alive_until = Some(104 * S);
+        k.apply(obs(105 * S, Event::Upsert(b)));
+        k.apply(obs(110 * S, Event::Delete(a)));
+        let h = k.history();
+        let name = |v| match v {
+            Verdict::Held(o) => h.owners.name(o).to_string(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(name(h.lookup(0, ip10(), 60 * S, 70 * S, 0, 6)), "web-a");
+        assert_eq!(
+            name(h.lookup(0, ip10(), 106 * S, 108 * S, 0, 6)),
+            "worker-b"
+        );
+        assert!(
+            matches!(
+                h.lookup(0, ip10(), 101 * S, 103 * S, 0, 6),
+                Verdict::Ambiguous { n: 2, .. }
+            ),
+            "between A's last container and B's first, either could hold it"
+        );
+        let (rows, _) = k.take_rows();
+        let rows = rows.expect("rows");
+        let to = rows
+            .column_by_name("valid_to")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        assert!(
+            (0..rows.num_rows())
+                .any(|i| arrow::array::Array::is_valid(to, i) && to.value(i) == 104 * S),
+            "A's persisted interval ends where B's containers prove B had the address"
+        );
     }
 
     #[test]

@@ -56,6 +56,12 @@ pub struct ObservedObject {
     pub released_by: Option<i64>,
     /// The latest timestamp anywhere in the object: a lower bound on when it was recorded.
     pub latest_timestamp: Option<i64>,
+    /// Pods with their own network: the earliest container start. A container runs in the
+    /// pod's sandbox, so the pod held its address from then on (no later than this).
+    pub alive_from: Option<i64>,
+    /// Pods with their own network: the latest container start or finish. The sandbox, and
+    /// so the address, was still the pod's then: no other pod can have got it before.
+    pub alive_until: Option<i64>,
 }
 
 pub fn time_us(t: &Time) -> i64 {
@@ -159,6 +165,29 @@ pub fn pod_observation(pod: &Pod, workload: (String, String)) -> ObservedObject 
         }
     }
     times.extend(finished.iter().copied());
+    // Container starts and finishes: moments the sandbox certainly existed.
+    let mut alive: Vec<i64> = Vec::new();
+    if let Some(s) = status {
+        for c in s
+            .container_statuses
+            .iter()
+            .flatten()
+            .chain(s.init_container_statuses.iter().flatten())
+        {
+            let state = c.state.as_ref();
+            if let Some(t) = state.and_then(|st| st.terminated.as_ref()) {
+                alive.extend(t.started_at.as_ref().map(time_us));
+                alive.extend(t.finished_at.as_ref().map(time_us));
+            }
+            if let Some(r) = state.and_then(|st| st.running.as_ref()) {
+                alive.extend(r.started_at.as_ref().map(time_us));
+            }
+        }
+    }
+    if host_network {
+        // Its address is the node's: holding it proves nothing about other pods.
+        alive.clear();
+    }
     let grace_us = meta.deletion_grace_period_seconds.unwrap_or(0).max(0) * 1_000_000;
     let deletion_end = meta
         .deletion_timestamp
@@ -205,6 +234,8 @@ pub fn pod_observation(pod: &Pod, workload: (String, String)) -> ObservedObject 
         released,
         released_by,
         latest_timestamp: times.into_iter().max(),
+        alive_from: alive.iter().min().copied(),
+        alive_until: alive.iter().max().copied(),
     }
 }
 
@@ -262,6 +293,8 @@ pub fn node_observation(node: &Node) -> ObservedObject {
         released: false,
         released_by: meta.deletion_timestamp.as_ref().map(time_us),
         latest_timestamp: times.into_iter().max(),
+        alive_from: None,
+        alive_until: None,
     }
 }
 
@@ -304,6 +337,8 @@ pub fn service_observation(service: &Service) -> ObservedObject {
         released: false,
         released_by: meta.deletion_timestamp.as_ref().map(time_us),
         latest_timestamp: times.into_iter().max(),
+        alive_from: None,
+        alive_until: None,
     }
 }
 

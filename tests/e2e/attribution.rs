@@ -50,8 +50,8 @@ fn cases() -> Vec<Case> {
             src: "10.4.1.10",
             dst: "93.184.216.34",
             dst_port: 443,
-            from: 6.5,
-            to: 7.5,
+            from: 6.2,
+            to: 6.8,
             want_src: ("pod", Some("web-7d4b9-fghij"), Some("web")),
             want_dst: ext,
         },
@@ -144,6 +144,18 @@ fn cases() -> Vec<Case> {
             to: -10.0,
             want_src: ("pod", Some("api-5f6d7-qwert"), Some("api")),
             want_dst: ("ambiguous", None, None),
+        },
+        Case {
+            // The watch broke at 8 s; changes of its last grace period (1 s) may never have
+            // been delivered.
+            name: "just before the watch broke",
+            src: "10.4.1.10",
+            dst: "93.184.216.34",
+            dst_port: 443,
+            from: 7.3,
+            to: 7.7,
+            want_src: ("unknown", None, None),
+            want_dst: ("unknown", None, None),
         },
     ]
 }
