@@ -6,6 +6,7 @@ mod exporters;
 mod kube_api;
 mod kube_api_tests;
 mod malformed;
+mod pgwire;
 mod shutdown;
 mod support;
 mod templates;

@@ -29,6 +29,7 @@ use datafusion_postgres::pgwire::api::results::{
 };
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion_postgres::pgwire::messages::response::TransactionStatus;
 use datafusion_postgres::pgwire::messages::startup::ParameterStatus;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 
@@ -163,12 +164,31 @@ fn classify(stmt: &Statement) -> Kind {
 
 /// The statement's leading keywords (`INSERT`, `CREATE EXTERNAL TABLE`, ...) for messages.
 fn statement_name(stmt: &Statement) -> String {
+    const OBJECTS: &[&str] = &[
+        "TABLE",
+        "VIEW",
+        "SCHEMA",
+        "INDEX",
+        "FUNCTION",
+        "DATABASE",
+        "SEQUENCE",
+        "TYPE",
+        "ROLE",
+        "USER",
+        "EXTENSION",
+        "PROCEDURE",
+        "TRIGGER",
+        "MACRO",
+        "DOMAIN",
+        "POLICY",
+        "CATALOG",
+    ];
     let text = stmt.to_string();
     let mut words = text.split_whitespace();
     let first = words.next().unwrap_or("statement").to_ascii_uppercase();
     let mut name = first.clone();
     if matches!(first.as_str(), "CREATE" | "DROP" | "ALTER") {
-        for word in words.take(3) {
+        for word in words.take(4) {
             let upper = word.to_ascii_uppercase();
             if matches!(upper.as_str(), "IF" | "NOT" | "EXISTS")
                 || !ALL_KEYWORDS.contains(&upper.as_str())
@@ -177,6 +197,9 @@ fn statement_name(stmt: &Statement) -> String {
             }
             name.push(' ');
             name.push_str(&upper);
+            if OBJECTS.contains(&upper.as_str()) {
+                break;
+            }
         }
     }
     name
@@ -309,7 +332,6 @@ impl Guard {
         stmt: &Statement,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        self.settings.adopt_login(client.metadata());
         match classify(stmt) {
             Kind::Query | Kind::Transaction => None,
             Kind::Refused(e) => Some(Err(e)),
@@ -462,7 +484,16 @@ impl QueryHook for Guard {
         session_context: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        self.settings.adopt_login(client.metadata());
         if let Kind::Query = classify(statement) {
+            if client.transaction_status() == TransactionStatus::Error {
+                return Some(Err(user_error(
+                    "25P01",
+                    "current transaction is aborted, commands ignored until end of transaction \
+                     block"
+                        .into(),
+                )));
+            }
             // Run here rather than on datafusion-postgres's default path: that one plans
             // and executes in one step (DDL would have run before any check).
             return Some(run_query(session_context, statement, client).await);
@@ -474,8 +505,9 @@ impl QueryHook for Guard {
         &self,
         statement: &Statement,
         session_context: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
+        self.settings.adopt_login(client.metadata());
         Some(match classify(statement) {
             Kind::Query => plan_checked(session_context, statement).await,
             Kind::Transaction => return None,
@@ -494,6 +526,7 @@ impl QueryHook for Guard {
         _session_context: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        self.settings.adopt_login(client.metadata());
         if let Kind::Query = classify(statement) {
             // Checked at Parse already; checking the plan that runs costs nothing.
             return check_plan(logical_plan).err().map(Err);
@@ -547,7 +580,11 @@ mod tests {
             ("DELETE FROM flows", "25006", "DELETE"),
             ("TRUNCATE flows", "25006", "TRUNCATE"),
             ("DROP TABLE flows", "25006", "DROP TABLE"),
-            ("CREATE TABLE t AS SELECT 1", "25006", "CREATE TABLE"),
+            (
+                "CREATE TABLE copy AS SELECT 1",
+                "25006",
+                "cannot execute CREATE TABLE:",
+            ),
             (
                 "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/etc'",
                 "25006",

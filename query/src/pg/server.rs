@@ -241,9 +241,11 @@ async fn connection_handlers(shared: &Shared) -> Result<ConnectionHandlers, supe
     // After pg_catalog: `session_user` answers with the logged-in user, not "postgres".
     settings::register(&ctx, &settings);
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
-        // First, so a failed transaction refuses everything until ROLLBACK.
-        Arc::new(TransactionStatementHook),
+        // First: nothing passes that it has not classified (`BEGIN READ WRITE` included).
         Arc::new(Guard { settings }),
+        // Transactions are no-ops (the data is read-only); after a failed statement in one,
+        // everything is refused until ROLLBACK.
+        Arc::new(TransactionStatementHook),
         Arc::new(SetShowHook),
     ];
     let inner = Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks));

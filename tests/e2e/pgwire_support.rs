@@ -1,0 +1,315 @@
+//! Harness for the PostgreSQL-wire tests: `hawking serve` with the endpoint on an ephemeral
+//! port (read back from the start-up line), a store of attributed flows, and the real clients
+//! (`psql`, Python's psycopg and asyncpg through `tests/pg/client.py`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hawking_collector::export::{ExporterClock, PacketBuilder, TimeEncoding, flow_template};
+use hawking_collector::netflow::wire::Version;
+use hawking_schemas::flow::FlowRecord;
+use hawking_schemas::ip::parse_ip;
+use serde_json::Value;
+
+use crate::support::{exporter_socket, fixtures, hawking_bin, http_get, metric_sum};
+
+pub const USER: &str = "grafana";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A running `hawking serve` with its PostgreSQL endpoint.
+pub struct PgHawking {
+    child: Option<Child>,
+    stdout: Option<BufReader<std::process::ChildStdout>>,
+    pub netflow: SocketAddr,
+    pub metrics: SocketAddr,
+    pub pg: SocketAddr,
+    log: PathBuf,
+}
+
+impl PgHawking {
+    /// Starts `hawking serve --config <config> --pg 127.0.0.1:0`.
+    pub fn start(data: &Path, config: &Path) -> PgHawking {
+        Self::try_start(data, config, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `start`; a server that does not come up gives its error output.
+    pub fn try_start(
+        data: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<PgHawking, String> {
+        let log = data.with_extension("log");
+        let mut child = Command::new(hawking_bin())
+            .args([
+                "serve",
+                "--netflow",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+            ])
+            .args(["--pg", "127.0.0.1:0", "--flush-interval", "0.5", "--data"])
+            .arg(data)
+            .arg("--config")
+            .arg(config)
+            .envs(env.iter().copied())
+            .env("HAWKING_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn hawking serve");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        if !line.starts_with("hawking serving") {
+            let _ = child.wait();
+            return Err(std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        let field = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} address in {line:?}"))
+        };
+        Ok(PgHawking {
+            netflow: field("netflow"),
+            metrics: field("metrics"),
+            pg: field("pg"),
+            child: Some(child),
+            stdout: Some(stdout),
+            log,
+        })
+    }
+
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&http_get(self.metrics, "/metrics"), name, labels)
+    }
+
+    pub fn wait_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) {
+        let start = Instant::now();
+        while self.metric(name, labels) < at_least {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{name}{labels:?} stayed below {at_least}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM; the process must exit cleanly and report.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "hawking did not stop within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        self.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(
+            status.success() && out.contains("hawking stopped"),
+            "hawking exited with {status}: {out}\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for PgHawking {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `[pg]` section with the test user, plus `extra` lines inside it.
+pub fn pg_section(extra: &str) -> String {
+    format!("[pg]\nusers = [{{ name = \"{USER}\", password = \"{PASSWORD}\" }}]\n{extra}\n")
+}
+
+/// Runs `tests/pg/client.py` (psycopg, asyncpg or concurrent) with `input` on stdin.
+pub fn python_client(
+    mode: &str,
+    pg: SocketAddr,
+    user: &str,
+    password: &str,
+    input: &Value,
+) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pg/client.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args([
+            mode,
+            &pg.ip().to_string(),
+            &pg.port().to_string(),
+            user,
+            password,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (run `make test`: tests/setup/install-deps.sh installs psycopg, asyncpg)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{mode} client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{mode} client output: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Runs each statement on one connection and returns one result per statement.
+pub fn run_sql(mode: &str, pg: SocketAddr, statements: &[Value]) -> Vec<Value> {
+    let out = python_client(mode, pg, USER, PASSWORD, &Value::Array(statements.to_vec()));
+    match out {
+        Value::Array(results) => results,
+        other => panic!("{mode} could not connect: {other}"),
+    }
+}
+
+/// Debian's psql, non-interactive, unaligned output with `|` between columns.
+pub fn psql(pg: SocketAddr, user: &str, password: &str, args: &[&str]) -> Output {
+    crate::support::require_tool("psql");
+    Command::new("psql")
+        .arg(format!(
+            "host={} port={} user={user} dbname=hawking sslmode=disable connect_timeout=10",
+            pg.ip(),
+            pg.port()
+        ))
+        .args(["-X", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .env("PGPASSWORD", password)
+        .output()
+        .expect("run psql")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// 2026-11-20T09:00:00Z: the recording in `fixtures/k8s/import/` covers 09:00–10:30.
+pub const T9: i64 = 1_795_165_200;
+
+/// Who talks to whom, every 30 s from 09:00 for 100 minutes (each flow 10 s long):
+/// (src, dst, dst port, protocol, bytes).
+pub const TALKERS: &[(&str, &str, u16, u8, u64)] = &[
+    // shop/web-7d4b9-k8m2p (from 09:02:11) to the outside.
+    ("10.4.1.10", "93.184.216.34", 443, 6, 50_000),
+    // shop/api-5f6d7-qwert (from 09:20:05) to shop/cache-1 (from 09:31:40) and coredns.
+    ("10.4.2.5", "10.4.1.20", 6379, 6, 8_000),
+    ("10.4.2.5", "10.4.2.2", 53, 17, 300),
+    // shop/web-7d4b9-v2x8c (from 09:59:58) to the outside.
+    ("10.4.1.31", "93.184.216.34", 443, 6, 30_000),
+];
+
+pub const STEPS: i64 = 200;
+
+/// Writes the config (`[pg]` with `pg_extra`, and cluster `prod` fed by the imported
+/// history), imports the kubectl recording, starts `hawking serve` and sends the talkers'
+/// flows over IPFIX; returns once they are committed. The server keeps running.
+pub fn attributed_store(dir: &Path, pg_extra: &str) -> PgHawking {
+    let data = dir.join("data");
+    let imported = Command::new(hawking_bin())
+        .args(["history", "import"])
+        .arg(fixtures().join("k8s/import/pods-watch.json"))
+        .args(["--cluster", "prod", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        imported.status.success(),
+        "history import: {}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let config = dir.join("hawking.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[enricher]\ngrace_secs = 0.2\n\n[[enricher.clusters]]\nname = \"prod\"\nwatch = false\n\
+             exporters = [\"127.0.0.0/8\"]\npod_cidrs = [\"10.4.0.0/16\"]\n\
+             service_cidrs = [\"10.96.0.0/12\"]\n\n{}",
+            pg_section(pg_extra)
+        ),
+    )
+    .unwrap();
+    let hawking = PgHawking::start(&data, &config);
+    let flows: Vec<FlowRecord> = (0..STEPS)
+        .flat_map(|step| {
+            let start = (T9 + step * 30) * 1_000_000;
+            TALKERS.iter().enumerate().map(move |(i, t)| FlowRecord {
+                flow_start: start,
+                flow_end: start + 10_000_000,
+                src_ip: parse_ip(t.0).unwrap(),
+                dst_ip: parse_ip(t.1).unwrap(),
+                src_port: 30000 + i as u16,
+                dst_port: t.2,
+                protocol: t.3,
+                tcp_flags: if t.3 == 6 { 0x1b } else { 0 },
+                bytes: t.4,
+                packets: t.4 / 1000 + 1,
+                sampling_rate: 1,
+                in_if: 1,
+                out_if: 2,
+            })
+        })
+        .collect();
+    send_ipfix(hawking.netflow, &flows);
+    hawking.wait_metric(
+        "hawking_store_rows_written_total",
+        &[("table", "flows")],
+        flows.len() as f64,
+    );
+    hawking
+}
+
+fn send_ipfix(to: SocketAddr, flows: &[FlowRecord]) {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let clock = ExporterClock {
+        boot_ms: now_ms / 1000 * 1000 - 3_600_000,
+        export_ms: now_ms / 1000 * 1000,
+    };
+    let socket = exporter_socket("127.0.0.1");
+    let template = flow_template(400, false, TimeEncoding::Milliseconds);
+    for (seq, chunk) in flows.chunks(100).enumerate() {
+        let mut p = PacketBuilder::new(Version::Ipfix, clock, (seq * 100) as u32, 0);
+        p.template(&template).flows(&template, clock, chunk);
+        socket.send_to(&p.finish(), to).unwrap();
+        // Loopback drops nothing at this pace.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
