@@ -14,6 +14,9 @@ use hawking_schemas::{history_gaps_schema, ip_history_schema};
 
 use crate::timearg::format_time;
 
+/// The reason of the gap after a recording of a cluster that is not watched live.
+const RECORDING_ENDS: &str = hawking_enricher::keeper::RECORDING_ENDS;
+
 pub fn import(file: &Path, cluster: &str, data: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -31,11 +34,11 @@ pub fn import(file: &Path, cluster: &str, data: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let watched_live = runtime.block_on(async {
+    let quoted = cluster.replace('\'', "''");
+    let (watched_live, open_gaps) = runtime.block_on(async {
         let ctx = hawking_query::open_session(data, &Default::default()).await?;
         let sql = format!(
-            "SELECT count(*) FROM ip_history_log WHERE cluster_name = '{}' AND source = 'watch'",
-            cluster.replace('\'', "''")
+            "SELECT count(*) FROM ip_history_log WHERE cluster_name = '{quoted}' AND source = 'watch'"
         );
         let batches = ctx.sql(&sql).await?.collect().await?;
         let n = batches
@@ -47,8 +50,29 @@ pub fn import(file: &Path, cluster: &str, data: &Path) -> anyhow::Result<()> {
                     .map(|a| a.value(0))
             })
             .unwrap_or(0);
-        anyhow::Ok(n > 0)
+        let sql = format!(
+            "SELECT CAST(gap_start AS BIGINT) AS start FROM history_gaps \
+             WHERE cluster_name = '{quoted}' AND gap_end IS NULL AND reason = '{RECORDING_ENDS}'"
+        );
+        let mut starts = Vec::new();
+        for b in ctx.sql(&sql).await?.collect().await? {
+            if let Some(a) = b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>() {
+                starts.extend(a.iter().flatten());
+            }
+        }
+        anyhow::Ok((n > 0, starts))
     })?;
+    // An earlier recording ended where this one may go on: what this one covers is no longer
+    // unknown. It tells every change from its opening list on, so the gap ends there.
+    let start = report.recording_start.unwrap_or(end);
+    for gap_start in open_gaps.into_iter().filter(|g| *g <= end) {
+        keeper.end_gap(
+            cluster,
+            gap_start,
+            start.clamp(gap_start, end),
+            RECORDING_ENDS,
+        );
+    }
     keeper.finish_recording(cluster, end, !watched_live);
     let (intervals, gaps) = keeper.take_rows();
     let options = WriterOptions::default();

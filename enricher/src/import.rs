@@ -41,6 +41,9 @@ pub struct ImportReport {
     pub skipped: usize,
     /// The latest timestamp in the recording: after it, nothing is known.
     pub recording_end: Option<i64>,
+    /// From when the recording tells every change: the latest timestamp of its opening list
+    /// (a snapshot's objects, or the ADDED events a watch starts with).
+    pub recording_start: Option<i64>,
 }
 
 enum Item {
@@ -165,6 +168,7 @@ pub fn import_recording(
         }
     }
     let mut report = ImportReport::default();
+    let mut listing = true;
     for (index, item) in items.iter().enumerate() {
         let (event_kind, v) = match item {
             Item::Object(v) => (None, v),
@@ -183,6 +187,10 @@ pub fn import_recording(
         report.events += event_kind.is_some() as usize;
         let at = o.latest_timestamp.or(o.since).unwrap_or(0);
         report.recording_end = report.recording_end.max(Some(at));
+        listing &= matches!(event_kind, None | Some("ADDED"));
+        if listing {
+            report.recording_start = report.recording_start.max(Some(at));
+        }
         let event = match event_kind {
             Some("DELETED") => Event::Delete(o),
             Some("ADDED") | Some("MODIFIED") | None => Event::Upsert(o),

@@ -23,6 +23,9 @@ use crate::owners::{OwnerId, OwnerSpec};
 /// address) goes some seconds after the last container stops.
 pub const RELEASE_MARGIN_US: i64 = 5_000_000;
 
+/// The reason recorded for the gap after a recording's end.
+pub const RECORDING_ENDS: &str = "recording ends";
+
 /// Default of [`HistoryKeeper::set_lag_allowance`]: how late watch events may arrive.
 pub const DEFAULT_LAG_ALLOWANCE_US: i64 = 5_000_000;
 
@@ -200,8 +203,16 @@ impl HistoryKeeper {
             }
         }
         if unknown_after && self.history.open_gap(c).is_none() {
-            self.open_gap(c, end, "recording ends");
+            self.open_gap(c, end, RECORDING_ENDS);
         }
+    }
+
+    /// Ends the open gap of `cluster` that started at `start`, at `end`: a later recording
+    /// covers what an earlier one left unknown.
+    pub fn end_gap(&mut self, cluster: &str, start: i64, end: i64, reason: &str) {
+        let c = self.history.cluster(cluster);
+        self.gap_reasons.insert(c, reason.to_string());
+        self.close_gap(c, start, end);
     }
 
     pub fn history_mut(&mut self) -> &mut IpHistory {

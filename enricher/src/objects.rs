@@ -83,8 +83,9 @@ pub fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
 
 /// The workload a pod belongs to as far as the pod itself tells: its controller, with a
 /// ReplicaSet named `<deployment>-<pod-template-hash>` read as that Deployment (how the
-/// Deployment controller names them). A Job stays a Job here: only the Job object knows its
-/// CronJob. A pod without a controller is its own workload.
+/// Deployment controller names them), and a Job named `<cronjob>-<minutes>` whose pod was
+/// created shortly after that minute as that CronJob (how the CronJob controller names
+/// them). A pod without a controller is its own workload.
 pub fn workload_by_convention(pod: &Pod) -> (String, String) {
     let meta = &pod.metadata;
     let name = meta.name.clone().unwrap_or_default();
@@ -100,7 +101,25 @@ pub fn workload_by_convention(pod: &Pod) -> (String, String) {
             return ("Deployment".into(), deployment.to_string());
         }
     }
+    if owner.kind == "Job"
+        && let Some(cronjob) = cronjob_of_job(&owner.name, meta.creation_timestamp.as_ref())
+    {
+        return ("CronJob".into(), cronjob.to_string());
+    }
     (owner.kind.clone(), owner.name.clone())
+}
+
+/// The CronJob that made a Job, by the CronJob controller's naming: `<cronjob>-<scheduled
+/// time in minutes since the epoch>`. Only believed when the pod was created within a day
+/// after that scheduled time, so a Job merely named with a number is left alone.
+fn cronjob_of_job<'a>(job: &'a str, pod_created: Option<&Time>) -> Option<&'a str> {
+    let (prefix, digits) = job.rsplit_once('-')?;
+    if prefix.is_empty() || digits.len() < 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let scheduled = digits.parse::<i64>().ok()? * 60_000_000;
+    let created = time_us(pod_created?);
+    (created >= scheduled && created - scheduled <= 86_400_000_000).then_some(prefix)
 }
 
 fn declared_ports(pod: &Pod) -> Option<String> {
@@ -354,6 +373,30 @@ mod tests {
 
     fn pod(v: serde_json::Value) -> Pod {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_job_named_by_the_cronjob_controller_is_read_as_its_cronjob() {
+        let job_pod = |job: &str, created: &str| {
+            workload_by_convention(&pod(
+                json!({"metadata": {"name": "p", "creationTimestamp": created,
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": "u", "controller": true}]}}),
+            ))
+        };
+        // 29919420 minutes after the epoch is 2026-11-20T09:00:00Z.
+        assert_eq!(
+            job_pod("backup-29919420", "2026-11-20T09:00:02Z"),
+            ("CronJob".into(), "backup".into())
+        );
+        // A number that is not the pod's scheduled minute, or no number: the Job itself.
+        assert_eq!(
+            job_pod("backup-29919420", "2026-11-23T09:00:02Z"),
+            ("Job".into(), "backup-29919420".into())
+        );
+        assert_eq!(
+            job_pod("migrate-v2", "2026-11-20T09:00:02Z"),
+            ("Job".into(), "migrate-v2".into())
+        );
     }
 
     fn us(s: &str) -> i64 {

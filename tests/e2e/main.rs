@@ -7,6 +7,7 @@ mod kube_api;
 mod kube_api_tests;
 mod malformed;
 mod pgwire;
+mod recorded_cluster;
 mod shutdown;
 mod support;
 mod templates;
