@@ -149,6 +149,25 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_manifest_carries_a_valid_config() {
+        // The ConfigMap's `hawking.toml: |` block, de-indented as YAML does.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/hawking.yaml");
+        let manifest = std::fs::read_to_string(path).unwrap();
+        let block: String = manifest
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("hawking.toml: |"))
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        let config: Config = toml::from_str(&block).unwrap();
+        let cluster = &config.enricher.clusters[0];
+        assert!(cluster.in_cluster, "{block}");
+        assert_eq!(cluster.exporters, ["10.0.0.0/24"]);
+        assert_eq!(config.netflow.listen.port(), 2055);
+    }
+
+    #[test]
     fn unknown_settings_are_refused() {
         let err = toml::from_str::<Config>("[netflow]\nlisten_addr = \"0.0.0.0:1\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
