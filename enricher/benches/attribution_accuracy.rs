@@ -20,6 +20,8 @@
 //! it arrives; Hawking holds it for `--grace-ms` and looks it up at the flow's own time.
 //! Ground truth is the pod that held the address while the flow ran.
 
+mod support;
+
 use hawking_enricher::attribute::resolve_endpoint;
 use hawking_enricher::objects::{pod_observation, workload_by_convention};
 use hawking_enricher::{Event, HistoryKeeper, Mode, Observation, Resource};
@@ -28,6 +30,7 @@ use hawking_schemas::ip::v4_to_u128;
 use k8s_openapi::api::core::v1::Pod;
 use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
+use support::{Rng, arg};
 
 const SECOND: i64 = 1_000_000;
 /// 2026-11-20T00:00:00Z
@@ -36,29 +39,6 @@ const SPAN: i64 = 2 * 3600 * SECOND;
 const NODES: usize = 4;
 const PER_NODE: usize = 64;
 const CLUSTER: &str = "sim";
-
-/// splitmix64: deterministic, so every run simulates the same cluster for a given seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in `lo..hi` microseconds.
-    fn between(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.unit() * (hi - lo) as f64) as i64
-    }
-    fn exp(&mut self, mean: i64) -> i64 {
-        (-(1.0 - self.unit()).ln() * mean as f64) as i64
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -98,25 +78,9 @@ struct SimPod {
 
 fn rfc3339(us: i64) -> String {
     // Kubernetes writes whole seconds.
-    let secs = us.div_euclid(SECOND);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    k8s_openapi::jiff::Timestamp::from_second(us.div_euclid(SECOND))
+        .expect("time in range")
+        .to_string()
 }
 
 fn ip_string(a: u128) -> String {
@@ -547,15 +511,6 @@ fn current_state(pods: &[SimPod], events: &[WatchEvent], flows: &[Flow]) -> Tall
         }
     }
     tally
-}
-
-fn arg(name: &str, default: i64) -> i64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

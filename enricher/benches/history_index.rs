@@ -9,6 +9,8 @@
 //! by a counting global allocator (what the process really holds after building, temporary
 //! allocations excluded) and by `IpHistory::heap_bytes` (the figure the metrics report).
 
+mod support;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +23,7 @@ use hawking_enricher::{
 use hawking_schemas::OwnerKind;
 use hawking_schemas::flow::{FlowBatch, FlowOrigin, FlowRecord, SourceKind};
 use hawking_schemas::ip::v4_to_u128;
+use support::{Rng, arg};
 
 /// Counts bytes currently allocated through the global allocator.
 struct Counting;
@@ -45,22 +48,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-/// splitmix64: a small deterministic generator, so every run measures the same data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const SECOND: i64 = 1_000_000;
 /// 2026-11-20T00:00:00Z
@@ -190,17 +177,8 @@ fn flows(b: &Built, n: usize, window: i64, rng: &mut Rng) -> FlowBatch {
     batch
 }
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let intervals = arg("--intervals", 1 << 20);
+    let intervals = arg("--intervals", 1 << 20) as u64;
     let n_flows = arg("--flows", 1 << 20) as usize;
     let rounds = arg("--rounds", 5) as usize;
 

@@ -162,6 +162,8 @@ pub fn pod_observation(pod: &Pod, workload: (String, String)) -> ObservedObject 
     let mut times = Vec::new();
     meta_times(meta, &mut times);
     let mut finished = Vec::new();
+    // Container starts and finishes: moments the sandbox (and its address) certainly existed.
+    let mut alive: Vec<i64> = Vec::new();
     if let Some(s) = status {
         times.extend(s.start_time.as_ref().map(time_us));
         for c in s
@@ -172,37 +174,20 @@ pub fn pod_observation(pod: &Pod, workload: (String, String)) -> ObservedObject 
         {
             let state = c.state.as_ref();
             if let Some(t) = state.and_then(|st| st.terminated.as_ref()) {
-                times.extend(t.started_at.as_ref().map(time_us));
+                alive.extend(t.started_at.as_ref().map(time_us));
                 finished.extend(t.finished_at.as_ref().map(time_us));
             }
             if let Some(r) = state.and_then(|st| st.running.as_ref()) {
-                times.extend(r.started_at.as_ref().map(time_us));
+                alive.extend(r.started_at.as_ref().map(time_us));
             }
         }
         for c in s.conditions.iter().flatten() {
             times.extend(c.last_transition_time.as_ref().map(time_us));
         }
     }
+    times.extend(alive.iter().copied());
     times.extend(finished.iter().copied());
-    // Container starts and finishes: moments the sandbox certainly existed.
-    let mut alive: Vec<i64> = Vec::new();
-    if let Some(s) = status {
-        for c in s
-            .container_statuses
-            .iter()
-            .flatten()
-            .chain(s.init_container_statuses.iter().flatten())
-        {
-            let state = c.state.as_ref();
-            if let Some(t) = state.and_then(|st| st.terminated.as_ref()) {
-                alive.extend(t.started_at.as_ref().map(time_us));
-                alive.extend(t.finished_at.as_ref().map(time_us));
-            }
-            if let Some(r) = state.and_then(|st| st.running.as_ref()) {
-                alive.extend(r.started_at.as_ref().map(time_us));
-            }
-        }
-    }
+    alive.extend(finished.iter().copied());
     if host_network {
         // Its address is the node's: holding it proves nothing about other pods.
         alive.clear();
