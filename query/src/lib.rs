@@ -2,6 +2,7 @@
 //! DataFusion session with its tables, and result output. Knows nothing of decoding or
 //! Kubernetes.
 
+pub mod functions;
 pub mod output;
 pub mod pg;
 pub mod session;

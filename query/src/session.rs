@@ -62,7 +62,8 @@ const HISTORY_GAPS_VIEW: &str = "CREATE VIEW history_gaps AS \
     WHERE version = 1";
 
 /// Opens a session with the store's tables and views registered: `flows`, `ip_history`,
-/// `history_gaps` (and the logs behind the last two).
+/// `history_gaps` (and the logs behind the last two), and Hawking's SQL functions
+/// ([`crate::functions`]).
 pub async fn open_session(
     root: &Path,
     options: &QueryOptions,
@@ -94,6 +95,7 @@ pub async fn open_session(
             Arc::new(StoreTable::new(table_dir(&root, name), schema, time_column)),
         )?;
     }
+    crate::functions::register(&ctx);
     ctx.sql(IP_HISTORY_VIEW).await?;
     ctx.sql(HISTORY_GAPS_VIEW).await?;
     Ok(ctx)
