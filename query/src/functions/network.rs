@@ -21,8 +21,9 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Int64Type};
 use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use hawking_schemas::ip::{as_v4, ip_to_u128, parse_ip, push_ip_text};
 
@@ -205,6 +206,41 @@ impl ScalarUDFImpl for NetworkFn {
             .collect()
     }
 
+    /// A constant range or prefix that cannot be right fails the query while it is planned,
+    /// before any file is read (the same check at execution covers other paths).
+    fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> DfResult<ExprSimplifyResult> {
+        let constant = |i: usize| match args.get(i) {
+            Some(Expr::Literal(v, _)) => Some(v),
+            _ => None,
+        };
+        let name = self.name_str();
+        match self.kind {
+            Kind::CidrContains => {
+                if let Some(Some(text)) = constant(0).map(|v| scalar_text(name, v)).transpose()?
+                    && Cidr::parse(text).is_none()
+                {
+                    return plan_err!("{}", bad_cidr(name, text, text));
+                }
+            }
+            Kind::IpInCidrs => {
+                if let Some(Some(text)) = constant(1).map(|v| scalar_text(name, v)).transpose()?
+                    && let Err(bad) = parse_cidr_list(text, &mut Vec::new())
+                {
+                    return plan_err!("{}", bad_cidr(name, bad, text));
+                }
+            }
+            Kind::CidrNetwork => {
+                if let Some(ScalarValue::Int64(Some(p))) = constant(1)
+                    && !(0..=128).contains(p)
+                {
+                    return plan_err!("{}", bad_prefix(name, *p));
+                }
+            }
+            Kind::IpFamily => {}
+        }
+        Ok(ExprSimplifyResult::Original(args))
+    }
+
     fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
         Ok(match self.kind {
             Kind::CidrContains | Kind::IpInCidrs => DataType::Boolean,
@@ -223,6 +259,19 @@ impl ScalarUDFImpl for NetworkFn {
             Kind::CidrNetwork => cidr_network(&a[0], &a[1], n),
         }
     }
+}
+
+fn bad_cidr(name: &str, entry: &str, text: &str) -> String {
+    let place = if entry == text {
+        String::new()
+    } else {
+        format!(" in {text:?}")
+    };
+    format!("{name}: {entry:?}{place} is not a CIDR range (like '10.0.0.0/8' or '2001:db8::/32')")
+}
+
+fn bad_prefix(name: &str, prefix: i64) -> String {
+    format!("{name}: prefix {prefix} is not a prefix length (0-32 for IPv4, 0-128 for IPv6)")
 }
 
 /// The text of a scalar argument (`None` for SQL null).
@@ -260,9 +309,7 @@ fn cidr_contains(cidr: &ColumnarValue, ip: &ColumnarValue, rows: usize) -> DfRes
                 return Ok(ColumnarValue::Scalar(ScalarValue::Boolean(None)));
             };
             let Some(range) = Cidr::parse(text) else {
-                return exec_err!(
-                    "{NAME}: {text:?} is not a CIDR range (like '10.0.0.0/8' or '2001:db8::/32')"
-                );
+                return exec_err!("{}", bad_cidr(NAME, text, text));
             };
             if let ColumnarValue::Scalar(ip) = ip {
                 let v = scalar_text(NAME, ip)?.and_then(parse_ip);
@@ -302,9 +349,7 @@ fn ip_in_cidrs(ip: &ColumnarValue, list: &ColumnarValue, rows: usize) -> DfResul
                 return Ok(ColumnarValue::Scalar(ScalarValue::Boolean(None)));
             };
             if let Err(bad) = parse_cidr_list(text, &mut ranges) {
-                return exec_err!(
-                    "{NAME}: {bad:?} in {text:?} is not a CIDR range (like '10.0.0.0/8' or '2001:db8::/32')"
-                );
+                return exec_err!("{}", bad_cidr(NAME, bad, text));
             }
             let in_any = |v: u128| ranges.iter().any(|r| r.contains(v));
             if let ColumnarValue::Scalar(ip) = ip {
@@ -381,9 +426,7 @@ fn cidr_network(
     let prefixes: Option<Int64Array> = match prefix {
         ColumnarValue::Scalar(ScalarValue::Int64(Some(p))) => {
             if !(0..=128).contains(p) {
-                return exec_err!(
-                    "{NAME}: prefix {p} is not a prefix length (0-32 for IPv4, 0-128 for IPv6)"
-                );
+                return exec_err!("{}", bad_prefix(NAME, *p));
             }
             None
         }
