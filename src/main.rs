@@ -12,6 +12,7 @@ mod sink;
 mod sql;
 mod timearg;
 mod whois;
+mod whois_table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

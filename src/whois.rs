@@ -1,12 +1,15 @@
 //! `hawking whois IP --at TIME`: who held an address at a time, from the stored history —
-//! the same decision the enricher makes for a flow endpoint at that instant.
+//! the same decision the enricher makes for a flow endpoint at that instant. [`lookup`] is
+//! that decision, shared with the SQL table function `whois(...)` (`crate::whois_table`).
 
 use std::path::Path;
 
 use anyhow::Context;
-use hawking_enricher::attribute::resolve_endpoint;
+use datafusion::dataframe::DataFrame;
+use datafusion::prelude::{SessionContext, col, lit};
+use hawking_enricher::attribute::{Resolved, resolve_endpoint};
 use hawking_enricher::history::Interval;
-use hawking_enricher::{HistoryKeeper, Mode, OPEN};
+use hawking_enricher::{HistoryKeeper, IpHistory, Mode, OPEN};
 use hawking_schemas::Attribution;
 use hawking_schemas::ip::{ip_text, parse_ip};
 use serde_json::json;
@@ -24,62 +27,153 @@ pub struct WhoisArgs<'a> {
     pub data: &'a Path,
 }
 
-fn sql_text(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// One question for the history: who held `addr` at `at` (in `cluster`, or in every
+/// cluster the history knows), optionally with the port and protocol it used then.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WhoisQuery {
+    pub addr: u128,
+    pub at: i64,
+    pub cluster: Option<String>,
+    pub port: u16,
+    pub protocol: u8,
+}
+
+/// The answer: the address's history as stored, and the decision the enricher makes for a
+/// flow endpoint at that instant. `hawking whois` prints it; the SQL table function
+/// `whois(...)` returns it as a row.
+pub struct WhoisAnswer {
+    keeper: HistoryKeeper,
+    clusters: Vec<u16>,
+    pub query: WhoisQuery,
+    pub resolved: Resolved,
+}
+
+/// Loads the address's whole history (so ranges and neighbours are right) and every gap
+/// from the session's `ip_history` and `history_gaps` views, and resolves the endpoint.
+pub async fn lookup(ctx: &SessionContext, query: WhoisQuery) -> anyhow::Result<WhoisAnswer> {
+    let by_cluster = |df: DataFrame| match &query.cluster {
+        Some(c) => df.filter(col("cluster_name").eq(lit(c.as_str()))),
+        None => Ok(df),
+    };
+    let intervals = by_cluster(
+        ctx.table("ip_history")
+            .await?
+            .filter(col("ip").eq(lit(ip_text(query.addr))))?,
+    )?
+    .collect()
+    .await
+    .context("reading ip_history")?;
+    let gaps = by_cluster(ctx.table("history_gaps").await?)?
+        .collect()
+        .await
+        .context("reading history_gaps")?;
+    let mut keeper = HistoryKeeper::new(Mode::Import);
+    keeper
+        .load(&intervals, &gaps)
+        .context("reading the stored history")?;
+    let history = keeper.history();
+    let clusters: Vec<u16> = match &query.cluster {
+        Some(name) => history.find_cluster(name).into_iter().collect(),
+        None => (0..history.clusters().len() as u16).collect(),
+    };
+    let resolved = resolve_endpoint(
+        history,
+        &clusters,
+        query.addr,
+        query.at,
+        query.at,
+        query.port,
+        query.protocol,
+    );
+    Ok(WhoisAnswer {
+        keeper,
+        clusters,
+        query,
+        resolved,
+    })
+}
+
+impl WhoisAnswer {
+    pub fn history(&self) -> &IpHistory {
+        self.keeper.history()
+    }
+
+    /// The cluster the address was resolved in, when exactly one applies.
+    pub fn cluster_name(&self) -> Option<&str> {
+        (self.resolved.cluster != u16::MAX)
+            .then(|| self.history().cluster_name(self.resolved.cluster))
+    }
+
+    /// The interval in which the resolved owner held the address at the queried time.
+    pub fn held_interval(&self) -> Option<Interval> {
+        let owner = self.resolved.owner?;
+        let cluster = self
+            .history()
+            .clusters()
+            .get(self.resolved.cluster as usize)?;
+        let at = self.query.at;
+        cluster
+            .intervals(self.query.addr)
+            .iter()
+            .rev()
+            .find(|iv| iv.owner == owner && iv.from <= at && iv.to >= at)
+            .copied()
+    }
+
+    /// Gaps covering the queried time: (cluster, start, end) with `OPEN` for a gap that lasts.
+    pub fn gaps_at(&self) -> Vec<(String, i64, i64)> {
+        let history = self.history();
+        let at = self.query.at;
+        self.clusters
+            .iter()
+            .flat_map(|c| {
+                history.clusters()[*c as usize]
+                    .gaps()
+                    .iter()
+                    .filter(|(s, e)| *s <= at && *e >= at)
+                    .map(|(s, e)| (history.cluster_name(*c).to_string(), *s, *e))
+            })
+            .collect()
+    }
+
+    /// Every interval of the address in the clusters asked about, oldest first.
+    pub fn intervals(&self) -> Vec<(u16, Interval)> {
+        let mut all: Vec<(u16, Interval)> = self
+            .clusters
+            .iter()
+            .flat_map(|c| {
+                self.history().clusters()[*c as usize]
+                    .intervals(self.query.addr)
+                    .iter()
+                    .map(|iv| (*c, *iv))
+            })
+            .collect();
+        all.sort_by_key(|(_, iv)| iv.from);
+        all
+    }
 }
 
 pub fn run(args: WhoisArgs<'_>) -> anyhow::Result<()> {
     let addr =
         parse_ip(args.ip).ok_or_else(|| anyhow::anyhow!("{:?} is not an IP address", args.ip))?;
     let at = parse_time(args.at)?;
-    let ip = ip_text(addr);
+    let query = WhoisQuery {
+        addr,
+        at,
+        cluster: args.cluster.map(str::to_string),
+        port: args.port,
+        protocol: args.protocol,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (intervals, gaps) = runtime.block_on(async {
+    let answer = runtime.block_on(async {
         let ctx = hawking_query::open_session(args.data, &Default::default()).await?;
-        let cluster_filter = args
-            .cluster
-            .map(|c| format!(" AND cluster_name = {}", sql_text(c)))
-            .unwrap_or_default();
-        // The whole history of the address (so ranges and neighbours are right), every gap.
-        let intervals = ctx
-            .sql(&format!(
-                "SELECT * FROM ip_history WHERE ip = {}{cluster_filter}",
-                sql_text(&ip)
-            ))
-            .await?
-            .collect()
-            .await?;
-        let gaps = ctx
-            .sql(&format!(
-                "SELECT * FROM history_gaps WHERE true{cluster_filter}"
-            ))
-            .await?
-            .collect()
-            .await?;
-        anyhow::Ok((intervals, gaps))
+        lookup(&ctx, query).await
     })?;
-    let mut keeper = HistoryKeeper::new(Mode::Import);
-    keeper
-        .load(&intervals, &gaps)
-        .context("reading the stored history")?;
-    let history = keeper.history();
-    let clusters: Vec<u16> = match args.cluster {
-        Some(name) => history.find_cluster(name).into_iter().collect(),
-        None => (0..history.clusters().len() as u16).collect(),
-    };
-    let r = resolve_endpoint(history, &clusters, addr, at, at, args.port, args.protocol);
+    let history = answer.history();
+    let r = answer.resolved;
     let owners = &history.owners;
-    let cluster_name = (r.cluster != u16::MAX).then(|| history.cluster_name(r.cluster).to_string());
-    let held_interval = |c: u16, o| -> Option<Interval> {
-        history.clusters()[c as usize]
-            .intervals(addr)
-            .iter()
-            .rev()
-            .find(|iv| iv.owner == o && iv.from <= at && iv.to >= at)
-            .copied()
-    };
     let describe_owner = |o| {
         let ow = owners.get(o);
         json!({
@@ -92,32 +186,24 @@ pub fn run(args: WhoisArgs<'_>) -> anyhow::Result<()> {
             "node": owners.text(ow.node),
         })
     };
-    let gap_at: Vec<(String, i64, i64)> = clusters
-        .iter()
-        .flat_map(|c| {
-            history.clusters()[*c as usize]
-                .gaps()
-                .iter()
-                .filter(|(s, e)| *s <= at && *e >= at)
-                .map(|(s, e)| (history.cluster_name(*c).to_string(), *s, *e))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let until = |to: i64| {
+        if to == OPEN {
+            json!(null)
+        } else {
+            json!(format_time(to))
+        }
+    };
     let mut out = json!({
-        "ip": ip,
+        "ip": ip_text(addr),
         "at": format_time(at),
         "attribution": r.attribution.as_str(),
-        "cluster": cluster_name,
+        "cluster": answer.cluster_name(),
     });
-    if let (Some(o), Some(c)) = (r.owner, (r.cluster != u16::MAX).then_some(r.cluster)) {
+    if let Some(o) = r.owner {
         out["owner"] = describe_owner(o);
-        if let Some(iv) = held_interval(c, o) {
+        if let Some(iv) = answer.held_interval() {
             out["held_from"] = json!(format_time(iv.from));
-            out["held_until"] = if iv.to == OPEN {
-                json!(null)
-            } else {
-                json!(format_time(iv.to))
-            };
+            out["held_until"] = until(iv.to);
         }
     }
     if r.n_candidates > 0 {
@@ -126,29 +212,25 @@ pub fn run(args: WhoisArgs<'_>) -> anyhow::Result<()> {
             .map(|o| describe_owner(*o))
             .collect();
     }
-    if !gap_at.is_empty() {
-        out["gaps"] = gap_at
+    let gaps = answer.gaps_at();
+    if !gaps.is_empty() {
+        out["gaps"] = gaps
             .iter()
             .map(|(c, s, e)| json!({"cluster": c, "from": format_time(*s), "until": (*e != OPEN).then(|| format_time(*e))}))
             .collect();
     }
     if args.around {
-        let mut neighbours = Vec::new();
-        for c in &clusters {
-            for iv in history.clusters()[*c as usize].intervals(addr) {
+        out["intervals"] = answer
+            .intervals()
+            .into_iter()
+            .map(|(c, iv)| {
                 let mut n = describe_owner(iv.owner);
-                n["cluster"] = json!(history.cluster_name(*c));
+                n["cluster"] = json!(history.cluster_name(c));
                 n["from"] = json!(format_time(iv.from));
-                n["until"] = if iv.to == OPEN {
-                    json!(null)
-                } else {
-                    json!(format_time(iv.to))
-                };
-                neighbours.push((iv.from, n));
-            }
-        }
-        neighbours.sort_by_key(|(from, _)| *from);
-        out["intervals"] = neighbours.into_iter().map(|(_, n)| n).collect();
+                n["until"] = until(iv.to);
+                n
+            })
+            .collect();
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
