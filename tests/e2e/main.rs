@@ -9,5 +9,6 @@ mod malformed;
 mod pgwire;
 mod recorded_cluster;
 mod shutdown;
+mod sql_surface;
 mod support;
 mod templates;
