@@ -264,13 +264,14 @@ mod tests {
             v => format!("{v:?}"),
         };
         assert_eq!(who("2026-11-20T09:30:00Z"), "web-7d4b9-a (web)");
-        // Deleted with 30 s of grace from 10:00:00: held until 10:01:00 at the latest.
+        // Deleted at 10:00:00 with 30 s of grace: deletionTimestamp 10:00:30, by when the
+        // containers are gone; the address follows within the release margin.
         assert_eq!(
-            who("2026-11-20T10:01:02Z"),
+            who("2026-11-20T10:00:33Z"),
             "web-7d4b9-a (web)",
             "within the release margin"
         );
-        assert_eq!(who("2026-11-20T10:01:30Z"), "Unknown");
+        assert_eq!(who("2026-11-20T10:00:40Z"), "Unknown");
         assert_eq!(
             who("2026-11-20T10:02:00Z"),
             "Unknown",

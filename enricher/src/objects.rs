@@ -52,7 +52,7 @@ pub struct ObservedObject {
     /// the object lingers, the address is free for the next pod).
     pub released: bool,
     /// When it released them at the latest, by its own timestamps (container termination,
-    /// deletion time plus grace period).
+    /// or the deletion deadline: `deletionTimestamp` already includes the grace period).
     pub released_by: Option<i64>,
     /// The latest timestamp anywhere in the object: a lower bound on when it was recorded.
     pub latest_timestamp: Option<i64>,
@@ -192,11 +192,9 @@ pub fn pod_observation(pod: &Pod, workload: (String, String)) -> ObservedObject 
         // Its address is the node's: holding it proves nothing about other pods.
         alive.clear();
     }
-    let grace_us = meta.deletion_grace_period_seconds.unwrap_or(0).max(0) * 1_000_000;
-    let deletion_end = meta
-        .deletion_timestamp
-        .as_ref()
-        .map(|t| time_us(t) + grace_us);
+    // The API server sets deletionTimestamp to the request time plus the grace period: the
+    // moment by which the kubelet kills the containers.
+    let deletion_end = meta.deletion_timestamp.as_ref().map(time_us);
     let containers = status
         .and_then(|s| s.container_statuses.as_ref())
         .map_or(0, Vec::len);
@@ -431,7 +429,8 @@ mod tests {
     }
 
     #[test]
-    fn a_terminating_pod_holds_its_address_until_deletion_time_plus_grace() {
+    fn a_terminating_pod_holds_its_address_until_its_deletion_deadline() {
+        // Deletion requested at 09:30:00 with 30 s grace: the API server writes 09:30:30.
         let p = pod(json!({
             "metadata": {"name": "web-1", "uid": "u2", "deletionTimestamp": "2026-11-20T09:30:30Z", "deletionGracePeriodSeconds": 30},
             "spec": {"containers": [{"name": "web"}]},
@@ -439,7 +438,7 @@ mod tests {
         }));
         let o = pod_observation(&p, ("Deployment".into(), "web".into()));
         assert!(!o.released);
-        assert_eq!(o.released_by, Some(us("2026-11-20T09:31:00Z")));
+        assert_eq!(o.released_by, Some(us("2026-11-20T09:30:30Z")));
         assert_eq!(o.addrs.len(), 2, "dual-stack");
     }
 

@@ -61,13 +61,13 @@ grep "hawking stopped" "$OUT"
 
 q() { echo; echo "-- $1"; "$BIN" sql --data "$DATA" "$1"; }
 q "SELECT src_attribution, dst_attribution, count(*) AS flows, sum(bytes) AS bytes FROM flows GROUP BY src_attribution, dst_attribution ORDER BY flows DESC"
-q "SELECT src_namespace || '/' || src_workload AS source, coalesce(dst_namespace || '/' || dst_workload, dst_ip) AS destination, dst_port, count(*) AS flows, sum(bytes) AS bytes FROM flows WHERE src_attribution = 'pod' GROUP BY 1, 2, 3 ORDER BY bytes DESC LIMIT 12"
+q "SELECT src_namespace || '/' || src_workload AS client, coalesce(dst_namespace || '/' || dst_workload, dst_ip) AS server, dst_port, count(*) AS flows, sum(bytes) AS bytes FROM flows WHERE src_attribution = 'pod' AND dst_port < 32768 GROUP BY 1, 2, 3 ORDER BY bytes DESC"
 echo
 echo "== 10.4.2.14 was recycled: one address, three stretches of time, attributed at each flow's own time"
 q "SELECT src_attribution, src_pod, src_workload_kind, src_workload, min(flow_start) AS first_flow, max(flow_end) AS last_flow, count(*) AS flows FROM flows WHERE src_ip = '10.4.2.14' GROUP BY 1, 2, 3, 4 ORDER BY first_flow"
 echo
 echo "== 10.4.1.20: a finished Job pod's object still showed the address while shop/cache-1 held it"
-q "SELECT dst_attribution, dst_pod, dst_workload_kind, dst_workload, min(flow_start) AS first_flow, max(flow_end) AS last_flow, count(*) AS flows FROM flows WHERE dst_ip = '10.4.1.20' OR src_ip = '10.4.1.20' GROUP BY 1, 2, 3, 4 ORDER BY first_flow"
+q "SELECT CASE WHEN src_ip = '10.4.1.20' THEN src_pod ELSE dst_pod END AS holder, CASE WHEN src_ip = '10.4.1.20' THEN src_workload_kind || ' ' || src_workload ELSE dst_workload_kind || ' ' || dst_workload END AS workload, min(flow_start) AS first_flow, max(flow_end) AS last_flow, count(*) AS flows FROM flows WHERE dst_ip = '10.4.1.20' OR src_ip = '10.4.1.20' GROUP BY 1, 2 ORDER BY first_flow"
 for T in "2026-11-20 09:50:00" "2026-11-20 10:06:00" "2026-11-20 10:20:00"; do
   echo
   echo "-- hawking whois 10.4.2.14 --at '$T'"
