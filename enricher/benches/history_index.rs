@@ -23,7 +23,7 @@ use hawking_enricher::{
 use hawking_schemas::OwnerKind;
 use hawking_schemas::flow::{FlowBatch, FlowOrigin, FlowRecord, SourceKind};
 use hawking_schemas::ip::v4_to_u128;
-use support::{Rng, arg};
+use support::{Rng, arg, smoke_test};
 
 /// Counts bytes currently allocated through the global allocator.
 struct Counting;
@@ -178,9 +178,10 @@ fn flows(b: &Built, n: usize, window: i64, rng: &mut Rng) -> FlowBatch {
 }
 
 fn main() {
-    let intervals = arg("--intervals", 1 << 20) as u64;
-    let n_flows = arg("--flows", 1 << 20) as usize;
-    let rounds = arg("--rounds", 5) as usize;
+    let small = smoke_test();
+    let intervals = arg("--intervals", if small { 1 << 14 } else { 1 << 20 }) as u64;
+    let n_flows = arg("--flows", if small { 1 << 14 } else { 1 << 20 }) as usize;
+    let rounds = arg("--rounds", if small { 1 } else { 5 }) as usize;
 
     let before = LIVE.load(Ordering::Relaxed);
     let built = build(intervals);

@@ -46,3 +46,9 @@ pub fn arg(name: &str, default: i64) -> i64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// Whether this run is `cargo test` exercising the benchmark (cargo passes `--bench` only
+/// under `cargo bench`): then a small configuration is enough.
+pub fn smoke_test() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
