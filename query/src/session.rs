@@ -90,10 +90,14 @@ pub async fn open_session(
         (HISTORY_GAPS_LOG_TABLE, history_gaps_schema(), "recorded_at"),
     ];
     for (name, schema, time_column) in tables {
-        ctx.register_table(
-            name,
-            Arc::new(StoreTable::new(table_dir(&root, name), schema, time_column)),
-        )?;
+        let table = StoreTable::new(table_dir(&root, name), schema, time_column);
+        // History tables keep plain Utf8: the enricher reads them back as `StringArray`.
+        let table = if name == FLOWS_TABLE {
+            table.with_view_strings()
+        } else {
+            table
+        };
+        ctx.register_table(name, Arc::new(table))?;
     }
     crate::functions::register(&ctx);
     ctx.sql(IP_HISTORY_VIEW).await?;
