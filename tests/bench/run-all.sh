@@ -18,3 +18,6 @@ done
 echo
 echo "## NetFlow ingest, Hawking beside nfcapd (tests/bench/netflow_ingest.py)"
 python3 tests/bench/netflow_ingest.py "$@"
+echo
+echo "## Query: top-10 workloads on 100M flows beside DuckDB (tests/bench/query_top_workloads.sh)"
+KEEP=${KEEP:-0} tests/bench/query_top_workloads.sh
