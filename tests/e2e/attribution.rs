@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hawking_collector::export::{ExporterClock, PacketBuilder, TimeEncoding, flow_template};
@@ -409,15 +408,5 @@ fn flows_attribute_to_whoever_held_the_address_at_their_own_time() {
 }
 
 fn whois(data: &Path, ip: &str, at_secs: i64) -> Value {
-    let out = Command::new(hawking_bin())
-        .args(["whois", ip, "--json", "--at", &rfc3339(at_secs), "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "whois failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    whois_json(data, ip, &rfc3339(at_secs))
 }

@@ -541,17 +541,7 @@ fn every_dashboard_panel_runs_on_attributed_flows_with_grafana_macros_expanded()
 // ---- whois(...) ----------------------------------------------------------------------------
 
 fn whois_cli(data: &Path, ip: &str, at: &str) -> Value {
-    let out = Command::new(hawking_bin())
-        .args(["whois", ip, "--json", "--at", at, "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "whois: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    whois_json(data, ip, at)
 }
 
 #[test]

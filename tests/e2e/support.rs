@@ -534,3 +534,18 @@ pub fn rfc3339(secs: i64) -> String {
         rem % 60
     )
 }
+
+/// `hawking whois IP --at AT --json` over the store at `data`.
+pub fn whois_json(data: &Path, ip: &str, at: &str) -> serde_json::Value {
+    let out = Command::new(hawking_bin())
+        .args(["whois", ip, "--json", "--at", at, "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "whois {ip} at {at}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
