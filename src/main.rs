@@ -150,18 +150,8 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // The chain of causes, without a backtrace: these are messages for users. Causes
-            // whose text their wrapper already includes are not repeated.
-            let mut message = String::new();
-            for cause in e.chain().map(|c| c.to_string()) {
-                if !message.contains(&cause) {
-                    if !message.is_empty() {
-                        message.push_str(": ");
-                    }
-                    message.push_str(&cause);
-                }
-            }
-            eprintln!("error: {message}");
+            // The chain of causes, without a backtrace: these are messages for users.
+            eprintln!("error: {}", sql::error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -108,7 +108,9 @@ fn run_script(
     Ok(())
 }
 
-fn error_text(e: &anyhow::Error) -> String {
+/// An error's chain of causes on one line; causes whose text their wrapper already includes
+/// are not repeated.
+pub fn error_text(e: &anyhow::Error) -> String {
     let mut message = String::new();
     for cause in e.chain().map(|c| c.to_string()) {
         if !message.contains(&cause) {
