@@ -22,6 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use crate::support::rfc3339;
+
 /// A running fake API server; stops (and closes every open watch) when dropped.
 pub struct FakeKubeApi {
     /// `http://127.0.0.1:PORT`, to give to `kube::Config::new`.
@@ -852,28 +854,6 @@ fn placeholder_secs(expr: &str, t0: i64) -> Result<i64, String> {
     }
     // Kubernetes `Time` has second precision: drop the fraction (towards the past).
     Ok((t0 as f64 + offset).floor() as i64)
-}
-
-/// Unix seconds to "YYYY-MM-DDTHH:MM:SSZ".
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil-from-days (H. Hinnant), proleptic Gregorian calendar.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
 }
 
 #[cfg(test)]

@@ -513,26 +513,11 @@ pub fn pcap_flow_times(path: &Path) -> std::collections::HashMap<FiveTuple, (i64
     flows
 }
 
-/// Unix seconds as RFC 3339 UTC (`2026-11-20T10:00:00Z`).
+/// Unix seconds as RFC 3339 UTC (`2026-11-20T10:00:00Z`), as Kubernetes writes times.
 pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (H. Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    k8s_openapi::jiff::Timestamp::from_second(secs)
+        .expect("time in range")
+        .to_string()
 }
 
 /// `hawking whois IP --at AT --json` over the store at `data`.
