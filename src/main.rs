@@ -1,11 +1,13 @@
 //! `hawking`: flow attribution collector. Subcommands: `serve` runs the pipeline, `sql`
-//! queries the store, `flowgen` sends synthetic NetFlow/IPFIX load.
+//! queries the store, `whois` answers who held an address, `nat-agent` reports a node's
+//! source-NAT translations, `flowgen` sends synthetic NetFlow/IPFIX load.
 
 mod config;
 mod flowgen;
 mod history_cmd;
 mod history_state;
 mod metrics_http;
+mod nat_agent;
 mod pipeline;
 mod session;
 mod sink;
@@ -38,7 +40,8 @@ struct Cli {
 enum Command {
     /// Receive flows and store them until SIGINT/SIGTERM (then commit everything accepted).
     Serve(ServeArgs),
-    /// Run SQL over the store (tables: flows, ip_history, history_gaps).
+    /// Run SQL over the store (tables: flows, flows_by_workload, ip_history, history_gaps,
+    /// nat_history).
     Sql(SqlArgs),
     /// Who held an address at a time, from the stored history.
     Whois(WhoisArgs),
@@ -49,6 +52,9 @@ enum Command {
     },
     /// Send synthetic NetFlow v5/v9/IPFIX packets (load generation and benchmarks).
     Flowgen(flowgen::FlowgenArgs),
+    /// On a node: follow conntrack and send every source-NAT translation to a collector as
+    /// IPFIX NAT session events (RFC 8158), so flows seen outside the node map back to pods.
+    NatAgent(nat_agent::NatAgentArgs),
 }
 
 #[derive(Subcommand)]
@@ -175,6 +181,7 @@ fn run() -> anyhow::Result<()> {
             &Default::default(),
         ),
         Command::Flowgen(args) => flowgen::run(args),
+        Command::NatAgent(args) => nat_agent::run(args),
         Command::History {
             command:
                 HistoryCommand::Import {

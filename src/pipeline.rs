@@ -19,14 +19,16 @@ use hawking_enricher::{HistoryKeeper, Mode, Observation};
 use hawking_query::store::layout::table_dir;
 use hawking_query::{
     ColumnTuning, FLOWS_TABLE, FLOWS_TUNING, HISTORY_GAPS_LOG_TABLE, IP_HISTORY_LOG_TABLE,
-    PartitionedWriter, open_session,
+    NAT_HISTORY_LOG_TABLE, PartitionedWriter, open_session,
 };
-use hawking_schemas::{FlowBatch, flow_schema, history_gaps_schema, ip_history_schema};
+use hawking_schemas::{
+    FlowBatch, flow_schema, history_gaps_schema, ip_history_schema, nat_history_schema,
+};
 use prometheus::Registry;
 
 use crate::config::Config;
 use crate::history_state::HistoryState;
-use crate::sink::{Enrichment, Sink, SinkMetrics, SinkStats, Writers, unix_micros};
+use crate::sink::{Enrichment, NatState, Sink, SinkMetrics, SinkStats, Writers, unix_micros};
 
 /// Batches in flight between the listener and the sink; when full, the listener waits and
 /// the kernel socket buffer absorbs the burst.
@@ -38,6 +40,24 @@ pub struct Pipeline {
     sink: JoinHandle<anyhow::Result<SinkStats>>,
     watches: Vec<tokio::task::JoinHandle<()>>,
     pub netflow_addr: SocketAddr,
+}
+
+/// The persisted NAT translations, folded to one row per translation: the open ones and
+/// those that closed less than `keep` before the latest one began or ended (the NAT index's
+/// own clock, so a store of past events loads as it was kept).
+pub async fn load_nat_history(data_dir: &Path, keep: Duration) -> anyhow::Result<Vec<RecordBatch>> {
+    let ctx = open_session(data_dir, &Default::default()).await?;
+    let sql = format!(
+        "SELECT * FROM nat_history WHERE valid_to IS NULL \
+         OR valid_to >= (SELECT greatest(max(valid_from), max(valid_to)) FROM nat_history) \
+                        - INTERVAL '{} microseconds'",
+        keep.as_micros()
+    );
+    ctx.sql(&sql)
+        .await?
+        .collect()
+        .await
+        .context("reading nat_history")
 }
 
 /// The persisted history, folded to one row per interval and gap.
@@ -95,6 +115,13 @@ impl Pipeline {
                 w,
                 &history_tuning,
             )?,
+            nat: PartitionedWriter::new(
+                &table_dir(&data_dir, NAT_HISTORY_LOG_TABLE),
+                nat_history_schema(),
+                "recorded_at",
+                w,
+                &history_tuning,
+            )?,
         };
 
         let (history_tx, history_rx) = channel::<Observation>();
@@ -145,10 +172,29 @@ impl Pipeline {
         };
         drop(history_tx);
 
+        let nat_config = &config.enricher.nat;
+        let keep_closed = Duration::from_secs(nat_config.keep_closed_secs);
+        let mut nat_index = hawking_enricher::NatIndex::new(nat_config.clock_skew_ms as i64 * 1000);
+        let nat_rows = load_nat_history(&data_dir, keep_closed).await?;
+        let translations = nat_index.load(&nat_rows, |name| {
+            enrichment
+                .as_ref()
+                .and_then(|e| e.keeper.history().find_cluster(name))
+                .unwrap_or(hawking_enricher::nat::ANY_CLUSTER)
+        })?;
+        if translations > 0 {
+            tracing::info!(translations, "NAT translations loaded");
+        }
+
         let collector_metrics = CollectorMetrics::register(registry)?;
         let sink = Sink {
             writers,
             enrichment,
+            nat: NatState {
+                index: nat_index,
+                keep_closed,
+                published: Default::default(),
+            },
             config: config.store.clone(),
             metrics: SinkMetrics::register(registry)?,
         };

@@ -1,14 +1,16 @@
-//! The sink thread: keeps the address history up to date from cluster observations, holds
-//! each flow batch for the grace period, attributes it against the history at its flows'
-//! own times, and commits flows and history to the store.
+//! The sink thread: keeps the address history up to date from cluster observations and the
+//! NAT translations from NAT session events, holds each flow batch for the grace period,
+//! attributes it against both at its flows' own times, and commits flows and history to the
+//! store.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use hawking_enricher::nat::{ANY_CLUSTER, NatCounters};
 use hawking_enricher::{
-    ClusterSelector, HistoryKeeper, Observation, attribute_batch, attribution_columns,
+    ClusterSelector, HistoryKeeper, NatIndex, Observation, attribute_batch, attribution_columns,
 };
 use hawking_query::PartitionedWriter;
 use hawking_schemas::{Attribution, FlowBatch};
@@ -34,6 +36,8 @@ pub struct SinkMetrics {
     history_intervals: IntGauge,
     history_owners: IntGauge,
     cluster_in_gap: IntGaugeVec,
+    nat_translations: IntGauge,
+    nat_events: IntCounterVec,
 }
 
 impl SinkMetrics {
@@ -99,7 +103,22 @@ impl SinkMetrics {
                 ),
                 &["cluster"],
             )?,
+            nat_translations: IntGauge::new(
+                "hawking_nat_translations",
+                "Source-NAT translations held in memory (open, or closed recently)",
+            )?,
+            nat_events: IntCounterVec::new(
+                Opts::new(
+                    "hawking_nat_session_events_total",
+                    "NAT session events applied, by effect: opened, closed, superseded (a new \
+                     session on a 5-tuple whose translation was open), duplicate, \
+                     unmatched_delete (its create was never seen)",
+                ),
+                &["effect"],
+            )?,
         };
+        registry.register(Box::new(m.nat_translations.clone()))?;
+        registry.register(Box::new(m.nat_events.clone()))?;
         registry.register(Box::new(m.rows_written.clone()))?;
         registry.register(Box::new(m.files_committed.clone()))?;
         registry.register(Box::new(m.commit_errors.clone()))?;
@@ -139,11 +158,21 @@ pub struct Writers {
     pub flows: PartitionedWriter,
     pub intervals: PartitionedWriter,
     pub gaps: PartitionedWriter,
+    pub nat: PartitionedWriter,
+}
+
+/// The NAT translations and how long closed ones stay in memory.
+pub struct NatState {
+    pub index: NatIndex,
+    pub keep_closed: Duration,
+    /// What the index had counted when last published.
+    pub published: NatCounters,
 }
 
 pub struct Sink {
     pub writers: Writers,
     pub enrichment: Option<Enrichment>,
+    pub nat: NatState,
     pub config: StoreConfig,
     pub metrics: SinkMetrics,
 }
@@ -167,7 +196,12 @@ impl Sink {
         loop {
             self.apply_history(&history);
             let closed = match flows.recv_timeout(Duration::from_millis(50)) {
-                Ok(batch) => {
+                Ok(mut batch) => {
+                    // Translations apply at once: flows they explain may be in this very batch.
+                    if self.apply_nat(&mut batch) {
+                        // Translations are committed with the next flush, flows or not.
+                        oldest_buffered.get_or_insert_with(Instant::now);
+                    }
                     held_flows += batch.len();
                     held.push_back((Instant::now(), batch));
                     false
@@ -253,18 +287,46 @@ impl Sink {
         }
     }
 
+    /// Applies the batch's NAT session events (each in its NAT's cluster) and leaves the
+    /// batch holding only flows.
+    fn apply_nat(&mut self, batch: &mut FlowBatch) -> bool {
+        if batch.nat_events.is_empty() {
+            return false;
+        }
+        let mut clusters = Vec::new();
+        for event in batch.nat_events.drain(..) {
+            let cluster = match &self.enrichment {
+                Some(e) => {
+                    e.selector.clusters_for(
+                        event.exporter,
+                        event.observation_domain,
+                        &mut clusters,
+                    );
+                    match clusters.as_slice() {
+                        [one] => *one,
+                        _ => ANY_CLUSTER,
+                    }
+                }
+                None => ANY_CLUSTER,
+            };
+            self.nat.index.apply(&event, cluster);
+        }
+        true
+    }
+
     fn attribute(&mut self, batch: &FlowBatch) -> anyhow::Result<arrow::array::RecordBatch> {
         let Some(e) = &self.enrichment else {
             return Ok(batch.to_record_batch_unattributed()?);
         };
         let history = e.keeper.history();
-        let attribution = attribute_batch(history, &e.selector, batch);
-        let mut counts = [0u64; 6];
+        let attribution = attribute_batch(history, &self.nat.index, &e.selector, batch);
+        let mut counts = [0u64; 7];
         for r in attribution.src.iter().chain(&attribution.dst) {
             counts[r.attribution as usize] += 1;
         }
         for (kind, n) in [
             Attribution::Pod,
+            Attribution::Snat,
             Attribution::Node,
             Attribution::Service,
             Attribution::External,
@@ -287,10 +349,11 @@ impl Sink {
     /// Records which watched clusters are in sync (so a crash's downtime becomes a gap on
     /// restart) and, at shutdown, opens the gap that lasts until the next start is in sync.
     fn heartbeat(&mut self, stopping: bool) {
+        self.publish_nat();
+        let now = unix_micros();
         let Some(e) = &mut self.enrichment else {
             return;
         };
-        let now = unix_micros();
         for cluster in &e.watched {
             let down = e.keeper.is_down(cluster);
             self.metrics
@@ -315,7 +378,47 @@ impl Sink {
         }
     }
 
+    /// Publishes the NAT counters and forgets translations closed long enough ago.
+    fn publish_nat(&mut self) {
+        let nat = &mut self.nat;
+        nat.index.prune_closed(nat.keep_closed.as_micros() as i64);
+        let c = nat.index.counters();
+        let p = nat.published;
+        for (effect, n) in [
+            ("opened", c.opened - p.opened),
+            ("closed", c.closed - p.closed),
+            ("superseded", c.superseded - p.superseded),
+            ("duplicate", c.duplicates - p.duplicates),
+            (
+                "unmatched_delete",
+                c.unmatched_deletes - p.unmatched_deletes,
+            ),
+        ] {
+            if n > 0 {
+                self.metrics
+                    .nat_events
+                    .with_label_values(&[effect])
+                    .inc_by(n);
+            }
+        }
+        nat.published = c;
+        self.metrics
+            .nat_translations
+            .set(nat.index.translation_count() as i64);
+    }
+
     fn commit(&mut self, stats: &mut SinkStats) {
+        if let Some(e) = &self.enrichment {
+            let names = e.keeper.history().clusters().iter();
+            self.nat
+                .index
+                .set_cluster_names(names.map(|c| c.name.to_string()).collect());
+        }
+        if let Some(rows) = self.nat.index.take_rows(unix_micros())
+            && let Err(err) = self.writers.nat.write(rows)
+        {
+            tracing::error!(error = %err, "NAT history rows do not fit their table");
+        }
         if let Some(e) = &mut self.enrichment {
             let (intervals, gaps) = e.keeper.take_rows();
             for (writer, rows) in [
@@ -334,6 +437,7 @@ impl Sink {
             ("flows", &mut self.writers.flows),
             ("ip_history_log", &mut self.writers.intervals),
             ("history_gaps_log", &mut self.writers.gaps),
+            ("nat_history_log", &mut self.writers.nat),
         ];
         for (table, writer) in tables {
             if writer.buffered_rows() == 0 {

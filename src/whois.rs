@@ -263,7 +263,7 @@ fn print_text(out: &serde_json::Value, attribution: Attribution) {
         )
     };
     match attribution {
-        Attribution::Pod | Attribution::Node | Attribution::Service => {
+        Attribution::Pod | Attribution::Snat | Attribution::Node | Attribution::Service => {
             let until = out["held_until"]
                 .as_str()
                 .map(str::to_string)

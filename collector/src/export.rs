@@ -1,8 +1,10 @@
-//! The exporter side: encodes flows as NetFlow v5/v9 and IPFIX packets. Used by the load
-//! generator (`hawking flowgen`) and by tests that need packets with exact contents.
+//! The exporter side: encodes flows as NetFlow v5/v9 and IPFIX packets, and NAT session
+//! events as IPFIX NAT logging records (RFC 8158). Used by the load generator (`hawking
+//! flowgen`), the node agent (`hawking nat-agent`) and tests that need exact packets.
 
 use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::as_v4;
+use hawking_schemas::nat::{NatEvent, NatEventKind};
 
 use crate::netflow::template::{FieldSpec, TemplateLayout};
 use crate::netflow::wire::Version;
@@ -86,6 +88,39 @@ pub fn sampling_options_template(template_id: u16, version: Version) -> Template
             fields: vec![f(143, 4), f(160, 8), f(305, 4), f(306, 4)],
         },
     }
+}
+
+/// The RFC 8158 NAT44 (or, with `ipv6`, NAT66-shaped) session template: observation time,
+/// natEvent, protocol, the pre-NAT 5-tuple and the post-NAT source and destination.
+pub fn nat_event_template(template_id: u16, ipv6: bool) -> TemplateLayout {
+    let (src, dst, post_src, post_dst, alen) = if ipv6 {
+        (27, 28, 281, 282, 16)
+    } else {
+        (8, 12, 225, 226, 4)
+    };
+    TemplateLayout {
+        template_id,
+        scope_fields: 0,
+        options: false,
+        fields: vec![
+            f(323, 8),
+            f(230, 1),
+            f(4, 1),
+            f(src, alen),
+            f(7, 2),
+            f(post_src, alen),
+            f(227, 2),
+            f(dst, alen),
+            f(11, 2),
+            f(post_dst, alen),
+            f(228, 2),
+        ],
+    }
+}
+
+/// Bytes of one record of [`nat_event_template`].
+pub fn nat_event_record_len(ipv6: bool) -> usize {
+    if ipv6 { 78 } else { 30 }
 }
 
 /// Exporter clock facts written into packet headers and relative times.
@@ -210,6 +245,48 @@ impl PacketBuilder {
         for r in flows {
             for field in &t.fields {
                 encode_field(&mut self.buf, field, r, clock);
+            }
+            self.records += 1;
+        }
+        self.close_set(start);
+        self
+    }
+
+    /// Appends a data set of NAT session events encoded with [`nat_event_template`] `t`
+    /// (natEvent 4/5, NAT44 session create/delete). The remote end is both the pre- and the
+    /// post-NAT destination: source NAT leaves it unchanged.
+    pub fn nat_events(&mut self, t: &TemplateLayout, events: &[NatEvent]) -> &mut Self {
+        let start = self.open_set(t.template_id);
+        for e in events {
+            for field in &t.fields {
+                let uint = |buf: &mut Vec<u8>, v: u64, len: u16| {
+                    buf.extend_from_slice(&v.to_be_bytes()[8 - len.min(8) as usize..]);
+                };
+                let v4 = |ip: u128| as_v4(ip).unwrap_or(0) as u64;
+                let buf = &mut self.buf;
+                match field.id {
+                    323 => uint(buf, e.at.div_euclid(1000) as u64, 8),
+                    230 => uint(
+                        buf,
+                        match e.kind {
+                            Some(NatEventKind::Create) => 4,
+                            Some(NatEventKind::Delete) => 5,
+                            None => 0,
+                        },
+                        1,
+                    ),
+                    4 => uint(buf, e.protocol as u64, field.length),
+                    8 => uint(buf, v4(e.inside_ip), 4),
+                    225 => uint(buf, v4(e.outside_ip), 4),
+                    12 | 226 => uint(buf, v4(e.remote_ip), 4),
+                    27 => buf.extend_from_slice(&e.inside_ip.to_be_bytes()),
+                    281 => buf.extend_from_slice(&e.outside_ip.to_be_bytes()),
+                    28 | 282 => buf.extend_from_slice(&e.remote_ip.to_be_bytes()),
+                    7 => uint(buf, e.inside_port as u64, field.length),
+                    227 => uint(buf, e.outside_port as u64, field.length),
+                    11 | 228 => uint(buf, e.remote_port as u64, field.length),
+                    _ => buf.extend(std::iter::repeat_n(0u8, field.length as usize)),
+                }
             }
             self.records += 1;
         }

@@ -167,7 +167,7 @@ impl NetflowListener {
                     let now_us = unix_micros();
                     for i in 0..n {
                         let (from, data) = rx.datagram(i);
-                        if batch.is_empty() {
+                        if !batch.has_content() {
                             batch_since = Instant::now();
                         }
                         self.decoder.decode(from, data, now_us, &mut batch);
@@ -204,7 +204,7 @@ impl NetflowListener {
                 break;
             }
             if batch.len() >= batch_flows
-                || (!batch.is_empty() && batch_since.elapsed() >= max_delay)
+                || (batch.has_content() && batch_since.elapsed() >= max_delay)
             {
                 stats.flows += batch.len() as u64;
                 stats.batches += 1;
@@ -217,7 +217,7 @@ impl NetflowListener {
                 self.save_state_if_changed();
             }
         }
-        if !batch.is_empty() && downstream_alive {
+        if batch.has_content() && downstream_alive {
             stats.flows += batch.len() as u64;
             stats.batches += 1;
             sink(batch);

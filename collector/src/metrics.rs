@@ -20,6 +20,7 @@ pub struct CollectorMetrics {
     flows_timed_by_export: IntCounterVec,
     templates_learned: IntCounterVec,
     options_records: IntCounterVec,
+    nat_events: IntCounterVec,
     /// Datagrams the kernel dropped because the socket buffer was full.
     pub socket_drops: IntCounter,
     /// Data sets currently held for a template.
@@ -120,6 +121,13 @@ impl CollectorMetrics {
                 "Options data records applied (sampling, system init time)",
                 ex,
             )?,
+            nat_events: counter_vec(
+                registry,
+                "hawking_netflow_nat_events_total",
+                "NAT session events (RFC 8158 records) by outcome: accepted, or dropped when \
+                 not a create/delete naming both the inside and the outside address",
+                &["exporter", "outcome"],
+            )?,
             socket_drops,
             pending_sets,
             scopes,
@@ -168,6 +176,16 @@ impl CollectorMetrics {
             self.options_records
                 .with_label_values(l)
                 .inc_by(c.options_records);
+        }
+        for (outcome, n) in [
+            ("accepted", c.nat_events),
+            ("dropped", c.nat_events_dropped),
+        ] {
+            if n > 0 {
+                self.nat_events
+                    .with_label_values(&[ex.as_str(), outcome])
+                    .inc_by(n);
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `attribute_batch`: every flow endpoint of a batch looked up in the history at the flow's
-//! own time, in the clusters its exporter belongs to, and written out as the `src_*` and
-//! `dst_*` attribution columns.
+//! own time, in the clusters its exporter belongs to (through a source-NAT translation first,
+//! when the endpoint is a NAT's outside end), and written out as the `src_*` and `dst_*`
+//! attribution columns.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use hawking_schemas::{Attribution, OwnerKind};
 
 use crate::cidr::Cidr;
 use crate::history::{IpHistory, MAX_CANDIDATES, Verdict};
+use crate::nat::{ANY_CLUSTER, NatIndex};
 use crate::owners::OwnerId;
 
 const NO_CLUSTER: u16 = u16::MAX;
@@ -158,6 +160,94 @@ pub fn resolve_endpoint(
     }
 }
 
+/// Resolves an endpoint that may be a NAT's outside end: a translation covering the flow
+/// names the inside address, and the history names its owner (`snat`). Several covering
+/// translations agree on an owner or leave the endpoint `ambiguous`. An inside address no
+/// cluster holds leaves the outside address to speak for itself.
+#[allow(clippy::too_many_arguments)]
+pub fn resolve_through_nat(
+    history: &IpHistory,
+    nat: &NatIndex,
+    clusters: &[u16],
+    addr: u128,
+    port: u16,
+    remote: u128,
+    remote_port: u16,
+    start: i64,
+    end: i64,
+    protocol: u8,
+) -> Resolved {
+    let found = nat.lookup(protocol, addr, port, remote, remote_port, start, end);
+    let matches = found.translations();
+    if matches.is_empty() {
+        return resolve_endpoint(history, clusters, addr, start, end, port, protocol);
+    }
+    let n = matches.len();
+    let inside = |t: &crate::nat::Translation| {
+        let own = [t.cluster];
+        let cs: &[u16] = if t.cluster == ANY_CLUSTER {
+            clusters
+        } else {
+            &own
+        };
+        let r = resolve_endpoint(
+            history,
+            cs,
+            t.inside_ip,
+            start,
+            end,
+            t.inside_port,
+            protocol,
+        );
+        match r.attribution {
+            Attribution::Pod => Resolved {
+                attribution: Attribution::Snat,
+                ..r
+            },
+            _ => r,
+        }
+    };
+    let mut resolved =
+        [Resolved::plain(Attribution::External, NO_CLUSTER); crate::nat::MAX_MATCHES];
+    for (slot, t) in resolved.iter_mut().zip(matches) {
+        *slot = inside(t);
+    }
+    let resolved = &resolved[..n];
+    if resolved
+        .iter()
+        .all(|r| r.attribution == Attribution::External)
+    {
+        return resolve_endpoint(history, clusters, addr, start, end, port, protocol);
+    }
+    let first = resolved[0];
+    if resolved
+        .iter()
+        .all(|r| r.owner.is_some() && r.owner == first.owner && r.attribution == first.attribution)
+    {
+        return first;
+    }
+    if n == 1 {
+        return first;
+    }
+    let mut out = Resolved::plain(Attribution::Ambiguous, NO_CLUSTER);
+    let mut add = |o: OwnerId| {
+        let k = out.n_candidates as usize;
+        if k < MAX_CANDIDATES && !out.candidates[..k].contains(&o) {
+            out.candidates[k] = o;
+            out.n_candidates += 1;
+        }
+    };
+    for r in resolved {
+        if let Some(o) = r.owner {
+            add(o);
+        }
+        for o in &r.candidates[..r.n_candidates as usize] {
+            add(*o);
+        }
+    }
+    out
+}
+
 /// Attribution of both endpoints of every flow in a batch.
 #[derive(Clone, Debug, Default)]
 pub struct BatchAttribution {
@@ -165,9 +255,11 @@ pub struct BatchAttribution {
     pub dst: Vec<Resolved>,
 }
 
-/// Looks up every endpoint of `batch` at its flow's own time.
+/// Looks up every endpoint of `batch` at its flow's own time, through `nat` where an
+/// endpoint is a NAT's outside end.
 pub fn attribute_batch(
     history: &IpHistory,
+    nat: &NatIndex,
     selector: &ClusterSelector,
     batch: &FlowBatch,
 ) -> BatchAttribution {
@@ -178,6 +270,7 @@ pub fn attribute_batch(
     };
     let mut clusters = Vec::new();
     let mut last_exporter = None;
+    let through_nat = !nat.is_empty();
     for i in 0..n {
         let exporter = (batch.exporter[i], batch.observation_domain[i]);
         if last_exporter != Some(exporter) {
@@ -185,24 +278,23 @@ pub fn attribute_batch(
             last_exporter = Some(exporter);
         }
         let (start, end, proto) = (batch.flow_start[i], batch.flow_end[i], batch.protocol[i]);
-        out.src.push(resolve_endpoint(
-            history,
-            &clusters,
-            batch.src_ip[i],
-            start,
-            end,
-            batch.src_port[i],
-            proto,
-        ));
-        out.dst.push(resolve_endpoint(
-            history,
-            &clusters,
-            batch.dst_ip[i],
-            start,
-            end,
-            batch.dst_port[i],
-            proto,
-        ));
+        let (src, dst) = (batch.src_ip[i], batch.dst_ip[i]);
+        let (sport, dport) = (batch.src_port[i], batch.dst_port[i]);
+        if through_nat {
+            out.src.push(resolve_through_nat(
+                history, nat, &clusters, src, sport, dst, dport, start, end, proto,
+            ));
+            out.dst.push(resolve_through_nat(
+                history, nat, &clusters, dst, dport, src, sport, start, end, proto,
+            ));
+        } else {
+            out.src.push(resolve_endpoint(
+                history, &clusters, src, start, end, sport, proto,
+            ));
+            out.dst.push(resolve_endpoint(
+                history, &clusters, dst, start, end, dport, proto,
+            ));
+        }
     }
     out
 }
@@ -367,7 +459,7 @@ mod tests {
                 },
             );
         }
-        let attribution = attribute_batch(&h, &sel, &batch);
+        let attribution = attribute_batch(&h, &NatIndex::default(), &sel, &batch);
         let cols = attribution_columns(&h, &attribution);
         let rb = batch.to_record_batch(Some(cols)).unwrap();
         let s = |name: &str, row: usize| {
@@ -388,5 +480,120 @@ mod tests {
             Some("shop/web-eu, shop/web-us")
         );
         assert_eq!(s("src_pod", 1), None, "an ambiguous endpoint names no pod");
+    }
+
+    /// A node (192.168.5.10) masquerading pod 10.4.1.10's connection to 93.184.216.34:443.
+    fn masquerading_node() -> (IpHistory, NatIndex, ClusterSelector, OwnerId, OwnerId) {
+        use hawking_schemas::nat::{NatEvent, NatEventKind};
+        let (mut h, sel, pod, _) = two_clusters_with_the_same_pod_range();
+        let eu = h.find_cluster("eu").unwrap();
+        let node = h.owners.upsert(
+            eu,
+            OwnerKind::Node,
+            &OwnerSpec {
+                namespace: None,
+                name: "node-1",
+                uid: "n1",
+                workload_kind: None,
+                workload: None,
+                node: None,
+                ports: None,
+            },
+        );
+        h.insert(eu, v4_to_u128(0xc0a8_050a), node, 0, OPEN);
+        let mut nat = NatIndex::new(1_000_000);
+        let session = |kind, at| NatEvent {
+            at,
+            kind: Some(kind),
+            exporter: v4_to_u128(0xc0a8_050a),
+            observation_domain: 0,
+            protocol: 6,
+            inside_ip: v4_to_u128(0x0a04_010a),
+            inside_port: 40000,
+            outside_ip: v4_to_u128(0xc0a8_050a),
+            outside_port: 61000,
+            remote_ip: v4_to_u128(0x5db8_d822),
+            remote_port: 443,
+        };
+        nat.apply(&session(NatEventKind::Create, 100_000_000), eu);
+        nat.apply(&session(NatEventKind::Delete, 200_000_000), eu);
+        (h, nat, sel, pod, node)
+    }
+
+    #[test]
+    fn flows_seen_outside_a_masquerading_node_are_attributed_to_the_pod_behind_it() {
+        let (h, nat, sel, pod, node) = masquerading_node();
+        let mut clusters = vec![];
+        // A firewall no cluster names: both clusters are consulted for the flow's endpoints,
+        // but the translation says which cluster's history names its inside address.
+        sel.clusters_for(v4_to_u128(0x0101_0101), 0, &mut clusters);
+        let (node_ip, remote) = (v4_to_u128(0xc0a8_050a), v4_to_u128(0x5db8_d822));
+        let t = 150_000_000;
+        let out = resolve_through_nat(&h, &nat, &clusters, node_ip, 61000, remote, 443, t, t, 6);
+        assert_eq!((out.attribution, out.owner), (Attribution::Snat, Some(pod)));
+        // The reply direction: the node's address is the destination.
+        let back = resolve_through_nat(
+            &h,
+            &nat,
+            &clusters,
+            node_ip,
+            61000,
+            remote,
+            443,
+            t,
+            t + 5,
+            6,
+        );
+        assert_eq!(back.owner, Some(pod));
+        // The node's own traffic (another port) and traffic after the session: the node.
+        for (port, at) in [(22, t), (61000, 400_000_000)] {
+            let r = resolve_through_nat(&h, &nat, &clusters, node_ip, port, remote, 443, at, at, 6);
+            assert_eq!(
+                (r.attribution, r.owner),
+                (Attribution::Node, Some(node)),
+                "port {port}"
+            );
+        }
+    }
+
+    #[test]
+    fn batches_attribute_both_directions_through_the_translation() {
+        let (h, nat, sel, _, _) = masquerading_node();
+        let mut batch = FlowBatch::default();
+        let origin = FlowOrigin {
+            received_at: 0,
+            exporter: v4_to_u128(0xc0a8_0105),
+            observation_domain: 0,
+            source_kind: SourceKind::Ipfix,
+        };
+        let flow = |src, sport, dst, dport| FlowRecord {
+            flow_start: 150_000_000,
+            flow_end: 151_000_000,
+            src_ip: v4_to_u128(src),
+            dst_ip: v4_to_u128(dst),
+            src_port: sport,
+            dst_port: dport,
+            protocol: 6,
+            ..Default::default()
+        };
+        batch.push(&origin, &flow(0xc0a8_050a, 61000, 0x5db8_d822, 443));
+        batch.push(&origin, &flow(0x5db8_d822, 443, 0xc0a8_050a, 61000));
+        let a = attribute_batch(&h, &nat, &sel, &batch);
+        let rb = batch
+            .to_record_batch(Some(attribution_columns(&h, &a)))
+            .unwrap();
+        let s = |name: &str, row: usize| {
+            let c = rb.column_by_name(name).unwrap().as_string::<i32>();
+            (!c.is_null(row)).then(|| c.value(row).to_string())
+        };
+        for (side, row) in [("src", 0), ("dst", 1)] {
+            assert_eq!(
+                s(&format!("{side}_attribution"), row).as_deref(),
+                Some("snat")
+            );
+            assert_eq!(s(&format!("{side}_pod"), row).as_deref(), Some("web-eu"));
+            assert_eq!(s(&format!("{side}_workload"), row).as_deref(), Some("web"));
+            assert_eq!(s(&format!("{side}_node"), row).as_deref(), Some("node-1"));
+        }
     }
 }

@@ -20,6 +20,32 @@ pub struct EnricherConfig {
     pub max_held_flows: usize,
     /// Clusters whose history attributes flows. None: flows are stored unattributed.
     pub clusters: Vec<ClusterConfig>,
+    /// How flows seen outside a source NAT are mapped back through its translations.
+    pub nat: NatConfig,
+}
+
+/// Source-NAT translations (from NAT session logging, RFC 8158, or `hawking nat-agent` on
+/// nodes). A NAT's exporter address belongs to a cluster through that cluster's
+/// `exporters`, like a flow exporter's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatConfig {
+    /// How far apart the NAT's clock and a flow exporter's clock may be: a translation
+    /// covers flows up to this long before it opened and after it closed. Two translations
+    /// of one outside 5-tuple that close together make such flows `ambiguous`. Default 1000.
+    pub clock_skew_ms: u64,
+    /// Seconds a closed translation is kept in memory for late flows (long active timeouts,
+    /// the grace period). Everything stays in `nat_history`. Default 7200.
+    pub keep_closed_secs: u64,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            clock_skew_ms: 1000,
+            keep_closed_secs: 7200,
+        }
+    }
 }
 
 impl Default for EnricherConfig {
@@ -28,6 +54,7 @@ impl Default for EnricherConfig {
             grace_secs: 5.0,
             max_held_flows: 2_000_000,
             clusters: Vec::new(),
+            nat: NatConfig::default(),
         }
     }
 }

@@ -13,6 +13,6 @@ pub use output::{OutputFormat, write_batches};
 pub use session::{QueryError, QueryOptions, open_session};
 pub use store::writer::{Codec, ColumnTuning, CommittedFile, PartitionedWriter, WriterOptions};
 pub use store::{
-    DataFile, FLOWS_TABLE, FLOWS_TUNING, HISTORY_GAPS_LOG_TABLE, IP_HISTORY_LOG_TABLE, StoreError,
-    list_files,
+    DataFile, FLOWS_TABLE, FLOWS_TUNING, HISTORY_GAPS_LOG_TABLE, IP_HISTORY_LOG_TABLE,
+    NAT_HISTORY_LOG_TABLE, StoreError, list_files,
 };

@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use hawking_schemas::{flow_schema, history_gaps_schema, ip_history_schema};
+use hawking_schemas::{flow_schema, history_gaps_schema, ip_history_schema, nat_history_schema};
 use serde::{Deserialize, Serialize};
 
 use crate::store::layout::table_dir;
-use crate::store::{FLOWS_TABLE, HISTORY_GAPS_LOG_TABLE, IP_HISTORY_LOG_TABLE};
+use crate::store::{
+    FLOWS_TABLE, HISTORY_GAPS_LOG_TABLE, IP_HISTORY_LOG_TABLE, NAT_HISTORY_LOG_TABLE,
+};
 use crate::table::StoreTable;
 
 /// Query engine settings.
@@ -61,9 +63,31 @@ const HISTORY_GAPS_VIEW: &str = "CREATE VIEW history_gaps AS \
           FROM history_gaps_log) \
     WHERE version = 1";
 
+const NAT_HISTORY_VIEW: &str = "CREATE VIEW nat_history AS \
+    SELECT translation_id, cluster_name, protocol, inside_ip, inside_port, outside_ip, outside_port, \
+           remote_ip, remote_port, valid_from, valid_to, exporter, recorded_at \
+    FROM (SELECT *, row_number() OVER (PARTITION BY translation_id ORDER BY valid_to IS NULL, recorded_at DESC) AS version \
+          FROM nat_history_log) \
+    WHERE version = 1";
+
+/// One row per flow and attributed workload end: a flow from workload A to workload B is
+/// A's `egress` and B's `ingress`, so "traffic by workload" is one GROUP BY.
+const FLOWS_BY_WORKLOAD_VIEW: &str = "CREATE VIEW flows_by_workload AS \
+    SELECT flow_start, flow_end, 'egress' AS direction, \
+           src_cluster AS cluster_name, src_namespace AS namespace, src_workload_kind AS workload_kind, \
+           src_workload AS workload, src_pod AS pod, src_attribution AS attribution, src_ip AS ip, src_port AS port, \
+           dst_ip AS peer_ip, dst_port AS peer_port, dst_namespace AS peer_namespace, dst_workload AS peer_workload, \
+           dst_attribution AS peer_attribution, protocol, bytes, packets, exporter \
+    FROM flows WHERE src_workload IS NOT NULL \
+    UNION ALL \
+    SELECT flow_start, flow_end, 'ingress' AS direction, \
+           dst_cluster, dst_namespace, dst_workload_kind, dst_workload, dst_pod, dst_attribution, dst_ip, dst_port, \
+           src_ip, src_port, src_namespace, src_workload, src_attribution, protocol, bytes, packets, exporter \
+    FROM flows WHERE dst_workload IS NOT NULL";
+
 /// Opens a session with the store's tables and views registered: `flows`, `ip_history`,
-/// `history_gaps` (and the logs behind the last two), and Hawking's SQL functions
-/// ([`crate::functions`]).
+/// `history_gaps`, `nat_history` (and the logs behind the last three), `flows_by_workload`,
+/// and Hawking's SQL functions ([`crate::functions`]).
 pub async fn open_session(
     root: &Path,
     options: &QueryOptions,
@@ -88,6 +112,7 @@ pub async fn open_session(
         (FLOWS_TABLE, flow_schema(), "flow_start"),
         (IP_HISTORY_LOG_TABLE, ip_history_schema(), "recorded_at"),
         (HISTORY_GAPS_LOG_TABLE, history_gaps_schema(), "recorded_at"),
+        (NAT_HISTORY_LOG_TABLE, nat_history_schema(), "recorded_at"),
     ];
     for (name, schema, time_column) in tables {
         let table = StoreTable::new(table_dir(&root, name), schema, time_column);
@@ -102,5 +127,7 @@ pub async fn open_session(
     crate::functions::register(&ctx);
     ctx.sql(IP_HISTORY_VIEW).await?;
     ctx.sql(HISTORY_GAPS_VIEW).await?;
+    ctx.sql(NAT_HISTORY_VIEW).await?;
+    ctx.sql(FLOWS_BY_WORKLOAD_VIEW).await?;
     Ok(ctx)
 }

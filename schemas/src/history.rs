@@ -15,6 +15,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 pub enum Attribution {
     /// A pod held the address (host-network pods too, when port evidence names one).
     Pod,
+    /// The address was a NAT's outside address; a translation covering the flow maps it back
+    /// to a pod's address, and that pod held it then.
+    Snat,
     /// A node's own address.
     Node,
     /// A service's cluster or load-balancer address.
@@ -31,6 +34,7 @@ impl Attribution {
     pub fn as_str(self) -> &'static str {
         match self {
             Attribution::Pod => "pod",
+            Attribution::Snat => "snat",
             Attribution::Node => "node",
             Attribution::Service => "service",
             Attribution::External => "external",
@@ -72,11 +76,11 @@ impl OwnerKind {
     }
 }
 
-fn ts() -> DataType {
+pub(crate) fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-fn with_version(fields: Vec<Field>) -> SchemaRef {
+pub(crate) fn with_version(fields: Vec<Field>) -> SchemaRef {
     let metadata = [(
         crate::SCHEMA_VERSION_KEY.to_string(),
         crate::SCHEMA_VERSION.to_string(),

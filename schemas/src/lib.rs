@@ -4,9 +4,11 @@
 pub mod flow;
 pub mod history;
 pub mod ip;
+pub mod nat;
 
 pub use flow::{FlowBatch, SourceKind, flow_schema};
 pub use history::{Attribution, OwnerKind, history_gaps_schema, ip_history_schema};
+pub use nat::{NatEvent, NatEventKind, nat_history_schema};
 
 /// Version of the stored schemas. Bumped when a column changes meaning or type; readers use
 /// it to refuse files they would misread.

@@ -14,7 +14,7 @@
 #[path = "pgwire_grafana.rs"]
 mod grafana;
 #[path = "pgwire_support.rs"]
-mod pg;
+pub(crate) mod pg;
 
 use std::time::{Duration, Instant};
 

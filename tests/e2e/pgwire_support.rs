@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hawking_collector::export::{ExporterClock, PacketBuilder, TimeEncoding, flow_template};
+use hawking_collector::export::{
+    ExporterClock, PacketBuilder, TimeEncoding, flow_template, nat_event_template,
+};
 use hawking_collector::netflow::wire::Version;
 use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::parse_ip;
+use hawking_schemas::nat::{NatEvent, NatEventKind};
 use serde_json::Value;
 
 use crate::support::{exporter_socket, fixtures, hawking_bin, http_get, metric_sum};
@@ -236,9 +239,14 @@ pub const TALKERS: &[(&str, &str, u16, u8, u64)] = &[
 
 pub const STEPS: i64 = 200;
 
+/// Node-1 (192.168.10.11) masquerades one connection of shop/web-7d4b9-k8m2p every
+/// 5 minutes from 09:00, each for a minute: the NAT session events its agent reports.
+pub const NAT_SESSIONS: i64 = 20;
+
 /// Writes the config (`[pg]` with `pg_extra`, and cluster `prod` fed by the imported
 /// history), imports the kubectl recording, starts `hawking serve` and sends the talkers'
-/// flows over IPFIX; returns once they are committed. The server keeps running.
+/// flows and node-1's NAT sessions over IPFIX; returns once they are committed. The server
+/// keeps running.
 pub fn attributed_store(dir: &Path, pg_extra: &str) -> PgHawking {
     let data = dir.join("data");
     let imported = Command::new(hawking_bin())
@@ -286,12 +294,53 @@ pub fn attributed_store(dir: &Path, pg_extra: &str) -> PgHawking {
         })
         .collect();
     send_ipfix(hawking.netflow, &flows);
+    send_nat_sessions(hawking.netflow);
     hawking.wait_metric(
         "hawking_store_rows_written_total",
         &[("table", "flows")],
         flows.len() as f64,
     );
+    hawking.wait_metric(
+        "hawking_store_rows_written_total",
+        &[("table", "nat_history_log")],
+        (NAT_SESSIONS * 2) as f64,
+    );
     hawking
+}
+
+/// Sends node-1's [`NAT_SESSIONS`] as its NAT agent would.
+pub fn send_nat_sessions(to: SocketAddr) {
+    let events: Vec<NatEvent> = (0..NAT_SESSIONS)
+        .flat_map(|k| {
+            let session = move |kind, at: i64| NatEvent {
+                at: at * 1_000_000,
+                kind: Some(kind),
+                protocol: 6,
+                inside_ip: parse_ip("10.4.1.10").unwrap(),
+                inside_port: 40000 + k as u16,
+                outside_ip: parse_ip("192.168.10.11").unwrap(),
+                outside_port: 61000 + k as u16,
+                remote_ip: parse_ip("93.184.216.34").unwrap(),
+                remote_port: 443,
+                ..Default::default()
+            };
+            let start = T9 + k * 300;
+            [
+                session(NatEventKind::Create, start),
+                session(NatEventKind::Delete, start + 60),
+            ]
+        })
+        .collect();
+    let clock = ExporterClock {
+        boot_ms: (T9 - 3600) * 1000,
+        export_ms: (T9 + 7200) * 1000,
+    };
+    let template = nat_event_template(500, false);
+    let mut p = PacketBuilder::new(Version::Ipfix, clock, 0, 1);
+    p.template(&template).nat_events(&template, &events);
+    exporter_socket("127.0.0.1")
+        .send_to(&p.finish(), to)
+        .unwrap();
 }
 
 fn send_ipfix(to: SocketAddr, flows: &[FlowRecord]) {

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use crate::support::{Hawking, fixtures, hawking_bin, softflowd_export, sql};
 
-fn import(data: &Path, file: &str) {
+pub(crate) fn import(data: &Path, file: &str) {
     let out = Command::new(hawking_bin())
         .args(["history", "import"])
         .arg(fixtures().join("k8s/import").join(file))

@@ -105,6 +105,7 @@ fn attributed_store() -> Store {
         sent += flows.len();
     }
     send_what_gets_dropped(hawking.netflow);
+    crate::pgwire::pg::send_nat_sessions(hawking.netflow);
     hawking.wait_metric("hawking_flows_total", &[], sent as f64);
     hawking.wait_metric("hawking_flows_dropped_total", &[], 1.0);
     hawking.wait_metric("hawking_decode_errors_total", &[], 1.0);
@@ -112,6 +113,11 @@ fn attributed_store() -> Store {
         "hawking_store_rows_written_total",
         &[("table", "flows")],
         sent as f64,
+    );
+    hawking.wait_metric(
+        "hawking_store_rows_written_total",
+        &[("table", "nat_history_log")],
+        (crate::pgwire::pg::NAT_SESSIONS * 2) as f64,
     );
     let metrics = hawking.metrics_text();
     hawking.stop();

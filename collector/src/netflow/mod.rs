@@ -17,6 +17,8 @@ pub mod template;
 pub mod wire;
 
 #[cfg(test)]
+mod nat_tests;
+#[cfg(test)]
 mod reference_tests;
 
 use std::collections::HashMap;
@@ -29,7 +31,7 @@ use netflow_parser::{NetflowPacket, NetflowParser};
 use serde::{Deserialize, Serialize};
 
 use pending::{PendingSet, PendingSets};
-use resolve::{SamplingTable, TimeBase, TimeSource, resolve_flow};
+use resolve::{SamplingTable, TimeBase, TimeSource, resolve_flow, resolve_nat_event};
 use template::{CompiledTemplate, FieldSpec, RawRecord, Target, TemplateLayout};
 use wire::{Header, RawSet, Sets, Version, WireError};
 
@@ -126,6 +128,10 @@ pub struct ExporterCounters {
     pub flows_timed_by_export: u64,
     pub templates_learned: u64,
     pub options_records: u64,
+    /// NAT session events decoded (RFC 8158 records), and those that were not a
+    /// create/delete with both addresses (dropped).
+    pub nat_events: u64,
+    pub nat_events_dropped: u64,
 }
 
 /// The decoder. One per listener thread; not shared.
@@ -254,15 +260,10 @@ impl NetflowDecoder {
             match scope.templates.get(&set.id) {
                 Some(t) if t.is_options() => {}
                 Some(t) => {
-                    let timed_by_export =
-                        decode_flows(t, set.body, &base, &scope.sampling, &origin, out);
-                    match timed_by_export {
-                        Ok(n) => {
-                            self.counters
-                                .entry(from.ip())
-                                .or_default()
-                                .flows_timed_by_export += n
-                        }
+                    let counters = self.counters.entry(from.ip()).or_default();
+                    match decode_flows(t, set.body, &base, &scope.sampling, &origin, out, counters)
+                    {
+                        Ok(n) => counters.flows_timed_by_export += n,
                         Err(e) => result = result.and(Err(e)),
                     }
                 }
@@ -484,7 +485,7 @@ impl NetflowDecoder {
                 system_init_ms: scope.system_init_ms,
             };
             let before = out.len();
-            match decode_flows(t, &set.body, &base, &scope.sampling, &origin, out) {
+            match decode_flows(t, &set.body, &base, &scope.sampling, &origin, out, counters) {
                 Ok(n) => counters.flows_timed_by_export += n,
                 Err(e) => *counters.decode_errors.entry(e.reason()).or_default() += 1,
             }
@@ -584,7 +585,7 @@ fn header_len_of(version: Version) -> usize {
 }
 
 /// Decodes a flow data set into `out`; returns how many flows had to be timed by the export
-/// time.
+/// time. A NAT logging template's records become `out.nat_events` instead.
 #[inline]
 fn decode_flows(
     t: &CompiledTemplate,
@@ -593,7 +594,20 @@ fn decode_flows(
     sampling: &SamplingTable,
     origin: &FlowOrigin,
     out: &mut FlowBatch,
+    counters: &mut ExporterCounters,
 ) -> Result<u64, WireError> {
+    if t.is_nat_events() {
+        t.decode_set(body, |raw| {
+            let event = resolve_nat_event(raw, base, origin);
+            if event.kind.is_some() {
+                counters.nat_events += 1;
+                out.nat_events.push(event);
+            } else {
+                counters.nat_events_dropped += 1;
+            }
+        })?;
+        return Ok(0);
+    }
     let mut by_export = 0u64;
     t.decode_set(body, |raw| {
         let (record, source) = resolve_flow(raw, base, sampling);

@@ -1,7 +1,9 @@
-//! Turns a [`RawRecord`] into a [`FlowRecord`]: absolute UTC times from whichever time
-//! elements the exporter used, and counters scaled by the sampling rate in force.
+//! Turns a [`RawRecord`] into a [`FlowRecord`] (absolute UTC times from whichever time
+//! elements the exporter used, counters scaled by the sampling rate in force) or, for NAT
+//! logging templates, into a [`NatEvent`].
 
-use hawking_schemas::flow::FlowRecord;
+use hawking_schemas::flow::{FlowOrigin, FlowRecord};
+use hawking_schemas::nat::NatEvent;
 
 use super::template::{RawRecord, Target};
 
@@ -186,6 +188,54 @@ pub fn resolve_flow(
         out_if: raw.get(Target::OutIf).unwrap_or(0) as u32,
     };
     (record, source)
+}
+
+/// Resolves a NAT session event record (RFC 8158): inside = the pre-NAT source, outside = the
+/// post-NAT source (its port, when the NAT did not translate ports, is the inside port),
+/// remote = the post-NAT destination if given, else the destination. The event's time is its
+/// observationTimeMilliseconds, else its flow start time, else the export time.
+pub fn resolve_nat_event(raw: &RawRecord, base: &TimeBase, origin: &FlowOrigin) -> NatEvent {
+    let at = raw
+        .get(Target::ObservationTimeMs)
+        .and_then(|ms| i64::try_from(ms).ok()?.checked_mul(1000))
+        .filter(|t| (0..MAX_SANE_US).contains(t))
+        .or_else(|| {
+            time_us(
+                raw,
+                base,
+                Target::StartMs,
+                Target::StartUsNtp,
+                Target::StartNsNtp,
+                Target::StartSec,
+                Target::StartSysUp,
+                Target::StartDeltaUs,
+            )
+        })
+        .unwrap_or(base.export_ms * 1000);
+    let inside_port = raw.get(Target::SrcPort).unwrap_or(0) as u16;
+    let kind = raw
+        .get(Target::NatEvent)
+        .and_then(hawking_schemas::nat::nat_event_kind)
+        // An event without both addresses cannot map anything back.
+        .filter(|_| raw.src_ip.is_some() && raw.post_src_ip.is_some());
+    NatEvent {
+        at,
+        kind,
+        exporter: origin.exporter,
+        observation_domain: origin.observation_domain,
+        protocol: raw.get(Target::Protocol).unwrap_or(0) as u8,
+        inside_ip: raw.src_ip.unwrap_or(0),
+        inside_port,
+        outside_ip: raw.post_src_ip.unwrap_or(0),
+        outside_port: raw
+            .get(Target::PostNaptSrcPort)
+            .map_or(inside_port, |p| p as u16),
+        remote_ip: raw.post_dst_ip.or(raw.dst_ip).unwrap_or(0),
+        remote_port: raw
+            .get(Target::PostNaptDstPort)
+            .or_else(|| raw.get(Target::DstPort))
+            .unwrap_or(0) as u16,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -94,10 +94,26 @@ pub enum Target {
     IcmpType,
     /// icmpCodeIPv4 (177) / icmpCodeIPv6 (179)
     IcmpCode,
+    /// natEvent (230): the record is a NAT session event (RFC 8158), not a flow.
+    NatEvent,
+    /// postNAPTSourceTransportPort (227)
+    PostNaptSrcPort,
+    /// postNAPTDestinationTransportPort (228)
+    PostNaptDstPort,
+    /// observationTimeMilliseconds (323): when a NAT event happened.
+    ObservationTimeMs,
     SrcV4,
     DstV4,
     SrcV6,
     DstV6,
+    /// postNATSourceIPv4Address (225)
+    PostSrcV4,
+    /// postNATDestinationIPv4Address (226)
+    PostDstV4,
+    /// postNATSourceIPv6Address (281)
+    PostSrcV6,
+    /// postNATDestinationIPv6Address (282)
+    PostDstV6,
     /// Present in the template but not needed: skipped.
     Skip,
 }
@@ -152,11 +168,19 @@ impl Target {
             32 | 139 => IcmpTypeCode,
             176 | 178 => IcmpType,
             177 | 179 => IcmpCode,
+            225 => PostSrcV4,
+            226 => PostDstV4,
+            227 => PostNaptSrcPort,
+            228 => PostNaptDstPort,
+            230 => NatEvent,
+            281 => PostSrcV6,
+            282 => PostDstV6,
+            323 => ObservationTimeMs,
             _ => Skip,
         };
         let fits = match t {
-            SrcV4 | DstV4 => width == 4,
-            SrcV6 | DstV6 => width == 16,
+            SrcV4 | DstV4 | PostSrcV4 | PostDstV4 => width == 4,
+            SrcV6 | DstV6 | PostSrcV6 | PostDstV6 => width == 16,
             StartUsNtp | EndUsNtp | StartNsNtp | EndNsNtp => width == 8,
             SamplingProbability => width == 4 || width == 8,
             Skip => true,
@@ -186,6 +210,8 @@ pub struct CompiledTemplate {
     /// Fixed-length templates: only the fields Hawking uses, with absolute offsets.
     /// Variable-length templates: every field in order (unused ones as `Skip`).
     ops: Vec<FieldOp>,
+    /// The template carries natEvent: its records are NAT session events, not flows.
+    nat_events: bool,
 }
 
 /// Refusal to compile a template that could not describe a real record.
@@ -226,7 +252,9 @@ impl CompiledTemplate {
             return Err(UncompilableTemplate);
         }
         let fixed_len = (!variable).then_some(offset);
+        let nat_events = ops.iter().any(|op| op.target == Target::NatEvent);
         Ok(CompiledTemplate {
+            nat_events,
             layout,
             fixed_len,
             min_len,
@@ -236,6 +264,11 @@ impl CompiledTemplate {
 
     pub fn is_options(&self) -> bool {
         self.layout.options
+    }
+
+    /// Whether the records are NAT session events (the template has natEvent, IE 230).
+    pub fn is_nat_events(&self) -> bool {
+        self.nat_events
     }
 
     /// Decodes every record of a data set body, calling `each` per record. Returns the number
@@ -310,6 +343,9 @@ pub struct RawRecord {
     present: u64,
     pub src_ip: Option<u128>,
     pub dst_ip: Option<u128>,
+    /// Post-NAT addresses (NAT event records).
+    pub post_src_ip: Option<u128>,
+    pub post_dst_ip: Option<u128>,
 }
 
 impl Default for RawRecord {
@@ -319,6 +355,8 @@ impl Default for RawRecord {
             present: 0,
             src_ip: None,
             dst_ip: None,
+            post_src_ip: None,
+            post_dst_ip: None,
         }
     }
 }
@@ -329,6 +367,8 @@ impl RawRecord {
         self.present = 0;
         self.src_ip = None;
         self.dst_ip = None;
+        self.post_src_ip = None;
+        self.post_dst_ip = None;
     }
 
     #[inline]
@@ -345,6 +385,18 @@ impl RawRecord {
             }
             Target::DstV6 => {
                 self.dst_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16])))
+            }
+            Target::PostSrcV4 => {
+                self.post_src_ip = Some(hawking_schemas::ip::v4_to_u128(be_uint(field) as u32))
+            }
+            Target::PostDstV4 => {
+                self.post_dst_ip = Some(hawking_schemas::ip::v4_to_u128(be_uint(field) as u32))
+            }
+            Target::PostSrcV6 => {
+                self.post_src_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16])))
+            }
+            Target::PostDstV6 => {
+                self.post_dst_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16])))
             }
             Target::Skip => {}
             Target::SamplingProbability => {

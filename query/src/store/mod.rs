@@ -17,6 +17,9 @@ pub const IP_HISTORY_LOG_TABLE: &str = "ip_history_log";
 /// The append-only log behind the `history_gaps` view (partitioned by `recorded_at`).
 pub const HISTORY_GAPS_LOG_TABLE: &str = "history_gaps_log";
 
+/// The append-only log behind the `nat_history` view (partitioned by `recorded_at`).
+pub const NAT_HISTORY_LOG_TABLE: &str = "nat_history_log";
+
 /// Encoding choices for `flows` (measured in `tests/bench/store_encode.rs`).
 pub const FLOWS_TUNING: writer::ColumnTuning = writer::ColumnTuning {
     page_statistics: &["flow_start", "flow_end", "received_at", "src_ip", "dst_ip"],

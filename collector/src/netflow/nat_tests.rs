@@ -1,0 +1,100 @@
+//! NAT logging (RFC 8158): session events decode into `nat_events`, never into flows.
+
+use std::net::SocketAddr;
+
+use hawking_schemas::flow::FlowBatch;
+use hawking_schemas::ip::v4_to_u128;
+use hawking_schemas::nat::{NatEvent, NatEventKind};
+
+use super::NetflowDecoder;
+use super::wire::Version;
+use crate::export::{ExporterClock, PacketBuilder, nat_event_template};
+
+const AGENT: &str = "192.0.2.7:4739";
+const CLOCK: ExporterClock = ExporterClock {
+    boot_ms: 1_795_000_000_000,
+    export_ms: 1_795_168_800_000,
+};
+
+fn event(kind: NatEventKind, at_ms: i64, inside_port: u16, outside_port: u16) -> NatEvent {
+    NatEvent {
+        at: at_ms * 1000,
+        kind: Some(kind),
+        exporter: v4_to_u128(0xc000_0207),
+        observation_domain: 3,
+        protocol: 6,
+        inside_ip: v4_to_u128(0x0a04_0307),
+        inside_port,
+        outside_ip: v4_to_u128(0xc633_6401),
+        outside_port,
+        remote_ip: v4_to_u128(0x5db8_d822),
+        remote_port: 443,
+    }
+}
+
+fn packet(with_template: bool, ipv6: bool, events: &[NatEvent]) -> Vec<u8> {
+    let t = nat_event_template(300, ipv6);
+    let mut b = PacketBuilder::new(Version::Ipfix, CLOCK, 1, 3);
+    if with_template {
+        b.template(&t);
+    }
+    b.nat_events(&t, events);
+    b.finish()
+}
+
+fn decode(packets: &[Vec<u8>]) -> (FlowBatch, NetflowDecoder) {
+    let mut decoder = NetflowDecoder::new(Default::default()).unwrap();
+    let mut out = FlowBatch::default();
+    for p in packets {
+        decoder.decode(AGENT.parse::<SocketAddr>().unwrap(), p, 7, &mut out);
+    }
+    (out, decoder)
+}
+
+#[test]
+fn session_create_and_delete_become_nat_events_not_flows() {
+    let events = [
+        event(NatEventKind::Create, 1_795_168_790_123, 40_000, 61_000),
+        event(NatEventKind::Delete, 1_795_168_799_456, 40_000, 61_000),
+    ];
+    let (out, mut decoder) = decode(&[packet(true, false, &events)]);
+    assert_eq!(out.len(), 0, "NAT events are not flows");
+    assert_eq!(out.nat_events, events);
+    let counters: Vec<_> = decoder.drain_counters().collect();
+    assert_eq!(counters[0].1.nat_events, 2);
+    assert_eq!(counters[0].1.flows, 0);
+}
+
+#[test]
+fn ipv6_sessions_keep_their_addresses() {
+    let mut e = event(NatEventKind::Create, 1_795_168_790_000, 5353, 5353);
+    e.inside_ip = 0xfd00_0000_0000_0000_0000_0000_0000_0007;
+    e.outside_ip = 0x2001_0db8_0000_0000_0000_0000_0000_0001;
+    e.remote_ip = 0x2001_0db8_ffff_0000_0000_0000_0000_0053;
+    let (out, _) = decode(&[packet(true, true, &[e])]);
+    assert_eq!(out.nat_events, [e]);
+}
+
+#[test]
+fn events_before_their_template_are_held_and_decoded_when_it_arrives() {
+    let early = event(NatEventKind::Create, 1_795_168_790_000, 40_001, 61_001);
+    let later = event(NatEventKind::Delete, 1_795_168_791_000, 40_001, 61_001);
+    let (out, _) = decode(&[
+        packet(false, false, &[early]),
+        packet(true, false, &[later]),
+    ]);
+    let mut got = out.nat_events.clone();
+    got.sort_by_key(|e| e.at);
+    assert_eq!(got, [early, later]);
+}
+
+#[test]
+fn other_nat_events_are_counted_and_dropped() {
+    // natEvent 3 is "NAT addresses exhausted": no session to map flows through.
+    let mut e = event(NatEventKind::Create, 1_795_168_790_000, 1, 1);
+    e.kind = None;
+    let (out, mut decoder) = decode(&[packet(true, false, &[e])]);
+    assert!(out.nat_events.is_empty());
+    let counters: Vec<_> = decoder.drain_counters().collect();
+    assert_eq!(counters[0].1.nat_events_dropped, 1);
+}

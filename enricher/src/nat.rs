@@ -1,0 +1,701 @@
+//! `NatIndex`: the time-indexed source-NAT translations, keyed by what a flow seen outside the
+//! NAT carries (outside address and port, remote address and port, protocol), so such a flow
+//! maps back to the inside address that really sent it.
+//!
+//! Translations come from NAT session events (RFC 8158 logging, or Hawking's node agent
+//! reading conntrack). A create opens a translation, a delete closes it, and a create for a
+//! 5-tuple whose previous translation is still open closes that one: conntrack and NATs keep
+//! the outside 5-tuple unique, so a new session on it means the old one ended.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Int16Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::SchemaRef;
+use hawking_schemas::ip::{ip_text, parse_ip};
+use hawking_schemas::nat::{NatEvent, NatEventKind, nat_history_schema};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::history::OPEN;
+
+/// A translation not tied to one cluster (its NAT's exporter maps to several or none).
+pub const ANY_CLUSTER: u16 = u16::MAX;
+
+/// Most translations that may cover one flow and still be reported as candidates.
+pub const MAX_MATCHES: usize = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct NatKey {
+    outside_ip: u128,
+    /// 0 when the mapping holds for every remote end.
+    remote_ip: u128,
+    outside_port: u16,
+    remote_port: u16,
+    protocol: u8,
+}
+
+/// One translation: from `from` to `to` (µs; `to` is [`OPEN`] while it lasts) the key's
+/// outside end stood for `inside_ip:inside_port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub id: i64,
+    pub from: i64,
+    pub to: i64,
+    pub inside_ip: u128,
+    pub inside_port: u16,
+    /// The cluster whose history names the inside address, or [`ANY_CLUSTER`].
+    pub cluster: u16,
+    /// The NAT that reported it.
+    pub exporter: u128,
+}
+
+/// The translations that cover one flow endpoint (at most [`MAX_MATCHES`]); none means the
+/// address stands for itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatMatch {
+    matches: [Translation; MAX_MATCHES],
+    n: u8,
+}
+
+impl NatMatch {
+    const NONE: NatMatch = NatMatch {
+        matches: [EMPTY; MAX_MATCHES],
+        n: 0,
+    };
+
+    pub fn translations(&self) -> &[Translation] {
+        &self.matches[..self.n as usize]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+/// Counters of what the index did with the events it was given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatCounters {
+    pub opened: u64,
+    pub closed: u64,
+    /// A create for a 5-tuple whose translation was still open (that one ended then).
+    pub superseded: u64,
+    /// A create repeating the open translation exactly (e.g. a resync): ignored.
+    pub duplicates: u64,
+    /// A delete with no open translation to close (its create was never seen).
+    pub unmatched_deletes: u64,
+}
+
+/// The source-NAT translations of every NAT Hawking hears from.
+#[derive(Debug)]
+pub struct NatIndex {
+    sessions: FxHashMap<NatKey, Vec<Translation>>,
+    /// Outside addresses with any translation: other addresses skip the map.
+    outside: FxHashSet<u128>,
+    /// How far apart the NAT's and the flow exporter's clocks may be, µs.
+    skew: i64,
+    next_id: i64,
+    /// The latest event time seen: the index's clock (events may be replayed from the past).
+    latest: i64,
+    counters: NatCounters,
+    /// Translations opened or closed since the last [`NatIndex::take_rows`].
+    changed: Vec<(NatKey, Translation)>,
+    cluster_names: Vec<String>,
+}
+
+impl Default for NatIndex {
+    fn default() -> Self {
+        NatIndex::new(1_000_000)
+    }
+}
+
+impl NatIndex {
+    /// An empty index matching flows to translations whose time is within `skew_us` of the
+    /// flow's.
+    pub fn new(skew_us: i64) -> Self {
+        NatIndex {
+            sessions: FxHashMap::default(),
+            outside: FxHashSet::default(),
+            skew: skew_us.max(0),
+            next_id: 1,
+            latest: i64::MIN,
+            counters: NatCounters::default(),
+            changed: Vec::new(),
+            cluster_names: Vec::new(),
+        }
+    }
+
+    /// Names of clusters by ID (as the address history numbers them), for persisted rows.
+    pub fn set_cluster_names(&mut self, names: Vec<String>) {
+        self.cluster_names = names;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn translation_count(&self) -> usize {
+        self.sessions.values().map(Vec::len).sum()
+    }
+
+    pub fn counters(&self) -> NatCounters {
+        self.counters
+    }
+
+    fn key(e: &NatEvent) -> NatKey {
+        NatKey {
+            outside_ip: e.outside_ip,
+            remote_ip: e.remote_ip,
+            outside_port: e.outside_port,
+            remote_port: e.remote_port,
+            protocol: e.protocol,
+        }
+    }
+
+    /// Applies one session event; `cluster` is the cluster of the NAT that reported it.
+    pub fn apply(&mut self, e: &NatEvent, cluster: u16) {
+        let Some(kind) = e.kind else { return };
+        self.latest = self.latest.max(e.at);
+        let key = Self::key(e);
+        let list = self.sessions.entry(key).or_default();
+        match kind {
+            NatEventKind::Create => {
+                if let Some(last) = list.last_mut().filter(|t| t.to == OPEN) {
+                    if last.inside_ip == e.inside_ip && last.inside_port == e.inside_port {
+                        self.counters.duplicates += 1;
+                        return;
+                    }
+                    last.to = e.at.max(last.from);
+                    self.counters.superseded += 1;
+                    self.changed.push((key, *last));
+                }
+                let t = Translation {
+                    id: self.next_id,
+                    from: e.at,
+                    to: OPEN,
+                    inside_ip: e.inside_ip,
+                    inside_port: e.inside_port,
+                    cluster,
+                    exporter: e.exporter,
+                };
+                self.next_id += 1;
+                // Events arrive nearly in order; keep each list sorted by start.
+                let at = list.partition_point(|x| x.from <= t.from);
+                list.insert(at, t);
+                self.outside.insert(e.outside_ip);
+                self.counters.opened += 1;
+                self.changed.push((key, t));
+            }
+            NatEventKind::Delete => {
+                let open = list.iter_mut().rev().find(|t| {
+                    t.to == OPEN && t.inside_ip == e.inside_ip && t.inside_port == e.inside_port
+                });
+                match open {
+                    Some(t) => {
+                        t.to = e.at.max(t.from);
+                        self.counters.closed += 1;
+                        self.changed.push((key, *t));
+                    }
+                    None => {
+                        self.counters.unmatched_deletes += 1;
+                        if list.is_empty() {
+                            self.sessions.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The translations that cover a flow endpoint `ip:port` talking to `remote:remote_port`
+    /// between `start` and `end`: first those naming that remote end, else those for every
+    /// remote end.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn lookup(
+        &self,
+        protocol: u8,
+        ip: u128,
+        port: u16,
+        remote_ip: u128,
+        remote_port: u16,
+        start: i64,
+        end: i64,
+    ) -> NatMatch {
+        if self.outside.is_empty() || !self.outside.contains(&ip) {
+            return NatMatch::NONE;
+        }
+        let mut key = NatKey {
+            outside_ip: ip,
+            remote_ip,
+            outside_port: port,
+            remote_port,
+            protocol,
+        };
+        let found = self.covering(&key, start, end);
+        if !found.is_empty() {
+            return found;
+        }
+        key.remote_ip = 0;
+        key.remote_port = 0;
+        self.covering(&key, start, end)
+    }
+
+    fn covering(&self, key: &NatKey, start: i64, end: i64) -> NatMatch {
+        let Some(list) = self.sessions.get(key) else {
+            return NatMatch::NONE;
+        };
+        let mut found = NatMatch::NONE;
+        let mut n = 0usize;
+        // Translations starting after the flow's end (plus skew) cannot cover it.
+        let upto = list.partition_point(|t| t.from <= end.saturating_add(self.skew));
+        for t in list[..upto].iter().rev() {
+            if t.to.saturating_add(self.skew) < start {
+                continue;
+            }
+            if n < MAX_MATCHES {
+                found.matches[n] = *t;
+            }
+            n += 1;
+        }
+        found.n = n.min(MAX_MATCHES) as u8;
+        found
+    }
+
+    /// Forgets translations that closed more than `keep` µs before the latest event: flows
+    /// that old have been attributed. Open translations stay.
+    pub fn prune_closed(&mut self, keep: i64) {
+        if self.latest != i64::MIN {
+            self.prune_ended_before(self.latest.saturating_sub(keep));
+        }
+    }
+
+    /// Forgets translations that ended before `before` (µs). Open translations stay.
+    pub fn prune_ended_before(&mut self, before: i64) {
+        self.sessions.retain(|_, list| {
+            list.retain(|t| t.to >= before);
+            !list.is_empty()
+        });
+        self.outside = self.sessions.keys().map(|k| k.outside_ip).collect();
+    }
+
+    /// Rows for `nat_history_log` describing every translation opened or closed since the
+    /// last call (`recorded_at` = `now`).
+    pub fn take_rows(&mut self, now: i64) -> Option<RecordBatch> {
+        if self.changed.is_empty() {
+            return None;
+        }
+        let changed = std::mem::take(&mut self.changed);
+        let rows = changed.iter().map(|(k, t)| NatRow {
+            translation_id: t.id,
+            cluster: (t.cluster != ANY_CLUSTER)
+                .then(|| self.cluster_names.get(t.cluster as usize).cloned())
+                .flatten(),
+            protocol: k.protocol,
+            inside_ip: t.inside_ip,
+            inside_port: t.inside_port,
+            outside_ip: k.outside_ip,
+            outside_port: k.outside_port,
+            remote: (k.remote_ip != 0 || k.remote_port != 0)
+                .then_some((k.remote_ip, k.remote_port)),
+            valid_from: t.from,
+            valid_to: (t.to != OPEN).then_some(t.to),
+            exporter: t.exporter,
+            recorded_at: now,
+        });
+        Some(nat_rows_batch(nat_history_schema(), rows))
+    }
+
+    /// Restores translations persisted earlier (rows of the `nat_history` view: one per
+    /// translation, the closed version where there is one). Open ones stay open until a
+    /// delete or a new create for their 5-tuple closes them. IDs continue after the highest.
+    pub fn load(
+        &mut self,
+        batches: &[RecordBatch],
+        cluster_id: impl Fn(&str) -> u16,
+    ) -> Result<usize, NatLoadError> {
+        let mut loaded = 0;
+        for b in batches {
+            for r in nat_rows(b)? {
+                let key = NatKey {
+                    outside_ip: r.outside_ip,
+                    remote_ip: r.remote.map_or(0, |x| x.0),
+                    outside_port: r.outside_port,
+                    remote_port: r.remote.map_or(0, |x| x.1),
+                    protocol: r.protocol,
+                };
+                let t = Translation {
+                    id: r.translation_id,
+                    from: r.valid_from,
+                    to: r.valid_to.unwrap_or(OPEN),
+                    inside_ip: r.inside_ip,
+                    inside_port: r.inside_port,
+                    cluster: r.cluster.as_deref().map_or(ANY_CLUSTER, &cluster_id),
+                    exporter: r.exporter,
+                };
+                let list = self.sessions.entry(key).or_default();
+                let at = list.partition_point(|x| x.from <= t.from);
+                list.insert(at, t);
+                self.outside.insert(key.outside_ip);
+                self.next_id = self.next_id.max(t.id + 1);
+                self.latest = self.latest.max(t.from).max(r.valid_to.unwrap_or(t.from));
+                loaded += 1;
+            }
+        }
+        Ok(loaded)
+    }
+}
+
+/// Persisted NAT history that does not have the `nat_history` columns.
+#[derive(Debug, thiserror::Error)]
+#[error("loading nat_history: {0}")]
+pub struct NatLoadError(String);
+
+/// Decodes rows of `nat_history` (or its log); rows whose addresses do not parse are skipped.
+pub fn nat_rows(b: &RecordBatch) -> Result<Vec<NatRow>, NatLoadError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int16Type, Int32Type, Int64Type, TimestampMicrosecondType};
+    let col = |name: &str| {
+        b.column_by_name(name)
+            .ok_or_else(|| NatLoadError(format!("no column {name}")))
+    };
+    let text = |name: &str| {
+        col(name)?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| NatLoadError(format!("{name} is not text")))
+    };
+    let int32 = |name: &str| {
+        col(name)?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| NatLoadError(format!("{name} is not an int")))
+    };
+    let time = |name: &str| {
+        col(name)?
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| NatLoadError(format!("{name} is not a timestamp")))
+    };
+    let id = col("translation_id")?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| NatLoadError("translation_id is not a bigint".into()))?;
+    let protocol = col("protocol")?
+        .as_primitive_opt::<Int16Type>()
+        .ok_or_else(|| NatLoadError("protocol is not a smallint".into()))?;
+    let (cluster, inside_ip, outside_ip, remote_ip, exporter) = (
+        text("cluster_name")?,
+        text("inside_ip")?,
+        text("outside_ip")?,
+        text("remote_ip")?,
+        text("exporter")?,
+    );
+    let (inside_port, outside_port, remote_port) = (
+        int32("inside_port")?,
+        int32("outside_port")?,
+        int32("remote_port")?,
+    );
+    let (from, to, recorded) = (time("valid_from")?, time("valid_to")?, time("recorded_at")?);
+    let mut out = Vec::with_capacity(b.num_rows());
+    for i in 0..b.num_rows() {
+        let (Some(inside), Some(outside), Some(exp)) = (
+            parse_ip(inside_ip.value(i)),
+            parse_ip(outside_ip.value(i)),
+            parse_ip(exporter.value(i)),
+        ) else {
+            continue;
+        };
+        let remote = (!remote_ip.is_null(i))
+            .then(|| parse_ip(remote_ip.value(i)))
+            .flatten()
+            .map(|ip| (ip, remote_port.value(i) as u16));
+        out.push(NatRow {
+            translation_id: id.value(i),
+            cluster: (!cluster.is_null(i)).then(|| cluster.value(i).to_string()),
+            protocol: protocol.value(i) as u8,
+            inside_ip: inside,
+            inside_port: inside_port.value(i) as u16,
+            outside_ip: outside,
+            outside_port: outside_port.value(i) as u16,
+            remote,
+            valid_from: from.value(i),
+            valid_to: (!to.is_null(i)).then(|| to.value(i)),
+            exporter: exp,
+            recorded_at: recorded.value(i),
+        });
+    }
+    Ok(out)
+}
+
+const EMPTY: Translation = Translation {
+    id: 0,
+    from: 0,
+    to: 0,
+    inside_ip: 0,
+    inside_port: 0,
+    cluster: ANY_CLUSTER,
+    exporter: 0,
+};
+
+/// One row of `nat_history_log`, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatRow {
+    pub translation_id: i64,
+    pub cluster: Option<String>,
+    pub protocol: u8,
+    pub inside_ip: u128,
+    pub inside_port: u16,
+    pub outside_ip: u128,
+    pub outside_port: u16,
+    pub remote: Option<(u128, u16)>,
+    pub valid_from: i64,
+    pub valid_to: Option<i64>,
+    pub exporter: u128,
+    pub recorded_at: i64,
+}
+
+fn nat_rows_batch(schema: SchemaRef, rows: impl Iterator<Item = NatRow>) -> RecordBatch {
+    let mut id = Int64Builder::new();
+    let mut cluster = StringBuilder::new();
+    let mut protocol = Int16Builder::new();
+    let mut inside_ip = StringBuilder::new();
+    let mut inside_port = Int32Builder::new();
+    let mut outside_ip = StringBuilder::new();
+    let mut outside_port = Int32Builder::new();
+    let mut remote_ip = StringBuilder::new();
+    let mut remote_port = Int32Builder::new();
+    let utc = || TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let (mut from, mut to, mut recorded) = (utc(), utc(), utc());
+    let mut exporter = StringBuilder::new();
+    for r in rows {
+        id.append_value(r.translation_id);
+        cluster.append_option(r.cluster.as_deref());
+        protocol.append_value(r.protocol as i16);
+        inside_ip.append_value(ip_text(r.inside_ip));
+        inside_port.append_value(r.inside_port as i32);
+        outside_ip.append_value(ip_text(r.outside_ip));
+        outside_port.append_value(r.outside_port as i32);
+        remote_ip.append_option(r.remote.map(|(ip, _)| ip_text(ip)));
+        remote_port.append_option(r.remote.map(|(_, port)| port as i32));
+        from.append_value(r.valid_from);
+        to.append_option(r.valid_to);
+        exporter.append_value(ip_text(r.exporter));
+        recorded.append_value(r.recorded_at);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(cluster.finish()),
+        Arc::new(protocol.finish()),
+        Arc::new(inside_ip.finish()),
+        Arc::new(inside_port.finish()),
+        Arc::new(outside_ip.finish()),
+        Arc::new(outside_port.finish()),
+        Arc::new(remote_ip.finish()),
+        Arc::new(remote_port.finish()),
+        Arc::new(from.finish()),
+        Arc::new(to.finish()),
+        Arc::new(exporter.finish()),
+        Arc::new(recorded.finish()),
+    ];
+    RecordBatch::try_new(schema, columns).expect("columns follow nat_history_schema")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hawking_schemas::ip::v4_to_u128;
+
+    const NODE: u128 = 0xffff_c0a8_050a; // ::ffff:192.168.5.10
+    const REMOTE: u128 = 0xffff_5db8_d822; // ::ffff:93.184.216.34
+    const S: i64 = 1_000_000;
+
+    fn event(
+        kind: NatEventKind,
+        at: i64,
+        inside: u32,
+        inside_port: u16,
+        outside_port: u16,
+    ) -> NatEvent {
+        NatEvent {
+            at,
+            kind: Some(kind),
+            exporter: v4_to_u128(0xc0a8_050a),
+            observation_domain: 0,
+            protocol: 6,
+            inside_ip: v4_to_u128(inside),
+            inside_port,
+            outside_ip: NODE,
+            outside_port,
+            remote_ip: REMOTE,
+            remote_port: 443,
+        }
+    }
+
+    fn inside_of(m: NatMatch) -> Vec<(u128, u16)> {
+        m.translations()
+            .iter()
+            .map(|t| (t.inside_ip, t.inside_port))
+            .collect()
+    }
+
+    #[test]
+    fn a_translation_covers_flows_of_its_5_tuple_while_it_lasts() {
+        let mut nat = NatIndex::new(S);
+        nat.apply(
+            &event(NatEventKind::Create, 100 * S, 0x0a04_0005, 40000, 61000),
+            0,
+        );
+        nat.apply(
+            &event(NatEventKind::Delete, 200 * S, 0x0a04_0005, 40000, 61000),
+            0,
+        );
+        let pod = vec![(v4_to_u128(0x0a04_0005), 40000)];
+        let at = |start, end| inside_of(nat.lookup(6, NODE, 61000, REMOTE, 443, start, end));
+        assert_eq!(at(150 * S, 160 * S), pod);
+        // Within the clock skew of its ends.
+        assert_eq!(at(99 * S + 1, 99 * S + 2), pod);
+        assert_eq!(at(201 * S - 1, 201 * S), pod);
+        assert_eq!(at(300 * S, 310 * S), vec![], "long after it closed");
+        assert_eq!(at(10 * S, 20 * S), vec![], "long before it opened");
+        // Other remote ends, ports or protocols are other sessions.
+        assert_eq!(
+            inside_of(nat.lookup(6, NODE, 61000, REMOTE, 80, 150 * S, 160 * S)),
+            vec![]
+        );
+        assert_eq!(
+            inside_of(nat.lookup(17, NODE, 61000, REMOTE, 443, 150 * S, 160 * S)),
+            vec![]
+        );
+        assert_eq!(
+            inside_of(nat.lookup(6, NODE, 61001, REMOTE, 443, 150 * S, 160 * S)),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn a_reused_outside_port_maps_each_flow_to_the_session_of_its_time() {
+        let mut nat = NatIndex::new(S);
+        let (a, b) = (0x0a04_0005, 0x0a04_0006);
+        nat.apply(&event(NatEventKind::Create, 100 * S, a, 40000, 61000), 0);
+        nat.apply(&event(NatEventKind::Delete, 200 * S, a, 40000, 61000), 0);
+        nat.apply(&event(NatEventKind::Create, 205 * S, b, 50000, 61000), 0);
+        let at = |nat: &NatIndex, t| inside_of(nat.lookup(6, NODE, 61000, REMOTE, 443, t, t));
+        assert_eq!(at(&nat, 150 * S), vec![(v4_to_u128(a), 40000)]);
+        assert_eq!(at(&nat, 210 * S), vec![(v4_to_u128(b), 50000)]);
+        // Reused within the skew: a flow then could be either session's.
+        nat.apply(&event(NatEventKind::Delete, 300 * S, b, 50000, 61000), 0);
+        nat.apply(
+            &event(NatEventKind::Create, 300 * S + S / 2, a, 40001, 61000),
+            0,
+        );
+        assert_eq!(at(&nat, 300 * S + S / 4).len(), 2);
+    }
+
+    #[test]
+    fn a_new_session_on_an_open_5_tuple_ends_the_old_one_and_repeats_are_ignored() {
+        let mut nat = NatIndex::new(0);
+        let (a, b) = (0x0a04_0005, 0x0a04_0006);
+        nat.apply(&event(NatEventKind::Create, 100 * S, a, 40000, 61000), 0);
+        nat.apply(&event(NatEventKind::Create, 101 * S, a, 40000, 61000), 0);
+        nat.apply(&event(NatEventKind::Create, 150 * S, b, 50000, 61000), 0);
+        nat.apply(&event(NatEventKind::Delete, 160 * S, a, 9, 61000), 0);
+        let c = nat.counters();
+        assert_eq!(
+            (c.opened, c.duplicates, c.superseded, c.unmatched_deletes),
+            (2, 1, 1, 1)
+        );
+        let at = |t| inside_of(nat.lookup(6, NODE, 61000, REMOTE, 443, t, t));
+        assert_eq!(at(149 * S), vec![(v4_to_u128(a), 40000)]);
+        assert_eq!(at(151 * S), vec![(v4_to_u128(b), 50000)]);
+    }
+
+    #[test]
+    fn mappings_without_a_remote_end_cover_every_remote() {
+        let mut nat = NatIndex::new(S);
+        let mut e = event(NatEventKind::Create, 100 * S, 0x0a04_0005, 40000, 61000);
+        (e.remote_ip, e.remote_port) = (0, 0);
+        nat.apply(&e, 0);
+        let found = nat.lookup(
+            6,
+            NODE,
+            61000,
+            v4_to_u128(0x0808_0808),
+            53,
+            150 * S,
+            150 * S,
+        );
+        assert_eq!(inside_of(found), vec![(v4_to_u128(0x0a04_0005), 40000)]);
+    }
+
+    #[test]
+    fn rows_written_then_loaded_give_the_same_answers() {
+        let mut nat = NatIndex::new(S);
+        nat.set_cluster_names(vec!["eu".into()]);
+        nat.apply(
+            &event(NatEventKind::Create, 100 * S, 0x0a04_0005, 40000, 61000),
+            0,
+        );
+        nat.apply(
+            &event(NatEventKind::Create, 120 * S, 0x0a04_0006, 40000, 61001),
+            ANY_CLUSTER,
+        );
+        nat.apply(
+            &event(NatEventKind::Delete, 200 * S, 0x0a04_0005, 40000, 61000),
+            0,
+        );
+        let rows = nat.take_rows(300 * S).unwrap();
+        assert_eq!(rows.num_rows(), 3, "two opened, one closed");
+        assert!(nat.take_rows(301 * S).is_none());
+        // What the nat_history view keeps: the closed row of translation 1, the open one of 2.
+        let folded = rows.slice(1, 2);
+        let mut loaded = NatIndex::new(S);
+        assert_eq!(
+            loaded
+                .load(&[folded], |name| if name == "eu" { 0 } else { ANY_CLUSTER })
+                .unwrap(),
+            2
+        );
+        for t in [150 * S, 250 * S, 500 * S] {
+            for port in [61000, 61001] {
+                let (mine, theirs) = (
+                    nat.lookup(6, NODE, port, REMOTE, 443, t, t),
+                    loaded.lookup(6, NODE, port, REMOTE, 443, t, t),
+                );
+                assert_eq!(inside_of(mine), inside_of(theirs), "port {port} at {t}");
+            }
+        }
+        let matches = loaded
+            .lookup(6, NODE, 61000, REMOTE, 443, 150 * S, 150 * S)
+            .translations()
+            .to_vec();
+        assert_eq!((matches[0].id, matches[0].cluster), (1, 0));
+        // New translations continue the IDs.
+        loaded.apply(
+            &event(NatEventKind::Create, 600 * S, 0x0a04_0007, 1, 61002),
+            0,
+        );
+        let matches = loaded
+            .lookup(6, NODE, 61002, REMOTE, 443, 601 * S, 601 * S)
+            .translations()
+            .to_vec();
+        assert_eq!(matches[0].id, 3);
+    }
+
+    #[test]
+    fn pruning_forgets_only_translations_closed_before_the_cut() {
+        let mut nat = NatIndex::new(0);
+        nat.apply(
+            &event(NatEventKind::Create, 100 * S, 0x0a04_0005, 40000, 61000),
+            0,
+        );
+        nat.apply(
+            &event(NatEventKind::Delete, 200 * S, 0x0a04_0005, 40000, 61000),
+            0,
+        );
+        nat.apply(
+            &event(NatEventKind::Create, 100 * S, 0x0a04_0006, 40000, 61001),
+            0,
+        );
+        nat.prune_ended_before(250 * S);
+        assert_eq!(nat.translation_count(), 1);
+        assert!(inside_of(nat.lookup(6, NODE, 61001, REMOTE, 443, 900 * S, 900 * S)).len() == 1);
+    }
+}
