@@ -86,7 +86,8 @@ struct WhoisArgs {
     /// Also list every interval of the address, before and after.
     #[arg(long)]
     around: bool,
-    /// A port the address used then (tells a host-network pod from its node).
+    /// A port the address used then: tells a host-network pod from its node, and makes a NAT's
+    /// outside address:port answer with the pod behind the translation then.
     #[arg(long, default_value_t = 0)]
     port: u16,
     /// Protocol of that port: tcp, udp or sctp.

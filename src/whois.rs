@@ -1,15 +1,17 @@
 //! `hawking whois IP --at TIME`: who held an address at a time, from the stored history —
-//! the same decision the enricher makes for a flow endpoint at that instant. [`lookup`] is
-//! that decision, shared with the SQL table function `whois(...)` (`crate::whois_table`).
+//! the same decision the enricher makes for a flow endpoint at that instant, through a
+//! stored source-NAT translation when `--port` names a NAT's outside end. [`lookup`] is that
+//! decision, shared with the SQL table function `whois(...)` (`crate::whois_table`).
 
 use std::path::Path;
 
 use anyhow::Context;
 use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{SessionContext, col, lit};
-use hawking_enricher::attribute::{Resolved, resolve_endpoint};
+use hawking_enricher::attribute::{Resolved, resolve_endpoint, resolve_translated};
 use hawking_enricher::history::Interval;
-use hawking_enricher::{HistoryKeeper, IpHistory, Mode, OPEN};
+use hawking_enricher::nat::{ANY_CLUSTER, Translation, nat_rows};
+use hawking_enricher::{HistoryKeeper, IpHistory, Mode, NatIndex, OPEN};
 use hawking_schemas::Attribution;
 use hawking_schemas::ip::{ip_text, parse_ip};
 use serde_json::json;
@@ -46,6 +48,9 @@ pub struct WhoisAnswer {
     clusters: Vec<u16>,
     pub query: WhoisQuery,
     pub resolved: Resolved,
+    /// The source-NAT translations the answer went through (the address and port were a
+    /// NAT's outside end then), with their remote ends.
+    pub translations: Vec<(Translation, Option<(u128, u16)>)>,
 }
 
 /// Loads the address's whole history (so ranges and neighbours are right) and every gap
@@ -55,10 +60,31 @@ pub async fn lookup(ctx: &SessionContext, query: WhoisQuery) -> anyhow::Result<W
         Some(c) => df.filter(col("cluster_name").eq(lit(c.as_str()))),
         None => Ok(df),
     };
+    // A port may make the address a NAT's outside end: its translations then, and the
+    // history of their inside addresses too.
+    let translations = if query.port != 0 {
+        ctx.table("nat_history")
+            .await?
+            .filter(
+                col("outside_ip")
+                    .eq(lit(ip_text(query.addr)))
+                    .and(col("outside_port").eq(lit(query.port as i32)))
+                    .and(col("protocol").eq(lit(query.protocol as i16))),
+            )?
+            .collect()
+            .await
+            .context("reading nat_history")?
+    } else {
+        Vec::new()
+    };
+    let mut addrs = vec![lit(ip_text(query.addr))];
+    for b in &translations {
+        addrs.extend(nat_rows(b)?.iter().map(|r| lit(ip_text(r.inside_ip))));
+    }
     let intervals = by_cluster(
         ctx.table("ip_history")
             .await?
-            .filter(col("ip").eq(lit(ip_text(query.addr))))?,
+            .filter(col("ip").in_list(addrs, false))?,
     )?
     .collect()
     .await
@@ -76,20 +102,44 @@ pub async fn lookup(ctx: &SessionContext, query: WhoisQuery) -> anyhow::Result<W
         Some(name) => history.find_cluster(name).into_iter().collect(),
         None => (0..history.clusters().len() as u16).collect(),
     };
-    let resolved = resolve_endpoint(
+    let mut nat = NatIndex::default();
+    nat.load(&translations, |name| {
+        history.find_cluster(name).unwrap_or(ANY_CLUSTER)
+    })?;
+    let found = nat.lookup_any_remote(query.protocol, query.addr, query.port, query.at, query.at);
+    let resolved = resolve_translated(
         history,
         &clusters,
-        query.addr,
+        found.translations(),
         query.at,
         query.at,
-        query.port,
         query.protocol,
     );
+    let translations = match resolved {
+        Some(_) => found
+            .translations()
+            .iter()
+            .map(|t| (*t, nat.remote_of(t.id)))
+            .collect(),
+        None => Vec::new(),
+    };
+    let resolved = resolved.unwrap_or_else(|| {
+        resolve_endpoint(
+            history,
+            &clusters,
+            query.addr,
+            query.at,
+            query.at,
+            query.port,
+            query.protocol,
+        )
+    });
     Ok(WhoisAnswer {
         keeper,
         clusters,
         query,
         resolved,
+        translations,
     })
 }
 
@@ -104,7 +154,8 @@ impl WhoisAnswer {
             .then(|| self.history().cluster_name(self.resolved.cluster))
     }
 
-    /// The interval in which the resolved owner held the address at the queried time.
+    /// The interval in which the resolved owner held the address (behind a NAT: the inside
+    /// address) at the queried time.
     pub fn held_interval(&self) -> Option<Interval> {
         let owner = self.resolved.owner?;
         let cluster = self
@@ -112,12 +163,18 @@ impl WhoisAnswer {
             .clusters()
             .get(self.resolved.cluster as usize)?;
         let at = self.query.at;
-        cluster
-            .intervals(self.query.addr)
-            .iter()
-            .rev()
-            .find(|iv| iv.owner == owner && iv.from <= at && iv.to >= at)
-            .copied()
+        let addrs = match self.translations.as_slice() {
+            [] => vec![self.query.addr],
+            via => via.iter().map(|(t, _)| t.inside_ip).collect(),
+        };
+        addrs.iter().find_map(|addr| {
+            cluster
+                .intervals(*addr)
+                .iter()
+                .rev()
+                .find(|iv| iv.owner == owner && iv.from <= at && iv.to >= at)
+                .copied()
+        })
     }
 
     /// Gaps covering the queried time: (cluster, start, end) with `OPEN` for a gap that lasts.
@@ -206,6 +263,23 @@ pub fn run(args: WhoisArgs<'_>) -> anyhow::Result<()> {
             out["held_until"] = until(iv.to);
         }
     }
+    if !answer.translations.is_empty() {
+        out["via_snat"] = answer
+            .translations
+            .iter()
+            .map(|(t, remote)| {
+                json!({
+                    "inside_ip": ip_text(t.inside_ip),
+                    "inside_port": t.inside_port,
+                    "remote_ip": remote.map(|r| ip_text(r.0)),
+                    "remote_port": remote.map(|r| r.1),
+                    "valid_from": format_time(t.from),
+                    "valid_until": until(t.to),
+                    "nat": ip_text(t.exporter),
+                })
+            })
+            .collect();
+    }
     if r.n_candidates > 0 {
         out["candidates"] = r.candidates[..r.n_candidates as usize]
             .iter()
@@ -238,6 +312,24 @@ pub fn run(args: WhoisArgs<'_>) -> anyhow::Result<()> {
     }
     print_text(&out, r.attribution);
     Ok(())
+}
+
+/// The NAT translations an answer went through, one line each.
+fn print_translations(out: &serde_json::Value) {
+    for t in out["via_snat"].as_array().into_iter().flatten() {
+        let remote = match (t["remote_ip"].as_str(), t["remote_port"].as_u64()) {
+            (Some(ip), Some(port)) => format!(" towards {ip}:{port}"),
+            _ => String::new(),
+        };
+        println!(
+            "  via source NAT at {}: inside {}:{}{remote}, from {} until {}",
+            t["nat"].as_str().unwrap_or(""),
+            t["inside_ip"].as_str().unwrap_or(""),
+            t["inside_port"],
+            t["valid_from"].as_str().unwrap_or(""),
+            t["valid_until"].as_str().unwrap_or("still open"),
+        );
+    }
 }
 
 fn print_text(out: &serde_json::Value, attribution: Attribution) {
@@ -274,9 +366,11 @@ fn print_text(out: &serde_json::Value, attribution: Attribution) {
                 owner_line(&out["owner"])
             );
             println!("  held from {} until {until}", s(&out["held_from"]));
+            print_translations(out);
         }
         Attribution::Ambiguous => {
             println!("{ip} at {at}: ambiguous — any of these could have held it then:");
+            print_translations(out);
             let candidates = out["candidates"].as_array().cloned().unwrap_or_default();
             for c in &candidates {
                 println!("  {}", owner_line(c));

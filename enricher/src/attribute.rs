@@ -178,9 +178,30 @@ pub fn resolve_through_nat(
     protocol: u8,
 ) -> Resolved {
     let found = nat.lookup(protocol, addr, port, remote, remote_port, start, end);
-    let matches = found.translations();
+    resolve_translated(
+        history,
+        clusters,
+        found.translations(),
+        start,
+        end,
+        protocol,
+    )
+    .unwrap_or_else(|| resolve_endpoint(history, clusters, addr, start, end, port, protocol))
+}
+
+/// The owner behind `matches`, the translations that cover an endpoint between `start` and
+/// `end`; `None` when there are none or no cluster holds their inside addresses (the
+/// outside address then speaks for itself).
+pub fn resolve_translated(
+    history: &IpHistory,
+    clusters: &[u16],
+    matches: &[crate::nat::Translation],
+    start: i64,
+    end: i64,
+    protocol: u8,
+) -> Option<Resolved> {
     if matches.is_empty() {
-        return resolve_endpoint(history, clusters, addr, start, end, port, protocol);
+        return None;
     }
     let n = matches.len();
     let inside = |t: &crate::nat::Translation| {
@@ -217,17 +238,17 @@ pub fn resolve_through_nat(
         .iter()
         .all(|r| r.attribution == Attribution::External)
     {
-        return resolve_endpoint(history, clusters, addr, start, end, port, protocol);
+        return None;
     }
     let first = resolved[0];
     if resolved
         .iter()
         .all(|r| r.owner.is_some() && r.owner == first.owner && r.attribution == first.attribution)
     {
-        return first;
+        return Some(first);
     }
     if n == 1 {
-        return first;
+        return Some(first);
     }
     let mut out = Resolved::plain(Attribution::Ambiguous, NO_CLUSTER);
     let mut add = |o: OwnerId| {
@@ -245,7 +266,7 @@ pub fn resolve_through_nat(
             add(*o);
         }
     }
-    out
+    Some(out)
 }
 
 /// Attribution of both endpoints of every flow in a batch.

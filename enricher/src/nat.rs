@@ -242,6 +242,45 @@ impl NatIndex {
         self.covering(&key, start, end)
     }
 
+    /// Like [`NatIndex::lookup`] for an endpoint whose remote end is not known (forensics:
+    /// "who was behind this address and port then"): translations towards any remote end.
+    /// Scans every 5-tuple, so it is for indexes loaded for one question, not for flows.
+    pub fn lookup_any_remote(
+        &self,
+        protocol: u8,
+        ip: u128,
+        port: u16,
+        start: i64,
+        end: i64,
+    ) -> NatMatch {
+        let mut out = NatMatch::NONE;
+        let mut n = 0usize;
+        for key in self
+            .sessions
+            .keys()
+            .filter(|k| k.outside_ip == ip && k.outside_port == port && k.protocol == protocol)
+        {
+            for t in self.covering(key, start, end).translations() {
+                if n < MAX_MATCHES {
+                    out.matches[n] = *t;
+                }
+                n += 1;
+            }
+        }
+        out.n = n.min(MAX_MATCHES) as u8;
+        out
+    }
+
+    /// The remote end of translation `id`, if it names one (for reports).
+    pub fn remote_of(&self, id: i64) -> Option<(u128, u16)> {
+        self.sessions.iter().find_map(|(k, list)| {
+            list.iter()
+                .any(|t| t.id == id)
+                .then_some((k.remote_ip, k.remote_port))
+                .filter(|r| *r != (0, 0))
+        })
+    }
+
     fn covering(&self, key: &NatKey, start: i64, end: i64) -> NatMatch {
         let Some(list) = self.sessions.get(key) else {
             return NatMatch::NONE;

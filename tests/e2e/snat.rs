@@ -224,6 +224,62 @@ fn flows_seen_outside_the_node_are_attributed_through_nat_session_events() {
         )
     );
 
+    // Forensics: who was behind the node's port then, on the command line and in SQL.
+    let out = Command::new(hawking_bin())
+        .args([
+            "whois",
+            NODE,
+            "--port",
+            "61000",
+            "--protocol",
+            "tcp",
+            "--json",
+            "--at",
+        ])
+        .arg("2026-11-20T10:11:00Z")
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let whois: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(whois["attribution"], "snat", "{whois:#}");
+    assert_eq!(whois["owner"]["name"], "api-5f6d7-qwert", "{whois:#}");
+    assert_eq!(whois["held_from"], "2026-11-20T09:20:05Z", "{whois:#}");
+    assert_eq!(
+        whois["via_snat"],
+        serde_json::json!([{
+            "inside_ip": "10.4.2.5", "inside_port": 40000, "remote_ip": REMOTE,
+            "remote_port": 443, "valid_from": "2026-11-20T10:10:00Z",
+            "valid_until": "2026-11-20T10:12:00Z", "nat": "127.0.0.7"
+        }])
+    );
+    let whois_sql = |at: &str| {
+        sql(
+            &data,
+            &format!(
+                "SELECT attribution, coalesce(pod, '-') AS pod \
+                 FROM whois('{NODE}', TIMESTAMP '{at}', NULL, 61000, 'tcp')"
+            ),
+        )
+    };
+    let (during, after) = (
+        whois_sql("2026-11-20 10:11:00"),
+        whois_sql("2026-11-20 10:30:00"),
+    );
+    assert_eq!(
+        (during[0]["attribution"].as_str(), during[0]["pod"].as_str()),
+        (Some("snat"), Some("api-5f6d7-qwert"))
+    );
+    assert_ne!(
+        after[0]["attribution"], "snat",
+        "after the session: {after:?}"
+    );
+
     // After a restart, the stored translation still explains late flows of its session.
     let hawking = Hawking::start(&data, &["--config", config.to_str().unwrap()]);
     send_firewall_flows(hawking.netflow, &[(NODE, 61000, REMOTE, 443, 95, 110)]);
