@@ -663,6 +663,26 @@ fn a_query_over_its_memory_limit_fails_alone_while_queries_and_ingest_go_on() {
         "0.5 s + 4 s of deadlines took {elapsed:?}"
     );
 
+    // A cancel request (psql's Ctrl-C) stops a statement while it produces rows, long
+    // before its deadline; the connection goes on.
+    let canceled = python_client(
+        "cancel",
+        hawking.pg,
+        USER,
+        PASSWORD,
+        &json!({ "sql": endless, "delay": 0.5 }),
+    );
+    assert_eq!(sqlstate(&canceled), "57014", "{canceled}");
+    assert!(
+        canceled["message"]
+            .as_str()
+            .unwrap()
+            .contains("user request"),
+        "{canceled}"
+    );
+    assert!(canceled["seconds"].as_f64().unwrap() < 3.0, "{canceled}");
+    assert_eq!(canceled["after"], 1, "{canceled}");
+
     let status = flowgen.0.wait().unwrap();
     assert!(status.success());
     hawking.wait_metric(
@@ -672,6 +692,7 @@ fn a_query_over_its_memory_limit_fails_alone_while_queries_and_ingest_go_on() {
     );
     assert!(hawking.metric("hawking_pg_statements_total", &[("outcome", "memory")]) >= 1.0);
     assert!(hawking.metric("hawking_pg_statements_total", &[("outcome", "timeout")]) >= 2.0);
+    assert!(hawking.metric("hawking_pg_statements_total", &[("outcome", "canceled")]) >= 1.0);
     assert_eq!(hawking.metric("hawking_pg_statements_running", &[]), 0.0);
     hawking.stop();
 }

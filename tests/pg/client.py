@@ -160,6 +160,33 @@ async def run_concurrent(host, port, user, password, job):
     return {"long": long, "heavy": heavy}
 
 
+def run_cancel(host, port, user, password, job):
+    """Runs job["sql"] and sends a cancel request (what psql's Ctrl-C sends) after
+    job["delay"] seconds; reports the outcome, how long it took, and that the connection
+    still answers."""
+    import threading
+
+    import psycopg
+
+    conn = psycopg.connect(
+        host=host, port=port, user=user, password=password, dbname="hawking",
+        autocommit=True, connect_timeout=10, sslmode="disable",
+    )
+    with conn:
+        timer = threading.Timer(job["delay"], conn.cancel)
+        start = time.monotonic()
+        timer.start()
+        try:
+            rows = conn.execute(job["sql"]).fetchall()
+            out = {"ok": True, "rows": [[value(v) for v in r] for r in rows]}
+        except psycopg.Error as e:
+            out = psycopg_error(e)
+        out["seconds"] = time.monotonic() - start
+        timer.cancel()
+        out["after"] = conn.execute("SELECT 1").fetchone()[0]
+    return out
+
+
 def main():
     mode, host, port, user, password = sys.argv[1:6]
     job = json.load(sys.stdin)
@@ -169,6 +196,8 @@ def main():
         out = asyncio.run(run_asyncpg(host, int(port), user, password, job))
     elif mode == "concurrent":
         out = asyncio.run(run_concurrent(host, int(port), user, password, job))
+    elif mode == "cancel":
+        out = run_cancel(host, int(port), user, password, job)
     else:
         sys.exit(f"unknown mode {mode}")
     json.dump(out, sys.stdout)

@@ -1,7 +1,7 @@
 //! datafusion-postgres's query service with limits around it: one deadline per statement
 //! that covers planning *and* producing the rows (its own `statement_timeout` covers only
-//! planning), outcomes counted, errors given PostgreSQL's SQLSTATEs, and timestamps written
-//! in PostgreSQL's text style.
+//! planning), cancel requests (psql's Ctrl-C) that stop the rows too, outcomes counted,
+//! errors given PostgreSQL's SQLSTATEs, and timestamps written in PostgreSQL's text style.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -18,7 +18,9 @@ use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryH
 use datafusion_postgres::pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response};
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::store::PortalStore;
-use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, ErrorHandler, Type};
+use datafusion_postgres::pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionHandle, ErrorHandler, Type,
+};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::pgwire::messages::data::DataRow;
@@ -53,6 +55,11 @@ impl Limits {
         Instant::now() + limit
     }
 
+    fn canceled(&self) -> PgWireError {
+        self.metrics.statement("canceled");
+        user_error("57014", "canceling statement due to user request".into())
+    }
+
     fn timed_out(&self) -> PgWireError {
         user_error(
             "57014",
@@ -70,10 +77,19 @@ impl Limits {
         }
     }
 
-    /// Bounds a response's rows by the deadline and rewrites timestamps.
-    fn finish(&self, response: Response, deadline: Instant, running: Option<Running>) -> Response {
+    /// Bounds a response's rows by the deadline and the connection's cancel requests, and
+    /// rewrites timestamps.
+    fn finish(
+        &self,
+        response: Response,
+        deadline: Instant,
+        running: Option<Running>,
+        cancel: Option<Arc<ConnectionHandle>>,
+    ) -> Response {
         match response {
-            Response::Query(query) => Response::Query(self.bounded(query, deadline, running)),
+            Response::Query(query) => {
+                Response::Query(self.bounded(query, deadline, running, cancel))
+            }
             other => {
                 self.metrics.statement("ok");
                 other
@@ -86,6 +102,7 @@ impl Limits {
         query: QueryResponse,
         deadline: Instant,
         running: Option<Running>,
+        cancel: Option<Arc<ConnectionHandle>>,
     ) -> QueryResponse {
         let mut query = query;
         let command_tag = query.command_tag().to_string();
@@ -102,18 +119,44 @@ impl Limits {
             rows: datafusion_postgres::pgwire::api::results::SendableRowStream,
             /// Held until the rows are out or the stream is dropped.
             _running: Option<Running>,
+            /// The connection's cancel handle until the first row is asked for, then the
+            /// signal of a cancel request for this statement.
+            handle: Option<Arc<ConnectionHandle>>,
+            canceled: Option<futures::channel::oneshot::Receiver<()>>,
         }
         let rows = futures::stream::unfold(
             Some(State {
                 rows: data_rows,
                 _running: running,
+                handle: cancel,
+                canceled: None,
             }),
             move |state| {
                 let limits = limits.clone();
                 let timestamps = timestamps.clone();
                 async move {
                     let mut state = state?;
-                    match tokio::time::timeout_at(deadline, state.rows.next()).await {
+                    if let Some(handle) = state.handle.take() {
+                        // pgwire listens for cancel requests only while the statement is
+                        // planned; rows are produced here, so listen again.
+                        state.canceled = Some(handle.start_query().await);
+                    }
+                    let next = loop {
+                        let next = tokio::time::timeout_at(deadline, state.rows.next());
+                        let Some(canceled) = state.canceled.as_mut() else {
+                            break next.await;
+                        };
+                        tokio::select! {
+                            biased;
+                            signal = canceled => match signal {
+                                Ok(()) => return Some((Err(limits.canceled()), None)),
+                                // The next statement took the handle over: nothing to hear.
+                                Err(_) => state.canceled = None,
+                            },
+                            next = next => break next,
+                        }
+                    };
+                    match next {
                         Ok(Some(Ok(row))) => {
                             let row = if timestamps.is_empty() {
                                 row
@@ -244,6 +287,10 @@ impl SimpleQueryHandler for LimitedService {
         )
         .await
         .map_err(|_| self.limits.timed_out())??;
+        let cancel = client
+            .session_extensions()
+            .get::<Arc<ConnectionHandle>>()
+            .map(|h| Arc::clone(&*h));
         // The rows of every statement of a multi-statement query share the deadline; the
         // last response holds the running mark until its rows are out.
         let last = responses.len().saturating_sub(1);
@@ -253,7 +300,7 @@ impl SimpleQueryHandler for LimitedService {
             .enumerate()
             .map(|(i, r)| {
                 let mark = if i == last { running.take() } else { None };
-                self.limits.finish(r, deadline, mark)
+                self.limits.finish(r, deadline, mark, cancel.clone())
             })
             .collect())
     }
@@ -288,7 +335,13 @@ impl ExtendedQueryHandler for LimitedService {
         )
         .await
         .map_err(|_| self.limits.timed_out())??;
-        Ok(self.limits.finish(response, deadline, Some(running)))
+        let cancel = client
+            .session_extensions()
+            .get::<Arc<ConnectionHandle>>()
+            .map(|h| Arc::clone(&*h));
+        Ok(self
+            .limits
+            .finish(response, deadline, Some(running), cancel))
     }
 }
 
