@@ -301,21 +301,20 @@ pub fn attribute_batch(
         let (start, end, proto) = (batch.flow_start[i], batch.flow_end[i], batch.protocol[i]);
         let (src, dst) = (batch.src_ip[i], batch.dst_ip[i]);
         let (sport, dport) = (batch.src_port[i], batch.dst_port[i]);
-        if through_nat {
-            out.src.push(resolve_through_nat(
+        out.src.push(if through_nat && nat.is_outside(src) {
+            resolve_through_nat(
                 history, nat, &clusters, src, sport, dst, dport, start, end, proto,
-            ));
-            out.dst.push(resolve_through_nat(
-                history, nat, &clusters, dst, dport, src, sport, start, end, proto,
-            ));
+            )
         } else {
-            out.src.push(resolve_endpoint(
-                history, &clusters, src, start, end, sport, proto,
-            ));
-            out.dst.push(resolve_endpoint(
-                history, &clusters, dst, start, end, dport, proto,
-            ));
-        }
+            resolve_endpoint(history, &clusters, src, start, end, sport, proto)
+        });
+        out.dst.push(if through_nat && nat.is_outside(dst) {
+            resolve_through_nat(
+                history, nat, &clusters, dst, dport, src, sport, start, end, proto,
+            )
+        } else {
+            resolve_endpoint(history, &clusters, dst, start, end, dport, proto)
+        });
     }
     out
 }

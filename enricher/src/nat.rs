@@ -17,6 +17,7 @@ use arrow::datatypes::SchemaRef;
 use hawking_schemas::ip::{ip_text, parse_ip};
 use hawking_schemas::nat::{NatEvent, NatEventKind, nat_history_schema};
 use rustc_hash::{FxHashMap, FxHashSet};
+use smallvec::SmallVec;
 
 use crate::history::OPEN;
 
@@ -90,7 +91,8 @@ pub struct NatCounters {
 /// The source-NAT translations of every NAT Hawking hears from.
 #[derive(Debug)]
 pub struct NatIndex {
-    sessions: FxHashMap<NatKey, Vec<Translation>>,
+    /// Per outside 5-tuple, its translations sorted by start; nearly always just one.
+    sessions: FxHashMap<NatKey, SmallVec<[Translation; 1]>>,
     /// Outside addresses with any translation: other addresses skip the map.
     outside: FxHashSet<u128>,
     /// How far apart the NAT's and the flow exporter's clocks may be, µs.
@@ -135,8 +137,15 @@ impl NatIndex {
         self.sessions.is_empty()
     }
 
+    /// Whether any translation has `ip` as its outside address: the cheap test that lets
+    /// every other endpoint skip the translation lookup.
+    #[inline]
+    pub fn is_outside(&self, ip: u128) -> bool {
+        self.outside.contains(&ip)
+    }
+
     pub fn translation_count(&self) -> usize {
-        self.sessions.values().map(Vec::len).sum()
+        self.sessions.values().map(|list| list.len()).sum()
     }
 
     pub fn counters(&self) -> NatCounters {
