@@ -163,7 +163,7 @@ mod tests {
         let config: Config = toml::from_str(&block).unwrap();
         let cluster = &config.enricher.clusters[0];
         assert!(cluster.in_cluster, "{block}");
-        assert_eq!(cluster.exporters, ["10.0.0.0/24"]);
+        assert_eq!(cluster.exporters, ["10.0.0.0/24", "192.168.10.0/24"]);
         assert_eq!(config.netflow.listen.port(), 2055);
     }
 

@@ -297,6 +297,32 @@ fn flows_seen_outside_the_node_are_attributed_through_nat_session_events() {
     );
 }
 
+/// Waits until `child` writes a line containing `needle` to stderr (it is ready), then keeps
+/// draining its stderr so it never blocks on a full pipe.
+fn wait_for_line(child: &mut std::process::Child, needle: &'static str) {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains(needle) {
+                let _ = tx.send(Ok(()));
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        let _ = tx.send(Err(seen));
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Ok(())) => {}
+        other => panic!("never saw {needle:?}: {other:?}"),
+    }
+}
+
 /// The fake API server's scenario for the namespaced node: fixtures/k8s/snat-node with the
 /// namespaces' addresses filled in.
 fn snat_node_scenario(dir: &Path, node: &SnatNode) -> std::path::PathBuf {
@@ -351,9 +377,10 @@ fn a_masquerading_node_reported_by_nat_agent_attributes_outside_flows_to_its_pod
         .arg(node.netns_path(&node.node))
         .env("HAWKING_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    wait_for_line(&mut agent, "following conntrack");
     // What the outside sees: the capture on the external namespace's interface.
     let pcap = tmp.path().join("outside.pcap");
     let mut capture = node.spawn(
@@ -370,7 +397,7 @@ fn a_masquerading_node_reported_by_nat_agent_attributes_outside_flows_to_its_pod
             pcap.to_str().unwrap(),
         ],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for_line(&mut capture, "listening on");
     let talks = node.pod_talks_to_ext(8443, 3);
     std::thread::sleep(Duration::from_millis(500));
     // Close the translations: their destroy events end them in nat_history.
