@@ -3,6 +3,7 @@
 //! IPFIX NAT session events (RFC 8158: natEvent 4/5, NAT44 session create/delete) — the same
 //! records NAT gateways export, so one decoder and one `nat_history` serve both.
 
+use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +47,79 @@ pub struct NatAgentArgs {
     /// Kernel receive buffer for conntrack events, bytes (overruns are counted and logged).
     #[arg(long, default_value_t = 8 << 20)]
     pub recv_buffer: usize,
+    /// Seconds between comparisons of the conntrack table with the translations reported
+    /// open: those gone without a destroy event (connections older than the agent under
+    /// nf_conntrack_events=2, or events lost to overruns) are reported closed. 0: never.
+    #[arg(long, default_value_t = 60)]
+    pub resync_secs: u64,
+}
+
+/// A translation as the agent reported it: everything but its time and kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Session {
+    protocol: u8,
+    inside: (u128, u16),
+    outside: (u128, u16),
+    remote: (u128, u16),
+}
+
+impl Session {
+    fn of(e: &NatEvent) -> Session {
+        Session {
+            protocol: e.protocol,
+            inside: (e.inside_ip, e.inside_port),
+            outside: (e.outside_ip, e.outside_port),
+            remote: (e.remote_ip, e.remote_port),
+        }
+    }
+}
+
+/// The translations reported open, so that the conntrack table can be compared with them.
+#[derive(Debug, Default)]
+struct OpenSessions(HashSet<Session>);
+
+impl OpenSessions {
+    /// Records what an event reports.
+    fn note(&mut self, e: &NatEvent) {
+        match e.kind {
+            Some(NatEventKind::Create) => {
+                self.0.insert(Session::of(e));
+            }
+            _ => {
+                self.0.remove(&Session::of(e));
+            }
+        }
+    }
+
+    /// Given the translations in the table now (as creates at `now`), the events that make
+    /// the reported state match it: creates for those never reported, deletes (at `now`, the
+    /// latest they can have ended) for those gone.
+    fn reconcile(&mut self, present: &[NatEvent], now: i64) -> Vec<NatEvent> {
+        let now_open: HashSet<Session> = present.iter().map(Session::of).collect();
+        let mut out: Vec<NatEvent> = present
+            .iter()
+            .filter(|e| !self.0.contains(&Session::of(e)))
+            .copied()
+            .collect();
+        for gone in self.0.difference(&now_open) {
+            out.push(NatEvent {
+                at: now,
+                kind: Some(NatEventKind::Delete),
+                protocol: gone.protocol,
+                inside_ip: gone.inside.0,
+                inside_port: gone.inside.1,
+                outside_ip: gone.outside.0,
+                outside_port: gone.outside.1,
+                remote_ip: gone.remote.0,
+                remote_port: gone.remote.1,
+                ..Default::default()
+            });
+        }
+        for e in &out {
+            self.note(e);
+        }
+        out
+    }
 }
 
 /// What one agent run did.
@@ -122,17 +196,11 @@ pub fn follow(args: &NatAgentArgs, stop: &AtomicBool) -> anyhow::Result<AgentSta
 
     // Connections that exist already: their translations are in force now.
     let mut batch = Vec::new();
-    events
-        .dump_existing(&mut batch)
-        .context("listing existing connections")?;
-    let mut pending: Vec<NatEvent> = Vec::new();
-    let now = unix_micros();
-    pending.extend(
-        batch
-            .iter()
-            .filter(|e| e.is_snat())
-            .map(|e| translation(e, now)),
-    );
+    let mut open = OpenSessions::default();
+    let mut pending: Vec<NatEvent> = table_now(&events, &mut batch)?;
+    for e in &pending {
+        open.note(e);
+    }
     tracing::info!(
         existing = pending.len(),
         collector = %args.collector,
@@ -149,6 +217,8 @@ pub fn follow(args: &NatAgentArgs, stop: &AtomicBool) -> anyhow::Result<AgentSta
         );
     }
     let max_delay = Duration::from_millis(args.max_delay_ms);
+    let resync = (args.resync_secs > 0).then(|| Duration::from_secs(args.resync_secs));
+    let mut synced = Instant::now();
     let mut oldest: Option<Instant> = (!pending.is_empty()).then(Instant::now);
     let (mut overruns, mut malformed) = (0, 0);
     while !stop.load(Ordering::Relaxed) {
@@ -165,14 +235,10 @@ pub fn follow(args: &NatAgentArgs, stop: &AtomicBool) -> anyhow::Result<AgentSta
                 .filter(|e| e.is_snat())
                 .map(|e| translation(e, now)),
         );
-        if pending.len() > before {
-            oldest.get_or_insert_with(Instant::now);
+        for e in &pending[before..] {
+            open.note(e);
         }
-        if oldest.is_some_and(|t| t.elapsed() >= max_delay) {
-            out.send(&pending);
-            pending.clear();
-            oldest = None;
-        }
+        let mut resync_now = resync.is_some_and(|every| synced.elapsed() >= every);
         if events.overruns() != overruns || events.malformed() != malformed {
             let lost = events.overruns() != overruns;
             (overruns, malformed) = (events.overruns(), events.malformed());
@@ -181,26 +247,42 @@ pub fn follow(args: &NatAgentArgs, stop: &AtomicBool) -> anyhow::Result<AgentSta
                 malformed,
                 "conntrack events lost (kernel buffer overruns) or unreadable"
             );
-            if lost {
-                // Creates may be among the lost events: list what exists and report it again
-                // (the collector ignores a create that repeats an open translation).
-                batch.clear();
-                events
-                    .dump_existing(&mut batch)
-                    .context("listing connections after an overrun")?;
-                let now = unix_micros();
-                pending.extend(
-                    batch
-                        .iter()
-                        .filter(|e| e.is_snat())
-                        .map(|e| translation(e, now)),
-                );
-                oldest.get_or_insert_with(Instant::now);
-            }
+            // Creates and destroys may be among the lost events.
+            resync_now |= lost;
+        }
+        if resync_now {
+            let present = table_now(&events, &mut batch)?;
+            pending.extend(open.reconcile(&present, unix_micros()));
+            synced = Instant::now();
+        }
+        if pending.len() > before {
+            oldest.get_or_insert_with(Instant::now);
+        }
+        if oldest.is_some_and(|t| t.elapsed() >= max_delay) {
+            out.send(&pending);
+            pending.clear();
+            oldest = None;
         }
     }
     out.send(&pending);
     Ok(out.stats)
+}
+
+/// The source-NAT translations in the conntrack table now, as creates.
+fn table_now(
+    events: &ConntrackEvents,
+    scratch: &mut Vec<ConntrackEvent>,
+) -> anyhow::Result<Vec<NatEvent>> {
+    scratch.clear();
+    events
+        .dump_existing(scratch)
+        .context("listing the conntrack table")?;
+    let now = unix_micros();
+    Ok(scratch
+        .iter()
+        .filter(|e| e.is_snat())
+        .map(|e| translation(e, now))
+        .collect())
 }
 
 struct Exporter {
@@ -317,5 +399,42 @@ mod tests {
             (ip_to_u128(v4(93, 184, 216, 34)), 443)
         );
         assert!(!is_v6(&t));
+    }
+
+    #[test]
+    fn comparing_with_the_table_closes_what_vanished_and_reports_what_was_missed() {
+        let session = |inside_port, outside_port| NatEvent {
+            at: 1,
+            kind: Some(NatEventKind::Create),
+            protocol: 17,
+            inside_ip: 7,
+            inside_port,
+            outside_ip: 9,
+            outside_port,
+            remote_ip: 11,
+            remote_port: 53,
+            ..Default::default()
+        };
+        let mut open = OpenSessions::default();
+        for e in [session(1000, 20000), session(1001, 20001)] {
+            open.note(&e);
+        }
+        // 1000 ended without a destroy event; 1002 began while events were lost.
+        let events = open.reconcile(&[session(1001, 20001), session(1002, 20002)], 50);
+        let summary: Vec<_> = events
+            .iter()
+            .map(|e| (e.kind, e.inside_port, e.at))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Some(NatEventKind::Create), 1002, 1),
+                (Some(NatEventKind::Delete), 1000, 50)
+            ]
+        );
+        assert!(
+            open.reconcile(&[session(1001, 20001), session(1002, 20002)], 60)
+                .is_empty()
+        );
     }
 }

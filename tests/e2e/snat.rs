@@ -369,9 +369,19 @@ fn a_masquerading_node_reported_by_nat_agent_attributes_outside_flows_to_its_pod
     // The pod and the node are in the history once the watch has listed them.
     hawking.wait_metric("hawking_history_intervals", &[], 2.0);
 
+    // Connections older than the agent: it finds them in the table; their end comes with no
+    // destroy event (nf_conntrack_events=2, the default), so it sees them vanish instead.
+    let older = node.pod_talks_to_ext(8444, 1);
     // The agent runs outside the node's namespace and follows its conntrack table.
     let mut agent = Command::new(hawking_bin())
-        .args(["nat-agent", "--max-delay-ms", "20", "--collector"])
+        .args([
+            "nat-agent",
+            "--max-delay-ms",
+            "20",
+            "--resync-secs",
+            "1",
+            "--collector",
+        ])
         .arg(hawking.netflow.to_string())
         .arg("--netns")
         .arg(node.netns_path(&node.node))
@@ -403,7 +413,7 @@ fn a_masquerading_node_reported_by_nat_agent_attributes_outside_flows_to_its_pod
     // Close the translations: their destroy events end them in nat_history.
     let flushed = node.exec(&node.node, &["conntrack", "-D"]);
     assert!(flushed.status.success() || !flushed.stderr.is_empty());
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(2500));
     for child in [&mut capture, &mut agent] {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     }
@@ -484,4 +494,25 @@ fn a_masquerading_node_reported_by_nat_agent_attributes_outside_flows_to_its_pod
         })
         .collect();
     assert_eq!(got, expected, "agent: {agent_report}");
+    let older_closed = sql(
+        &data,
+        &format!(
+            "SELECT count(*) AS n FROM nat_history WHERE inside_ip = '{}' AND remote_port = 8444 \
+             AND valid_to IS NOT NULL",
+            node.pod_ip
+        ),
+    );
+    assert_eq!(
+        older_closed[0]["n"],
+        older.len() as i64,
+        "agent: {agent_report}"
+    );
+    assert_eq!(
+        sql(
+            &data,
+            "SELECT count(*) AS n FROM nat_history WHERE valid_to IS NULL"
+        )[0]["n"],
+        0,
+        "every translation closed"
+    );
 }
