@@ -306,7 +306,8 @@ impl Exporter {
                 .filter(|e| is_v6(e) == ipv6)
                 .copied()
                 .collect();
-            let per_datagram = (MAX_DATAGRAM - OVERHEAD - 64) / nat_event_record_len(ipv6);
+            // Room for both templates in front (4 + 2 * (4 + 11 * 4) bytes).
+            let per_datagram = (MAX_DATAGRAM - OVERHEAD - 100) / nat_event_record_len(ipv6);
             for chunk in family.chunks(per_datagram.max(1)) {
                 self.send_chunk(chunk, ipv6);
             }

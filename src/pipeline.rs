@@ -44,8 +44,11 @@ pub struct Pipeline {
 
 /// The persisted NAT translations, folded to one row per translation: the open ones and
 /// those that closed less than `keep` before the latest one began or ended (the NAT index's
-/// own clock, so a store of past events loads as it was kept).
-pub async fn load_nat_history(data_dir: &Path, keep: Duration) -> anyhow::Result<Vec<RecordBatch>> {
+/// own clock, so a store of past events loads as it was kept); and the highest ID stored.
+pub async fn load_nat_history(
+    data_dir: &Path,
+    keep: Duration,
+) -> anyhow::Result<(Vec<RecordBatch>, i64)> {
     let ctx = open_session(data_dir, &Default::default()).await?;
     let sql = format!(
         "SELECT * FROM nat_history WHERE valid_to IS NULL \
@@ -53,11 +56,29 @@ pub async fn load_nat_history(data_dir: &Path, keep: Duration) -> anyhow::Result
                         - INTERVAL '{} microseconds'",
         keep.as_micros()
     );
-    ctx.sql(&sql)
+    let rows = ctx
+        .sql(&sql)
         .await?
         .collect()
         .await
-        .context("reading nat_history")
+        .context("reading nat_history")?;
+    let max = ctx
+        .sql("SELECT coalesce(max(translation_id), 0) AS id FROM nat_history_log")
+        .await?
+        .collect()
+        .await
+        .context("reading nat_history_log")?;
+    use arrow::array::AsArray;
+    let max_id = max
+        .first()
+        .filter(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            b.column(0)
+                .as_primitive_opt::<arrow::datatypes::Int64Type>()
+                .map(|c| c.value(0))
+        })
+        .unwrap_or(0);
+    Ok((rows, max_id))
 }
 
 /// The persisted history, folded to one row per interval and gap.
@@ -175,7 +196,8 @@ impl Pipeline {
         let nat_config = &config.enricher.nat;
         let keep_closed = Duration::from_secs(nat_config.keep_closed_secs);
         let mut nat_index = hawking_enricher::NatIndex::new(nat_config.clock_skew_ms as i64 * 1000);
-        let nat_rows = load_nat_history(&data_dir, keep_closed).await?;
+        let (nat_rows, max_id) = load_nat_history(&data_dir, keep_closed).await?;
+        nat_index.continue_ids_after(max_id);
         let translations = nat_index.load(&nat_rows, |name| {
             enrichment
                 .as_ref()

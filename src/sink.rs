@@ -112,7 +112,8 @@ impl SinkMetrics {
                     "hawking_nat_session_events_total",
                     "NAT session events applied, by effect: opened, closed, superseded (a new \
                      session on a 5-tuple whose translation was open), duplicate, \
-                     unmatched_delete (its create was never seen)",
+                     unmatched_delete (its create was never seen), portless (no ports to map: ignored), \
+                     from_the_future (more than a minute ahead of this clock: dropped)",
                 ),
                 &["effect"],
             )?,
@@ -294,7 +295,17 @@ impl Sink {
             return false;
         }
         let mut clusters = Vec::new();
+        // The index's clock is its latest event: one NAT whose clock runs ahead would make
+        // it forget every other NAT's closed translations. Events from the future are dropped.
+        let horizon = unix_micros() + 60_000_000;
         for event in batch.nat_events.drain(..) {
+            if event.at > horizon {
+                self.metrics
+                    .nat_events
+                    .with_label_values(&["from_the_future"])
+                    .inc();
+                continue;
+            }
             let cluster = match &self.enrichment {
                 Some(e) => {
                     e.selector.clusters_for(
@@ -393,6 +404,7 @@ impl Sink {
                 "unmatched_delete",
                 c.unmatched_deletes - p.unmatched_deletes,
             ),
+            ("portless", c.portless - p.portless),
         ] {
             if n > 0 {
                 self.metrics

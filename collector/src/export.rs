@@ -120,7 +120,11 @@ pub fn nat_event_template(template_id: u16, ipv6: bool) -> TemplateLayout {
 
 /// Bytes of one record of [`nat_event_template`].
 pub fn nat_event_record_len(ipv6: bool) -> usize {
-    if ipv6 { 78 } else { 30 }
+    nat_event_template(0, ipv6)
+        .fields
+        .iter()
+        .map(|f| f.length as usize)
+        .sum()
 }
 
 /// Exporter clock facts written into packet headers and relative times.

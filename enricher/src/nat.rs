@@ -86,6 +86,8 @@ pub struct NatCounters {
     pub duplicates: u64,
     /// A delete with no open translation to close (its create was never seen).
     pub unmatched_deletes: u64,
+    /// Events of protocols without ports (ignored).
+    pub portless: u64,
 }
 
 /// The source-NAT translations of every NAT Hawking hears from.
@@ -128,6 +130,12 @@ impl NatIndex {
         }
     }
 
+    /// New translations get IDs above `id` (the highest ever stored, also among those not
+    /// loaded), so a stored translation is never shadowed by a new one.
+    pub fn continue_ids_after(&mut self, id: i64) {
+        self.next_id = self.next_id.max(id.saturating_add(1));
+    }
+
     /// Names of clusters by ID (as the address history numbers them), for persisted rows.
     pub fn set_cluster_names(&mut self, names: Vec<String>) {
         self.cluster_names = names;
@@ -163,26 +171,39 @@ impl NatIndex {
     }
 
     /// Applies one session event; `cluster` is the cluster of the NAT that reported it.
+    /// Events of protocols without ports (ICMP, ...) are ignored: their outside end would be
+    /// one key for every inside host talking to the same remote, so it names no one.
     pub fn apply(&mut self, e: &NatEvent, cluster: u16) {
         let Some(kind) = e.kind else { return };
+        if !matches!(e.protocol, 6 | 17 | 33 | 132 | 136) {
+            self.counters.portless += 1;
+            return;
+        }
         self.latest = self.latest.max(e.at);
         let key = Self::key(e);
         let list = self.sessions.entry(key).or_default();
         match kind {
             NatEventKind::Create => {
+                // A create arriving after a later one (reordered datagrams) ends where the
+                // later one begins, rather than closing it.
+                let mut to = OPEN;
                 if let Some(last) = list.last_mut().filter(|t| t.to == OPEN) {
                     if last.inside_ip == e.inside_ip && last.inside_port == e.inside_port {
                         self.counters.duplicates += 1;
                         return;
                     }
-                    last.to = e.at.max(last.from);
+                    if e.at < last.from {
+                        to = last.from;
+                    } else {
+                        last.to = e.at;
+                        self.changed.push((key, *last));
+                    }
                     self.counters.superseded += 1;
-                    self.changed.push((key, *last));
                 }
                 let t = Translation {
                     id: self.next_id,
                     from: e.at,
-                    to: OPEN,
+                    to,
                     inside_ip: e.inside_ip,
                     inside_port: e.inside_port,
                     cluster,
@@ -745,5 +766,26 @@ mod tests {
         nat.prune_ended_before(250 * S);
         assert_eq!(nat.translation_count(), 1);
         assert!(inside_of(nat.lookup(6, NODE, 61001, REMOTE, 443, 900 * S, 900 * S)).len() == 1);
+    }
+
+    #[test]
+    fn a_create_that_arrives_late_does_not_close_the_later_session() {
+        let mut nat = NatIndex::new(0);
+        let (a, b) = (0x0a04_0005, 0x0a04_0006);
+        nat.apply(&event(NatEventKind::Create, 200 * S, a, 40000, 61000), 0);
+        nat.apply(&event(NatEventKind::Create, 150 * S, b, 50000, 61000), 0);
+        let at = |t| inside_of(nat.lookup(6, NODE, 61000, REMOTE, 443, t, t));
+        assert_eq!(at(300 * S), vec![(v4_to_u128(a), 40000)]);
+        assert_eq!(at(170 * S), vec![(v4_to_u128(b), 50000)]);
+    }
+
+    #[test]
+    fn portless_protocols_name_no_one() {
+        let mut nat = NatIndex::new(0);
+        let mut ping = event(NatEventKind::Create, 100 * S, 0x0a04_0005, 0, 0);
+        ping.protocol = 1;
+        nat.apply(&ping, 0);
+        assert!(nat.is_empty());
+        assert_eq!(nat.counters().portless, 1);
     }
 }

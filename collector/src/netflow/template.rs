@@ -252,7 +252,15 @@ impl CompiledTemplate {
             return Err(UncompilableTemplate);
         }
         let fixed_len = (!variable).then_some(offset);
-        let nat_events = ops.iter().any(|op| op.target == Target::NatEvent);
+        // natEvent without counters: session logging (RFC 8158). With counters the records
+        // are flows that happen to carry it, and stay flows.
+        let nat_events = ops.iter().any(|op| op.target == Target::NatEvent)
+            && !ops.iter().any(|op| {
+                matches!(
+                    op.target,
+                    Target::Bytes | Target::Packets | Target::BytesTotal | Target::PacketsTotal
+                )
+            });
         Ok(CompiledTemplate {
             nat_events,
             layout,
