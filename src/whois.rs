@@ -69,7 +69,14 @@ pub async fn lookup(ctx: &SessionContext, query: WhoisQuery) -> anyhow::Result<W
                 col("outside_ip")
                     .eq(lit(ip_text(query.addr)))
                     .and(col("outside_port").eq(lit(query.port as i32)))
-                    .and(col("protocol").eq(lit(query.protocol as i16))),
+                    .and(col("protocol").eq(lit(query.protocol as i16)))
+                    // Another cluster's translation would resolve in the wrong history.
+                    .and(match &query.cluster {
+                        Some(c) => col("cluster_name")
+                            .eq(lit(c.as_str()))
+                            .or(col("cluster_name").is_null()),
+                        None => lit(true),
+                    }),
             )?
             .collect()
             .await
