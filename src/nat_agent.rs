@@ -232,7 +232,7 @@ pub fn follow(args: &NatAgentArgs, stop: &AtomicBool) -> anyhow::Result<AgentSta
         pending.extend(
             batch
                 .iter()
-                .filter(|e| e.is_snat())
+                .filter(|e| reportable(e))
                 .map(|e| translation(e, now)),
         );
         for e in &pending[before..] {
@@ -268,6 +268,12 @@ pub fn follow(args: &NatAgentArgs, stop: &AtomicBool) -> anyhow::Result<AgentSta
     Ok(out.stats)
 }
 
+/// A source-NATed connection of a protocol with ports: only those map an outside port back
+/// to one inside address (the collector ignores the rest anyway).
+fn reportable(e: &ConntrackEvent) -> bool {
+    e.is_snat() && matches!(e.protocol, 6 | 17 | 33 | 132 | 136)
+}
+
 /// The source-NAT translations in the conntrack table now, as creates.
 fn table_now(
     events: &ConntrackEvents,
@@ -280,7 +286,7 @@ fn table_now(
     let now = unix_micros();
     Ok(scratch
         .iter()
-        .filter(|e| e.is_snat())
+        .filter(|e| reportable(e))
         .map(|e| translation(e, now))
         .collect())
 }
