@@ -102,26 +102,8 @@ pub fn resolve_flow(
     base: &TimeBase,
     sampling: &SamplingTable,
 ) -> (FlowRecord, TimeSource) {
-    let start = time_us(
-        raw,
-        base,
-        Target::StartMs,
-        Target::StartUsNtp,
-        Target::StartNsNtp,
-        Target::StartSec,
-        Target::StartSysUp,
-        Target::StartDeltaUs,
-    );
-    let end = time_us(
-        raw,
-        base,
-        Target::EndMs,
-        Target::EndUsNtp,
-        Target::EndNsNtp,
-        Target::EndSec,
-        Target::EndSysUp,
-        Target::EndDeltaUs,
-    );
+    let start = start_us(raw, base);
+    let end = end_us(raw, base);
     let duration_us = raw
         .get(Target::DurationUs)
         .and_then(|d| i64::try_from(d).ok())
@@ -199,18 +181,7 @@ pub fn resolve_nat_event(raw: &RawRecord, base: &TimeBase, origin: &FlowOrigin) 
         .get(Target::ObservationTimeMs)
         .and_then(|ms| i64::try_from(ms).ok()?.checked_mul(1000))
         .filter(|t| (0..MAX_SANE_US).contains(t))
-        .or_else(|| {
-            time_us(
-                raw,
-                base,
-                Target::StartMs,
-                Target::StartUsNtp,
-                Target::StartNsNtp,
-                Target::StartSec,
-                Target::StartSysUp,
-                Target::StartDeltaUs,
-            )
-        })
+        .or_else(|| start_us(raw, base))
         .unwrap_or(base.export_ms * 1000);
     let inside_port = raw.get(Target::SrcPort).unwrap_or(0) as u16;
     let kind = raw
@@ -236,6 +207,36 @@ pub fn resolve_nat_event(raw: &RawRecord, base: &TimeBase, origin: &FlowOrigin) 
             .or_else(|| raw.get(Target::DstPort))
             .unwrap_or(0) as u16,
     }
+}
+
+/// The record's start time from whichever start element it carries.
+#[inline]
+fn start_us(raw: &RawRecord, base: &TimeBase) -> Option<i64> {
+    time_us(
+        raw,
+        base,
+        Target::StartMs,
+        Target::StartUsNtp,
+        Target::StartNsNtp,
+        Target::StartSec,
+        Target::StartSysUp,
+        Target::StartDeltaUs,
+    )
+}
+
+/// The record's end time from whichever end element it carries.
+#[inline]
+fn end_us(raw: &RawRecord, base: &TimeBase) -> Option<i64> {
+    time_us(
+        raw,
+        base,
+        Target::EndMs,
+        Target::EndUsNtp,
+        Target::EndNsNtp,
+        Target::EndSec,
+        Target::EndSysUp,
+        Target::EndDeltaUs,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
