@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use hawking_collector::NetflowListenerConfig;
+use hawking_collector::NetflowSourceConfig;
 use hawking_enricher::EnricherConfig;
 use hawking_query::pg::PgConfig;
-use hawking_query::{QueryOptions, WriterOptions};
+use hawking_query::{QueryOptions, StoreConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Root of the Parquet store and of persisted state. Default `./data`.
     pub data_dir: Option<PathBuf>,
-    /// NetFlow v5/v9 and IPFIX listener.
-    pub netflow: NetflowListenerConfig,
+    /// NetFlow v5/v9 and IPFIX over UDP.
+    pub netflow: NetflowSourceConfig,
     /// How accepted flows become files.
     pub store: StoreConfig,
     /// The Prometheus endpoint.
@@ -28,32 +28,6 @@ pub struct Config {
     pub enricher: EnricherConfig,
     /// The PostgreSQL-wire endpoint (Grafana, psql); off unless users are configured.
     pub pg: PgConfig,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Seconds between commits: accepted flows become visible to queries at most this late.
-    /// Default 5.
-    pub flush_interval_secs: f64,
-    /// Rows that trigger a commit before the interval ends. Default 1048576 (one row group).
-    pub commit_rows: usize,
-    /// Rows kept buffered while commits fail (disk full, permissions); beyond it the oldest
-    /// are dropped and counted in `hawking_store_rows_dropped_total`. Default 8388608.
-    pub max_buffered_rows: usize,
-    /// Parquet encoding of ingested files.
-    pub writer: WriterOptions,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            flush_interval_secs: 5.0,
-            commit_rows: 1 << 20,
-            max_buffered_rows: 8 << 20,
-            writer: WriterOptions::default(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -163,7 +137,8 @@ mod tests {
         let config: Config = toml::from_str(&block).unwrap();
         let cluster = &config.enricher.clusters[0];
         assert!(cluster.in_cluster, "{block}");
-        assert_eq!(cluster.exporters, ["10.0.0.0/24", "192.168.10.0/24"]);
+        let exporters: Vec<String> = cluster.exporters.iter().map(|e| e.to_string()).collect();
+        assert_eq!(exporters, ["10.0.0.0/24", "192.168.10.0/24"]);
         assert_eq!(config.netflow.listen.port(), 2055);
     }
 
@@ -171,5 +146,18 @@ mod tests {
     fn unknown_settings_are_refused() {
         let err = toml::from_str::<Config>("[netflow]\nlisten_addr = \"0.0.0.0:1\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_range_is_refused_where_it_is_written() {
+        let err = toml::from_str::<Config>(
+            "[[enricher.clusters]]\nname = \"eu\"\nexporters = [\"10.0.0.0/24\", \"10.1.0.0/99\"]\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("10.1.0.0/99") && text.contains("line 3"),
+            "{text}"
+        );
     }
 }

@@ -1,243 +1,101 @@
-//! Wires the running pipeline: the NetFlow listener thread decodes into batches; cluster
-//! watches (async tasks) report history; the sink thread attributes and commits. Shutdown
-//! stops the listener, which drains the socket and hands over its last batch; the sink
-//! attributes and commits everything it received and only then exits.
+//! The running pipeline of `hawking serve`, wired from the configuration:
+//!
+//! ```text
+//! sources (a thread each) ──bounded──┐
+//!                                    ├─▶ enrichment stage (its thread) ──▶ sinks
+//! cluster watches (async tasks) ─────┘
+//! ```
+//!
+//! Flow sources send into a bounded channel, so a slow stage makes them wait and the kernel's
+//! socket buffers absorb the burst; the watches, which must never block the async runtime,
+//! send into an unbounded one that the stage drains first. Shutdown stops the sources, which
+//! drain their input and hand over their last batch; the stage attributes everything it
+//! holds, and the sinks commit every accepted row before the stage's thread exits.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel, sync_channel};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use arrow::array::RecordBatch;
-use hawking_collector::{CollectorMetrics, ListenerStats, NetflowListener};
+use hawking_collector::source::{Source, SourceError, SourceStats};
+use hawking_enricher::nat::ANY_CLUSTER;
 use hawking_enricher::watch::{client_for, spawn_cluster_watch};
-use hawking_enricher::{HistoryKeeper, Mode, Observation};
-use hawking_query::store::layout::table_dir;
-use hawking_query::{
-    ColumnTuning, FLOWS_TABLE, FLOWS_TUNING, HISTORY_GAPS_LOG_TABLE, IP_HISTORY_LOG_TABLE,
-    NAT_HISTORY_LOG_TABLE, PartitionedWriter, open_session,
+use hawking_enricher::{
+    Clusters, EnrichmentStage, HistoryKeeper, HistoryState, Mode, NatIndex, StageConfig,
 };
-use hawking_schemas::{
-    FlowBatch, flow_schema, history_gaps_schema, ip_history_schema, nat_history_schema,
-};
-use prometheus::Registry;
+use hawking_query::StoreSink;
+use hawking_query::history::{load_history, load_translations};
+use hawking_schemas::pipeline::{Committed, Sink, SourceBatch};
+use hawking_schemas::telemetry::Telemetry;
+use hawking_schemas::time::now_micros;
 
 use crate::config::Config;
-use crate::history_state::HistoryState;
-use crate::sink::{Enrichment, NatState, Sink, SinkMetrics, SinkStats, Writers, unix_micros};
 
-/// Batches in flight between the listener and the sink; when full, the listener waits and
-/// the kernel socket buffer absorbs the burst.
+/// Batches in flight between the sources and the stage; when full, sources wait.
 const CHANNEL_BATCHES: usize = 8;
+
+/// How long the stage waits for a batch before it looks at its clocks again.
+const STAGE_POLL: Duration = Duration::from_millis(50);
+
+/// Between the stage's heartbeats (watch sync state persisted, sizes published).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Totals of one run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    /// Messages the sources received.
+    pub messages: u64,
+    /// Flows the sources decoded and handed on.
+    pub flows: u64,
+    /// What the store committed.
+    pub stored: Committed,
+}
 
 pub struct Pipeline {
     shutdown: Arc<AtomicBool>,
-    listener: JoinHandle<anyhow::Result<ListenerStats>>,
-    sink: JoinHandle<anyhow::Result<SinkStats>>,
+    sources: Vec<JoinHandle<Result<SourceStats, SourceError>>>,
+    stage: JoinHandle<anyhow::Result<Committed>>,
     watches: Vec<tokio::task::JoinHandle<()>>,
     pub netflow_addr: SocketAddr,
 }
 
-/// The persisted NAT translations, folded to one row per translation: the open ones and
-/// those that closed less than `keep` before the latest one began or ended (the NAT index's
-/// own clock, so a store of past events loads as it was kept); and the highest ID stored.
-pub async fn load_nat_history(
-    data_dir: &Path,
-    keep: Duration,
-) -> anyhow::Result<(Vec<RecordBatch>, i64)> {
-    let ctx = open_session(data_dir, &Default::default()).await?;
-    let sql = format!(
-        "SELECT * FROM nat_history WHERE valid_to IS NULL \
-         OR valid_to >= (SELECT greatest(max(valid_from), max(valid_to)) FROM nat_history) \
-                        - INTERVAL '{} microseconds'",
-        keep.as_micros()
-    );
-    let rows = ctx
-        .sql(&sql)
-        .await?
-        .collect()
-        .await
-        .context("reading nat_history")?;
-    let max = ctx
-        .sql("SELECT coalesce(max(translation_id), 0) AS id FROM nat_history_log")
-        .await?
-        .collect()
-        .await
-        .context("reading nat_history_log")?;
-    use arrow::array::AsArray;
-    let max_id = max
-        .first()
-        .filter(|b| b.num_rows() > 0)
-        .and_then(|b| {
-            b.column(0)
-                .as_primitive_opt::<arrow::datatypes::Int64Type>()
-                .map(|c| c.value(0))
-        })
-        .unwrap_or(0);
-    Ok((rows, max_id))
-}
-
-/// The persisted history, folded to one row per interval and gap.
-pub async fn load_history(data_dir: &Path) -> anyhow::Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
-    let ctx = open_session(data_dir, &Default::default()).await?;
-    let intervals = ctx
-        .sql("SELECT * FROM ip_history")
-        .await?
-        .collect()
-        .await
-        .context("reading ip_history")?;
-    let gaps = ctx
-        .sql("SELECT * FROM history_gaps")
-        .await?
-        .collect()
-        .await
-        .context("reading history_gaps")?;
-    Ok((intervals, gaps))
-}
-
 impl Pipeline {
-    /// Binds the listener, opens the store, loads the history and connects to the clusters
-    /// (so configuration errors surface here), then starts the listener, watches and sink.
-    pub async fn start(config: &Config, registry: &Registry) -> anyhow::Result<Pipeline> {
+    /// Binds the sources, opens the store, loads the history and connects to the clusters
+    /// (so configuration errors surface here), then starts everything.
+    pub async fn start(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Pipeline> {
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let state_dir = data_dir.join("state");
-        let listener = NetflowListener::bind(
-            config.netflow.clone(),
-            Some(state_dir.join("netflow-templates.json")),
-        )?;
-        let netflow_addr = listener.local_addr()?;
-        let w = &config.store.writer;
-        let history_tuning = ColumnTuning::default();
-        let writers = Writers {
-            flows: PartitionedWriter::new(
-                &table_dir(&data_dir, FLOWS_TABLE),
-                flow_schema(),
-                "flow_start",
-                w,
-                &FLOWS_TUNING,
-            )?,
-            intervals: PartitionedWriter::new(
-                &table_dir(&data_dir, IP_HISTORY_LOG_TABLE),
-                ip_history_schema(),
-                "recorded_at",
-                w,
-                &history_tuning,
-            )?,
-            gaps: PartitionedWriter::new(
-                &table_dir(&data_dir, HISTORY_GAPS_LOG_TABLE),
-                history_gaps_schema(),
-                "recorded_at",
-                w,
-                &history_tuning,
-            )?,
-            nat: PartitionedWriter::new(
-                &table_dir(&data_dir, NAT_HISTORY_LOG_TABLE),
-                nat_history_schema(),
-                "recorded_at",
-                w,
-                &history_tuning,
-            )?,
-        };
+        let netflow = config
+            .netflow
+            .build(Some(state_dir.join("netflow-templates.json")), telemetry)?;
+        let netflow_addr = netflow
+            .local_addr()
+            .context("the NetFlow source has no address")?;
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(StoreSink::open(
+            &data_dir,
+            &config.store,
+            telemetry,
+        )?)];
 
-        let (history_tx, history_rx) = channel::<Observation>();
-        let mut watches = Vec::new();
-        let enrichment = if config.enricher.clusters.is_empty() {
-            None
-        } else {
-            let mut keeper = HistoryKeeper::new(Mode::Live);
-            // The grace period is sized for the watch's lag; a broken watch may have lost that much.
-            keeper.set_lag_allowance((config.enricher.grace_secs.max(0.0) * 1e6) as i64);
-            let (intervals, gaps) = load_history(&data_dir).await?;
-            let loaded = keeper.load(&intervals, &gaps)?;
-            let selector = config.enricher.apply(keeper.history_mut())?;
-            let state_path = state_dir.join("history.json");
-            let state = HistoryState::load(&state_path)?;
-            let mut watched = Vec::new();
-            for cluster in config.enricher.clusters.iter().filter(|c| c.watched()) {
-                let client = client_for(cluster).await?;
-                let since = state.synced_until.get(&cluster.name).copied();
-                let reason = if since.is_some() {
-                    "collector not running"
-                } else {
-                    "first sync"
-                };
-                keeper.begin_watching(&cluster.name, since.unwrap_or_else(unix_micros), reason);
-                watches.extend(spawn_cluster_watch(
-                    cluster.name.clone(),
-                    client,
-                    history_tx.clone(),
-                ));
-                watched.push(cluster.name.clone());
-            }
-            tracing::info!(
-                intervals = loaded,
-                clusters = config.enricher.clusters.len(),
-                watched = watched.len(),
-                "history loaded"
-            );
-            Some(Enrichment {
-                keeper,
-                selector,
-                watched,
-                state,
-                state_path,
-                grace: Duration::from_secs_f64(config.enricher.grace_secs.max(0.0)),
-                max_held_flows: config.enricher.max_held_flows,
-            })
-        };
-        drop(history_tx);
-
-        let nat_config = &config.enricher.nat;
-        let keep_closed = Duration::from_secs(nat_config.keep_closed_secs);
-        let mut nat_index = hawking_enricher::NatIndex::new(nat_config.clock_skew_ms as i64 * 1000);
-        let (nat_rows, max_id) = load_nat_history(&data_dir, keep_closed).await?;
-        nat_index.continue_ids_after(max_id);
-        let translations = nat_index.load(&nat_rows, |name| {
-            enrichment
-                .as_ref()
-                .and_then(|e| e.keeper.history().find_cluster(name))
-                .unwrap_or(hawking_enricher::nat::ANY_CLUSTER)
-        })?;
-        if translations > 0 {
-            tracing::info!(translations, "NAT translations loaded");
-        }
-
-        let collector_metrics = CollectorMetrics::register(registry)?;
-        let sink = Sink {
-            writers,
-            enrichment,
-            nat: NatState {
-                index: nat_index,
-                keep_closed,
-                published: Default::default(),
-            },
-            config: config.store.clone(),
-            metrics: SinkMetrics::register(registry)?,
-        };
+        let (control_tx, control_rx) = channel::<SourceBatch>();
+        let (stage, watches) = build_stage(config, &data_dir, control_tx, telemetry).await?;
+        let (data_tx, data_rx) = sync_channel::<SourceBatch>(CHANNEL_BATCHES);
         let shutdown = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = sync_channel::<FlowBatch>(CHANNEL_BATCHES);
-        let sink = std::thread::Builder::new()
-            .name("hawking-sink".into())
-            .spawn(move || sink.run(rx, history_rx))?;
-        let stop = shutdown.clone();
-        let listener = std::thread::Builder::new()
-            .name("hawking-netflow".into())
-            .spawn(move || {
-                let stats =
-                    listener.run(|batch| tx.send(batch).is_ok(), &collector_metrics, &stop)?;
-                Ok(stats)
-            })?;
+        let sources = vec![spawn_source(netflow, data_tx, shutdown.clone())?];
+        let stage = std::thread::Builder::new()
+            .name("hawking-stage".into())
+            .spawn(move || run_stage(stage, data_rx, control_rx, sinks))?;
         tracing::info!(netflow = %netflow_addr, data = %data_dir.display(), "pipeline started");
         Ok(Pipeline {
             shutdown,
-            listener,
-            sink,
+            sources,
+            stage,
             watches,
             netflow_addr,
         })
@@ -245,19 +103,197 @@ impl Pipeline {
 
     /// Stops receiving, attributes and commits every accepted flow, and returns the run's
     /// totals.
-    pub fn stop(self) -> anyhow::Result<(ListenerStats, SinkStats)> {
+    pub fn stop(self) -> anyhow::Result<Totals> {
         self.shutdown.store(true, Ordering::Relaxed);
-        let listener = self
-            .listener
+        let mut totals = Totals::default();
+        let mut first_error = None;
+        for source in self.sources {
+            match source.join() {
+                Ok(Ok(stats)) => {
+                    totals.messages += stats.messages;
+                    totals.flows += stats.flows;
+                }
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(anyhow::Error::from(e));
+                }
+                Err(_) => {
+                    first_error.get_or_insert(anyhow::anyhow!("a source thread panicked"));
+                }
+            }
+        }
+        // Every source's sender is gone: the stage drains, commits and returns.
+        totals.stored = self
+            .stage
             .join()
-            .map_err(|_| anyhow::anyhow!("listener thread panicked"))?;
-        let sink = self
-            .sink
-            .join()
-            .map_err(|_| anyhow::anyhow!("sink thread panicked"))?;
+            .map_err(|_| anyhow::anyhow!("the enrichment stage's thread panicked"))??;
         for w in self.watches {
             w.abort();
         }
-        Ok((listener?, sink?))
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(totals),
+        }
+    }
+}
+
+/// Runs `source` on a thread of its own, sending into `tx` until `shutdown`.
+fn spawn_source(
+    source: Source,
+    tx: std::sync::mpsc::SyncSender<SourceBatch>,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<Result<SourceStats, SourceError>>> {
+    std::thread::Builder::new()
+        .name(format!("hawking-{}", source.name()))
+        .spawn(move || source.run(&mut |batch| tx.send(batch).is_ok(), &shutdown))
+}
+
+/// The enrichment stage as configured, over the history and translations stored in
+/// `data_dir`, with every watched cluster's watch started (reporting into `control`).
+async fn build_stage(
+    config: &Config,
+    data_dir: &Path,
+    control: Sender<SourceBatch>,
+    telemetry: &Telemetry,
+) -> anyhow::Result<(EnrichmentStage, Vec<tokio::task::JoinHandle<()>>)> {
+    let enricher = &config.enricher;
+    let mut watches = Vec::new();
+    let clusters = if enricher.clusters.is_empty() {
+        None
+    } else {
+        let mut keeper = HistoryKeeper::new(Mode::Live);
+        // The grace period is sized for the watch's lag; a broken watch may have lost that much.
+        keeper.set_lag_allowance((enricher.grace_secs.max(0.0) * 1e6) as i64);
+        let stored = load_history(data_dir)
+            .await
+            .context("reading the stored history")?;
+        let loaded = keeper
+            .load(&stored.intervals, &stored.gaps)
+            .context("reading the stored history")?;
+        let selector = enricher.apply(keeper.history_mut())?;
+        let state_path = data_dir.join("state").join("history.json");
+        let state = HistoryState::load(&state_path)?;
+        let mut watched = Vec::new();
+        for cluster in enricher.clusters.iter().filter(|c| c.watched()) {
+            let client = client_for(cluster).await?;
+            let since = state.synced_until.get(&cluster.name).copied();
+            let reason = if since.is_some() {
+                "collector not running"
+            } else {
+                "first sync"
+            };
+            keeper.begin_watching(&cluster.name, since.unwrap_or_else(now_micros), reason);
+            watches.extend(spawn_cluster_watch(
+                cluster.name.clone(),
+                client,
+                control.clone(),
+            ));
+            watched.push(cluster.name.clone());
+        }
+        tracing::info!(
+            intervals = loaded,
+            clusters = enricher.clusters.len(),
+            watched = watched.len(),
+            "history loaded"
+        );
+        Some(Clusters {
+            keeper,
+            selector,
+            watched,
+            state,
+            state_path: Some(state_path),
+        })
+    };
+    let nat_config = &enricher.nat;
+    let keep_closed = Duration::from_secs(nat_config.keep_closed_secs);
+    let mut nat = NatIndex::new(nat_config.clock_skew_ms as i64 * 1000);
+    let stored = load_translations(data_dir, keep_closed)
+        .await
+        .context("reading the stored NAT translations")?;
+    nat.continue_ids_after(stored.max_id);
+    let translations = nat
+        .load(&stored.rows, |name| {
+            clusters
+                .as_ref()
+                .and_then(|c| c.keeper.history().find_cluster(name))
+                .unwrap_or(ANY_CLUSTER)
+        })
+        .context("reading the stored NAT translations")?;
+    if translations > 0 {
+        tracing::info!(translations, "NAT translations loaded");
+    }
+    let stage = EnrichmentStage::new(
+        clusters,
+        nat,
+        StageConfig {
+            grace: Duration::from_secs_f64(enricher.grace_secs.max(0.0)),
+            max_held_flows: enricher.max_held_flows,
+            nat_keep_closed: keep_closed,
+        },
+        telemetry,
+    )?;
+    Ok((stage, watches))
+}
+
+/// The stage's thread: takes what the sources and watches send, hands what the stage
+/// releases to every sink, commits when a sink's policy says so, and when every source is
+/// gone attributes what is held and shuts the sinks down. Returns what the store committed.
+fn run_stage(
+    mut stage: EnrichmentStage,
+    data: Receiver<SourceBatch>,
+    control: Receiver<SourceBatch>,
+    mut sinks: Vec<Box<dyn Sink>>,
+) -> anyhow::Result<Committed> {
+    let mut rows = Vec::new();
+    let mut stored = Committed::default();
+    let mut heartbeat = Instant::now();
+    loop {
+        while let Ok(batch) = control.try_recv() {
+            stage.accept(batch, Instant::now());
+        }
+        let closed = match data.recv_timeout(STAGE_POLL) {
+            Ok(batch) => {
+                stage.accept(batch, Instant::now());
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if closed {
+            // Whatever the watches said last applies to what is still held.
+            while let Ok(batch) = control.try_recv() {
+                stage.accept(batch, Instant::now());
+            }
+        }
+        let now = Instant::now();
+        stage.release(now, closed, &mut rows)?;
+        if closed {
+            // After the last flows are attributed: the gap until the next start opens now.
+            stage.heartbeat(true);
+            stage.release(now, true, &mut rows)?;
+        } else if heartbeat.elapsed() >= HEARTBEAT {
+            heartbeat = now;
+            stage.heartbeat(false);
+        }
+        for (table, batch) in rows.drain(..) {
+            for sink in &mut sinks {
+                sink.write(table, batch.clone())?;
+            }
+        }
+        for sink in &mut sinks {
+            let committed = if closed {
+                sink.shutdown()?
+            } else if sink.commit_due(now) {
+                // A failed commit keeps its rows (the sink counted and logged it): next time.
+                sink.commit().unwrap_or_default()
+            } else {
+                continue;
+            };
+            if sink.name() == "store" {
+                stored += committed;
+            }
+        }
+        if closed {
+            return Ok(stored);
+        }
     }
 }

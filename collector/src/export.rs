@@ -6,8 +6,8 @@ use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::as_v4;
 use hawking_schemas::nat::{NatEvent, NatEventKind};
 
-use crate::netflow::template::{FieldSpec, TemplateLayout};
-use crate::netflow::wire::Version;
+use crate::decode::netflow::template::{FieldSpec, TemplateLayout};
+use crate::decode::netflow::wire::Version;
 
 /// Seconds between the NTP and Unix epochs.
 const NTP_UNIX_OFFSET_S: u64 = 2_208_988_800;

@@ -9,10 +9,10 @@ use arrow::array::{ArrayRef, StringBuilder};
 use hawking_schemas::flow::FlowBatch;
 use hawking_schemas::{Attribution, OwnerKind};
 
-use crate::cidr::Cidr;
 use crate::history::{IpHistory, MAX_CANDIDATES, Verdict};
 use crate::nat::{ANY_CLUSTER, NatIndex};
 use crate::owners::OwnerId;
+use hawking_schemas::cidr::Cidr;
 
 const NO_CLUSTER: u16 = u16::MAX;
 

@@ -2,11 +2,12 @@
 //! cluster, and how long flows wait for history.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use hawking_schemas::cidr::{BadCidr, Cidr};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::attribute::ClusterSelector;
-use crate::cidr::{BadCidr, Cidr};
 use crate::history::IpHistory;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,12 +78,76 @@ pub struct ClusterConfig {
     /// Exporters whose flows belong to this cluster: addresses or ranges, optionally with
     /// an observation domain (`192.168.10.0/24`, `192.168.10.5@7`). Exporters no cluster
     /// names are looked up in every cluster (an owner is named only if exactly one has it).
-    pub exporters: Vec<String>,
+    pub exporters: Vec<ExporterMatch>,
     /// Pod ranges beyond those nodes announce in `spec.podCIDRs` (addresses in them that no
     /// history covers are `unknown`, never `external`).
-    pub pod_cidrs: Vec<String>,
+    pub pod_cidrs: Vec<Cidr>,
     /// Service ranges (cluster IPs).
-    pub service_cidrs: Vec<String>,
+    pub service_cidrs: Vec<Cidr>,
+}
+
+/// Exporters an entry of a cluster's `exporters` names: an address range, and optionally
+/// one observation domain (`192.168.10.5@7`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExporterMatch {
+    pub range: Cidr,
+    pub domain: Option<u32>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadExporter {
+    #[error(transparent)]
+    Range(#[from] BadCidr),
+    #[error(
+        "bad observation domain in exporter {0:?} (expected ADDRESS[/LEN]@DOMAIN, e.g. 192.168.10.5@7)"
+    )]
+    Domain(String),
+}
+
+impl FromStr for ExporterMatch {
+    type Err = BadExporter;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (range, domain) = match s.split_once('@') {
+            Some((range, domain)) => (
+                range,
+                Some(
+                    domain
+                        .trim()
+                        .parse()
+                        .map_err(|_| BadExporter::Domain(s.to_string()))?,
+                ),
+            ),
+            None => (s, None),
+        };
+        Ok(ExporterMatch {
+            range: range.parse()?,
+            domain,
+        })
+    }
+}
+
+impl std::fmt::Display for ExporterMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.domain {
+            Some(d) => write!(f, "{}@{d}", self.range),
+            None => write!(f, "{}", self.range),
+        }
+    }
+}
+
+impl Serialize for ExporterMatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExporterMatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl ClusterConfig {
@@ -93,10 +158,6 @@ impl ClusterConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cluster {cluster}: {source}")]
-    Range { cluster: String, source: BadCidr },
-    #[error("cluster {cluster}: bad observation domain in exporter {exporter:?}")]
-    Domain { cluster: String, exporter: String },
     #[error("two clusters are named {0:?}")]
     Duplicate(String),
     #[error("a cluster has no name")]
@@ -118,27 +179,11 @@ impl EnricherConfig {
             }
             let id = history.cluster(&c.name);
             selector.add_cluster(id);
-            let range = |s: &str| {
-                s.parse::<Cidr>().map_err(|source| ConfigError::Range {
-                    cluster: c.name.clone(),
-                    source,
-                })
-            };
             for r in c.pod_cidrs.iter().chain(&c.service_cidrs) {
-                history.add_range(id, range(r)?);
+                history.add_range(id, *r);
             }
             for e in &c.exporters {
-                let (addr, domain) = match e.split_once('@') {
-                    Some((a, d)) => (
-                        a,
-                        Some(d.parse::<u32>().map_err(|_| ConfigError::Domain {
-                            cluster: c.name.clone(),
-                            exporter: e.clone(),
-                        })?),
-                    ),
-                    None => (e.as_str(), None),
-                };
-                selector.add_rule(range(addr)?, domain, id);
+                selector.add_rule(e.range, e.domain, id);
             }
         }
         Ok(selector)
@@ -156,13 +201,13 @@ mod tests {
             clusters: vec![
                 ClusterConfig {
                     name: "eu".into(),
-                    exporters: vec!["192.168.1.0/24".into()],
+                    exporters: vec!["192.168.1.0/24".parse().unwrap()],
                     ..Default::default()
                 },
                 ClusterConfig {
                     name: "us".into(),
-                    exporters: vec!["192.168.1.5@7".into()],
-                    pod_cidrs: vec!["10.4.0.0/16".into()],
+                    exporters: vec!["192.168.1.5@7".parse().unwrap()],
+                    pod_cidrs: vec!["10.4.0.0/16".parse().unwrap()],
                     ..Default::default()
                 },
             ],
@@ -180,19 +225,22 @@ mod tests {
     }
 
     #[test]
-    fn bad_ranges_and_duplicates_are_refused() {
-        let bad = EnricherConfig {
-            clusters: vec![ClusterConfig {
-                name: "eu".into(),
-                pod_cidrs: vec!["10.4.0.0/40".into()],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+    fn bad_ranges_domains_and_duplicates_are_refused() {
+        assert!("10.4.0.0/40".parse::<ExporterMatch>().is_err());
         assert!(matches!(
-            bad.apply(&mut IpHistory::default()),
-            Err(ConfigError::Range { .. })
+            "192.168.1.5@x".parse::<ExporterMatch>(),
+            Err(BadExporter::Domain(_))
         ));
+        assert_eq!(
+            "192.168.1.5@7"
+                .parse::<ExporterMatch>()
+                .unwrap()
+                .to_string(),
+            "192.168.1.5/32@7"
+        );
+        let toml_err =
+            serde_json::from_str::<ClusterConfig>(r#"{"pod_cidrs": ["10.4.0.0/40"]}"#).unwrap_err();
+        assert!(toml_err.to_string().contains("10.4.0.0/40"), "{toml_err}");
         let dup = EnricherConfig {
             clusters: vec![
                 ClusterConfig {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use hawking_schemas::OwnerKind;
 use rustc_hash::FxHashMap;
 
-use crate::cidr::Cidr;
 use crate::owners::{OwnerId, OwnerTable};
+use hawking_schemas::cidr::Cidr;
 
 /// `to` of an interval (or gap) that has not ended.
 pub const OPEN: i64 = i64::MAX;

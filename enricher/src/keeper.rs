@@ -11,13 +11,14 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use hawking_schemas::columns::{ColumnError, Columns};
 use hawking_schemas::ip::{ip_text, parse_ip};
 use hawking_schemas::{OwnerKind, history_gaps_schema, ip_history_schema};
 use rustc_hash::FxHashMap;
 
 use crate::history::{IpHistory, OPEN};
-use crate::objects::{ObservedObject, Resource};
 use crate::owners::{OwnerId, OwnerSpec};
+pub use hawking_schemas::observation::{Event, Observation, ObservedObject, Resource};
 
 /// Slack added to a release time read from an object's own timestamps: the sandbox (and the
 /// address) goes some seconds after the last container stops.
@@ -45,31 +46,6 @@ impl Mode {
             Mode::Import => "import",
         }
     }
-}
-
-/// One thing observed of a cluster at time `at` (µs).
-#[derive(Clone, Debug)]
-pub struct Observation {
-    pub cluster: String,
-    pub at: i64,
-    pub event: Event,
-}
-
-#[derive(Clone, Debug)]
-pub enum Event {
-    /// An object was added or changed.
-    Upsert(ObservedObject),
-    /// An object was deleted.
-    Delete(ObservedObject),
-    /// A complete list of a resource: whatever is not in it is gone.
-    Relisted {
-        resource: Resource,
-        objects: Vec<ObservedObject>,
-    },
-    /// The watch of a resource failed: until it is back, the cluster is in a gap.
-    Down { resource: Resource, reason: String },
-    /// The watch of a resource is established again.
-    Up { resource: Resource },
 }
 
 #[derive(Debug)]
@@ -148,13 +124,6 @@ pub struct HistoryKeeper {
     last_alive: FxHashMap<(u16, u128), (OwnerId, i64)>,
 }
 
-fn unix_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 impl HistoryKeeper {
     pub fn new(mode: Mode) -> Self {
         HistoryKeeper {
@@ -165,7 +134,7 @@ impl HistoryKeeper {
             gap_reasons: FxHashMap::default(),
             rows: IntervalRows::default(),
             gap_rows: GapRows::default(),
-            now: unix_micros,
+            now: hawking_schemas::time::now_micros,
             lag_allowance: DEFAULT_LAG_ALLOWANCE_US,
             last_alive: FxHashMap::default(),
         }
@@ -638,32 +607,26 @@ impl HistoryKeeper {
         &mut self,
         intervals: &[RecordBatch],
         gaps: &[RecordBatch],
-    ) -> Result<usize, LoadError> {
-        use arrow::array::{Array, AsArray};
-        use arrow::datatypes::TimestampMicrosecondType;
+    ) -> Result<usize, ColumnError> {
+        use arrow::array::Array;
         let mut loaded = 0;
         for b in intervals {
-            let s = |name: &str| -> Result<&StringArray, LoadError> {
-                b.column_by_name(name)
-                    .and_then(|c| c.as_string_opt::<i32>())
-                    .ok_or_else(|| LoadError(format!("ip_history has no text column {name}")))
-            };
-            let t = |name: &str| {
-                b.column_by_name(name)
-                    .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-                    .ok_or_else(|| LoadError(format!("ip_history has no timestamp column {name}")))
-            };
+            let c = Columns::new("ip_history", b);
             let (cluster, ip, kind, ns, name, uid) = (
-                s("cluster_name")?,
-                s("ip")?,
-                s("owner_kind")?,
-                s("namespace")?,
-                s("name")?,
-                s("uid")?,
+                c.text("cluster_name")?,
+                c.text("ip")?,
+                c.text("owner_kind")?,
+                c.text("namespace")?,
+                c.text("name")?,
+                c.text("uid")?,
             );
-            let (wk, w, node, ports) =
-                (s("workload_kind")?, s("workload")?, s("node")?, s("ports")?);
-            let (from, to) = (t("valid_from")?, t("valid_to")?);
+            let (wk, w, node, ports) = (
+                c.text("workload_kind")?,
+                c.text("workload")?,
+                c.text("node")?,
+                c.text("ports")?,
+            );
+            let (from, to) = (c.timestamp("valid_from")?, c.timestamp("valid_to")?);
             fn opt(a: &StringArray, i: usize) -> Option<&str> {
                 (!a.is_null(i)).then(|| a.value(i))
             }
@@ -704,25 +667,13 @@ impl HistoryKeeper {
             }
         }
         for b in gaps {
-            let cluster = b
-                .column_by_name("cluster_name")
-                .and_then(|c| c.as_string_opt::<i32>());
-            let start = b
-                .column_by_name("gap_start")
-                .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>());
-            let end = b
-                .column_by_name("gap_end")
-                .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>());
-            let reason = b
-                .column_by_name("reason")
-                .and_then(|c| c.as_string_opt::<i32>());
-            let (Some(cluster), Some(start), Some(end), Some(reason)) =
-                (cluster, start, end, reason)
-            else {
-                return Err(LoadError(
-                    "history_gaps lacks cluster_name, gap_start, gap_end or reason".into(),
-                ));
-            };
+            let c = Columns::new("history_gaps", b);
+            let (cluster, start, end, reason) = (
+                c.text("cluster_name")?,
+                c.timestamp("gap_start")?,
+                c.timestamp("gap_end")?,
+                c.text("reason")?,
+            );
             for i in 0..b.num_rows() {
                 let c = self.history.cluster(cluster.value(i));
                 let e = if end.is_null(i) { OPEN } else { end.value(i) };
@@ -735,10 +686,6 @@ impl HistoryKeeper {
         Ok(loaded)
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("loading history: {0}")]
-pub struct LoadError(pub String);
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,10 @@
 //! Hawking's enricher: the time-indexed history of who held which address in each
-//! Kubernetes cluster, how it is kept (live watches, recordings), and the point-in-time
-//! attribution of flows against it, through source-NAT translations where a flow was seen
-//! outside a NAT. Knows nothing of sockets or SQL.
+//! Kubernetes cluster, how it is kept (live watches, recordings), the source-NAT
+//! translations, the point-in-time attribution of flows against both, and the enrichment
+//! stage that runs it all on what sources report ([`stage::EnrichmentStage`]). Knows nothing
+//! of sockets or SQL.
 
 pub mod attribute;
-pub mod cidr;
 pub mod config;
 pub mod history;
 pub mod import;
@@ -12,15 +12,21 @@ pub mod keeper;
 pub mod nat;
 pub mod objects;
 pub mod owners;
+pub mod stage;
 pub mod watch;
+pub mod watch_state;
+pub mod whois;
 
 pub use attribute::{
     BatchAttribution, ClusterSelector, attribute_batch, attribution_columns, resolve_through_nat,
 };
-pub use cidr::Cidr;
-pub use config::{ClusterConfig, EnricherConfig, NatConfig};
+pub use config::{ClusterConfig, EnricherConfig, ExporterMatch, NatConfig};
+pub use hawking_schemas::cidr::Cidr;
 pub use history::{IpHistory, OPEN, Verdict};
 pub use keeper::{Event, HistoryKeeper, Mode, Observation};
 pub use nat::{NatIndex, NatMatch};
 pub use objects::{ObservedObject, Resource};
 pub use owners::{OwnerId, OwnerSpec, OwnerTable};
+pub use stage::{Clusters, EnrichmentStage, StageConfig};
+pub use watch_state::HistoryState;
+pub use whois::{WhoisAnswer, WhoisQuery};

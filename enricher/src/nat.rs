@@ -14,8 +14,10 @@ use arrow::array::{
     TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::SchemaRef;
+use hawking_schemas::columns::{ColumnError, Columns};
 use hawking_schemas::ip::{ip_text, parse_ip};
 use hawking_schemas::nat::{NatEvent, NatEventKind, nat_history_schema};
+use hawking_schemas::protocol::has_ports;
 use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
 
@@ -175,7 +177,7 @@ impl NatIndex {
     /// one key for every inside host talking to the same remote, so it names no one.
     pub fn apply(&mut self, e: &NatEvent, cluster: u16) {
         let Some(kind) = e.kind else { return };
-        if !matches!(e.protocol, 6 | 17 | 33 | 132 | 136) {
+        if !has_ports(e.protocol) {
             self.counters.portless += 1;
             return;
         }
@@ -383,7 +385,7 @@ impl NatIndex {
         &mut self,
         batches: &[RecordBatch],
         cluster_id: impl Fn(&str) -> u16,
-    ) -> Result<usize, NatLoadError> {
+    ) -> Result<usize, ColumnError> {
         let mut loaded = 0;
         for b in batches {
             for r in nat_rows(b)? {
@@ -416,53 +418,29 @@ impl NatIndex {
     }
 }
 
-/// Persisted NAT history that does not have the `nat_history` columns.
-#[derive(Debug, thiserror::Error)]
-#[error("loading nat_history: {0}")]
-pub struct NatLoadError(String);
-
 /// Decodes rows of `nat_history` (or its log); rows whose addresses do not parse are skipped.
-pub fn nat_rows(b: &RecordBatch) -> Result<Vec<NatRow>, NatLoadError> {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{Int16Type, Int32Type, Int64Type, TimestampMicrosecondType};
-    let col = |name: &str| {
-        b.column_by_name(name)
-            .ok_or_else(|| NatLoadError(format!("no column {name}")))
-    };
-    let text = |name: &str| {
-        col(name)?
-            .as_string_opt::<i32>()
-            .ok_or_else(|| NatLoadError(format!("{name} is not text")))
-    };
-    let int32 = |name: &str| {
-        col(name)?
-            .as_primitive_opt::<Int32Type>()
-            .ok_or_else(|| NatLoadError(format!("{name} is not an int")))
-    };
-    let time = |name: &str| {
-        col(name)?
-            .as_primitive_opt::<TimestampMicrosecondType>()
-            .ok_or_else(|| NatLoadError(format!("{name} is not a timestamp")))
-    };
-    let id = col("translation_id")?
-        .as_primitive_opt::<Int64Type>()
-        .ok_or_else(|| NatLoadError("translation_id is not a bigint".into()))?;
-    let protocol = col("protocol")?
-        .as_primitive_opt::<Int16Type>()
-        .ok_or_else(|| NatLoadError("protocol is not a smallint".into()))?;
+pub fn nat_rows(b: &RecordBatch) -> Result<Vec<NatRow>, ColumnError> {
+    use arrow::array::Array;
+    let c = Columns::new("nat_history", b);
+    let id = c.int64("translation_id")?;
+    let protocol = c.int16("protocol")?;
     let (cluster, inside_ip, outside_ip, remote_ip, exporter) = (
-        text("cluster_name")?,
-        text("inside_ip")?,
-        text("outside_ip")?,
-        text("remote_ip")?,
-        text("exporter")?,
+        c.text("cluster_name")?,
+        c.text("inside_ip")?,
+        c.text("outside_ip")?,
+        c.text("remote_ip")?,
+        c.text("exporter")?,
     );
     let (inside_port, outside_port, remote_port) = (
-        int32("inside_port")?,
-        int32("outside_port")?,
-        int32("remote_port")?,
+        c.int32("inside_port")?,
+        c.int32("outside_port")?,
+        c.int32("remote_port")?,
     );
-    let (from, to, recorded) = (time("valid_from")?, time("valid_to")?, time("recorded_at")?);
+    let (from, to, recorded) = (
+        c.timestamp("valid_from")?,
+        c.timestamp("valid_to")?,
+        c.timestamp("recorded_at")?,
+    );
     let mut out = Vec::with_capacity(b.num_rows());
     for i in 0..b.num_rows() {
         let (Some(inside), Some(outside), Some(exp)) = (

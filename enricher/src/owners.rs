@@ -210,11 +210,8 @@ impl OwnerTable {
 
     /// Whether a host-network pod declared `proto/port`.
     pub fn declares_port(&self, id: OwnerId, protocol: u8, port: u16) -> bool {
-        let proto = match protocol {
-            6 => "tcp",
-            17 => "udp",
-            132 => "sctp",
-            _ => return false,
+        let Some(proto) = hawking_schemas::protocol::port_protocol_name(protocol) else {
+            return false;
         };
         let Some(ports) = self.text(self.get(id).ports) else {
             return false;

@@ -11,6 +11,8 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use futures::StreamExt;
+use hawking_schemas::pipeline::SourceBatch;
+use hawking_schemas::time::now_micros;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
@@ -27,36 +29,51 @@ use crate::objects::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("cluster {cluster}: bad API server URL {url:?}: {message}")]
+    #[error("cluster {cluster}: bad API server URL {url:?}: {source}")]
     Url {
         cluster: String,
         url: String,
-        message: String,
+        source: http::uri::InvalidUri,
     },
-    #[error("cluster {cluster}: {message}")]
-    Client { cluster: String, message: String },
+    #[error("cluster {cluster}: in-cluster configuration: {source}")]
+    InCluster {
+        cluster: String,
+        source: kube::config::InClusterError,
+    },
+    #[error("cluster {cluster}: kubeconfig: {source}")]
+    Kubeconfig {
+        cluster: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cluster {cluster}: API client: {source}")]
+    Client {
+        cluster: String,
+        source: kube::Error,
+    },
 }
 
 /// A kube-rs client for the configured cluster.
 pub async fn client_for(c: &ClusterConfig) -> Result<Client, WatchError> {
-    let err = |message: String| WatchError::Client {
-        cluster: c.name.clone(),
-        message,
+    let cluster = || c.name.clone();
+    let kubeconfig_err = |source| WatchError::Kubeconfig {
+        cluster: cluster(),
+        source,
     };
     let config = if let Some(url) = &c.api_url {
-        let uri = url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| WatchError::Url {
-                cluster: c.name.clone(),
-                url: url.clone(),
-                message: e.to_string(),
-            })?;
+        let uri = url.parse().map_err(|source| WatchError::Url {
+            cluster: cluster(),
+            url: url.clone(),
+            source,
+        })?;
         let mut config = kube::Config::new(uri);
         // Retries would hide outages from the gap accounting; the loop below retries itself.
         config.default_retry = false;
         config
     } else if c.in_cluster {
-        kube::Config::incluster().map_err(|e| err(e.to_string()))?
+        kube::Config::incluster().map_err(|source| WatchError::InCluster {
+            cluster: cluster(),
+            source,
+        })?
     } else {
         let options = kube::config::KubeConfigOptions {
             context: c.context.clone(),
@@ -65,17 +82,20 @@ pub async fn client_for(c: &ClusterConfig) -> Result<Client, WatchError> {
         match &c.kubeconfig {
             Some(path) => {
                 let kubeconfig =
-                    kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
+                    kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_err)?;
                 kube::Config::from_custom_kubeconfig(kubeconfig, &options)
                     .await
-                    .map_err(|e| err(e.to_string()))?
+                    .map_err(kubeconfig_err)?
             }
             None => kube::Config::from_kubeconfig(&options)
                 .await
-                .map_err(|e| err(e.to_string()))?,
+                .map_err(kubeconfig_err)?,
         }
     };
-    Client::try_from(config).map_err(|e| err(e.to_string()))
+    Client::try_from(config).map_err(|source| WatchError::Client {
+        cluster: cluster(),
+        source,
+    })
 }
 
 /// Resolves pods to workloads through ownerReferences (ReplicaSet → Deployment, Job →
@@ -143,13 +163,6 @@ impl WorkloadResolver {
     }
 }
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 /// Turns objects of one resource into observations.
 trait Observer<K>: Send {
     fn observe(&mut self, object: &K) -> impl std::future::Future<Output = ObservedObject> + Send;
@@ -199,18 +212,18 @@ impl Backoff {
 struct Reporter {
     cluster: String,
     resource: Resource,
-    tx: Sender<Observation>,
+    tx: Sender<SourceBatch>,
     down: bool,
 }
 
 impl Reporter {
     fn send(&self, event: Event) -> bool {
         self.tx
-            .send(Observation {
+            .send(SourceBatch::observations(vec![Observation {
                 cluster: self.cluster.clone(),
-                at: now_us(),
+                at: now_micros(),
                 event,
-            })
+            }]))
             .is_ok()
     }
 
@@ -348,7 +361,7 @@ where
 pub fn spawn_cluster_watch(
     cluster: String,
     client: Client,
-    tx: Sender<Observation>,
+    tx: Sender<SourceBatch>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let reporter = |resource| Reporter {
         cluster: cluster.clone(),

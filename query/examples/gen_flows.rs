@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{ArrayRef, StringArray};
-use hawking_query::store::layout::{HOUR_US, table_dir};
-use hawking_query::{FLOWS_TABLE, FLOWS_TUNING, PartitionedWriter, WriterOptions};
+use hawking_query::store::layout::HOUR_US;
+use hawking_query::{PartitionedWriter, WriterOptions};
 use hawking_schemas::flow::{FlowBatch, FlowOrigin, FlowRecord, SourceKind};
-use hawking_schemas::flow_schema;
 use hawking_schemas::ip::v4_to_u128;
+use hawking_schemas::pipeline::Table;
 
 const NAMESPACES: usize = 40;
 const WORKLOADS_PER_NS: usize = 10;
@@ -216,19 +216,14 @@ fn main() {
         std::process::exit(2);
     };
     let w = world();
-    let mut writer = match PartitionedWriter::new(
-        &table_dir(&root, FLOWS_TABLE),
-        flow_schema(),
-        "flow_start",
-        &WriterOptions::default(),
-        &FLOWS_TUNING,
-    ) {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("{}: {e}", root.display());
-            std::process::exit(1);
-        }
-    };
+    let mut writer =
+        match PartitionedWriter::for_table(&root, Table::Flows, &WriterOptions::default()) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("{}: {e}", root.display());
+                std::process::exit(1);
+            }
+        };
     let exporters: Vec<u128> = (0..4).map(|i| v4_to_u128(0xc0a8_0101 + i)).collect();
     let candidates: Vec<String> = (0..64)
         .map(|i| {

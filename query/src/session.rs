@@ -6,14 +6,12 @@ use std::sync::Arc;
 
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use hawking_schemas::{flow_schema, history_gaps_schema, ip_history_schema, nat_history_schema};
+use hawking_schemas::pipeline::Table;
 use serde::{Deserialize, Serialize};
 
 use crate::store::layout::table_dir;
-use crate::store::{
-    FLOWS_TABLE, HISTORY_GAPS_LOG_TABLE, IP_HISTORY_LOG_TABLE, NAT_HISTORY_LOG_TABLE,
-};
 use crate::table::StoreTable;
+use crate::whois::WhoisFunction;
 
 /// Query engine settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -46,6 +44,8 @@ pub enum QueryError {
         path: String,
         source: std::io::Error,
     },
+    #[error("stored rows: {0}")]
+    Rows(#[from] hawking_schemas::columns::ColumnError),
 }
 
 /// Per interval (or gap), the closed row if there is one, else the latest: what the logs
@@ -87,7 +87,7 @@ const FLOWS_BY_WORKLOAD_VIEW: &str = "CREATE VIEW flows_by_workload AS \
 
 /// Opens a session with the store's tables and views registered: `flows`, `ip_history`,
 /// `history_gaps`, `nat_history` (and the logs behind the last three), `flows_by_workload`,
-/// and Hawking's SQL functions ([`crate::functions`]).
+/// Hawking's SQL functions ([`crate::functions`]) and the `whois(...)` table function.
 pub async fn open_session(
     root: &Path,
     options: &QueryOptions,
@@ -108,23 +108,19 @@ pub async fn open_session(
         runtime = runtime.with_memory_limit(limit, 1.0);
     }
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
-    let tables = [
-        (FLOWS_TABLE, flow_schema(), "flow_start"),
-        (IP_HISTORY_LOG_TABLE, ip_history_schema(), "recorded_at"),
-        (HISTORY_GAPS_LOG_TABLE, history_gaps_schema(), "recorded_at"),
-        (NAT_HISTORY_LOG_TABLE, nat_history_schema(), "recorded_at"),
-    ];
-    for (name, schema, time_column) in tables {
-        let table = StoreTable::new(table_dir(&root, name), schema, time_column);
+    for table in Table::ALL {
+        let provider =
+            StoreTable::new(table_dir(&root, table), table.schema(), table.time_column());
         // History tables keep plain Utf8: the enricher reads them back as `StringArray`.
-        let table = if name == FLOWS_TABLE {
-            table.with_view_strings()
+        let provider = if table == Table::Flows {
+            provider.with_view_strings()
         } else {
-            table
+            provider
         };
-        ctx.register_table(name, Arc::new(table))?;
+        ctx.register_table(table.name(), Arc::new(provider))?;
     }
     crate::functions::register(&ctx);
+    ctx.register_udtf(crate::whois::NAME, Arc::new(WhoisFunction));
     ctx.sql(IP_HISTORY_VIEW).await?;
     ctx.sql(HISTORY_GAPS_VIEW).await?;
     ctx.sql(NAT_HISTORY_VIEW).await?;

@@ -88,9 +88,6 @@ pub struct FlowBatch {
     pub in_if: Vec<u32>,
     pub out_if: Vec<u32>,
     pub source_kind: Vec<SourceKind>,
-    /// NAT session events that arrived in the same datagrams as these flows. They update the
-    /// NAT history (and are applied before these flows are attributed); they are not flows.
-    pub nat_events: Vec<crate::nat::NatEvent>,
 }
 
 impl FlowBatch {
@@ -113,7 +110,6 @@ impl FlowBatch {
             in_if: Vec::with_capacity(n),
             out_if: Vec::with_capacity(n),
             source_kind: Vec::with_capacity(n),
-            nat_events: Vec::new(),
         }
     }
 
@@ -121,14 +117,8 @@ impl FlowBatch {
         self.flow_start.len()
     }
 
-    /// No flows (NAT events may still be present: see [`FlowBatch::has_content`]).
     pub fn is_empty(&self) -> bool {
         self.flow_start.is_empty()
-    }
-
-    /// Whether there is anything to hand downstream: flows or NAT events.
-    pub fn has_content(&self) -> bool {
-        !self.flow_start.is_empty() || !self.nat_events.is_empty()
     }
 
     #[inline]
@@ -191,7 +181,6 @@ impl FlowBatch {
         self.in_if.extend_from_slice(&other.in_if);
         self.out_if.extend_from_slice(&other.out_if);
         self.source_kind.extend_from_slice(&other.source_kind);
-        self.nat_events.extend_from_slice(&other.nat_events);
     }
 
     pub fn clear(&mut self) {
@@ -216,7 +205,6 @@ impl FlowBatch {
         self.in_if.clear();
         self.out_if.clear();
         self.source_kind.clear();
-        self.nat_events.clear();
         self
     }
 

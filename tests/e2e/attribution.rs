@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use hawking_collector::decode::netflow::wire::Version;
 use hawking_collector::export::{ExporterClock, PacketBuilder, TimeEncoding, flow_template};
-use hawking_collector::netflow::wire::Version;
 use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::parse_ip;
 use serde_json::Value;

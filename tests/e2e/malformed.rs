@@ -1,11 +1,11 @@
 //! Hostile and broken datagrams: each is counted against its exporter with a reason, none
 //! stops the listener, and good data sent after them (and before them) is stored.
 
+use hawking_collector::decode::netflow::template::{FieldSpec, TemplateLayout};
+use hawking_collector::decode::netflow::wire::Version;
 use hawking_collector::export::{
     ExporterClock, PacketBuilder, TimeEncoding, encode_v5, flow_template,
 };
-use hawking_collector::netflow::template::{FieldSpec, TemplateLayout};
-use hawking_collector::netflow::wire::Version;
 use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::v4_to_u128;
 

@@ -101,7 +101,7 @@ fn psql_psycopg_and_asyncpg_read_attributed_flows_with_postgresql_types() {
 
     // psql: what a person sees. Whole-second timestamps print without a fraction, as
     // PostgreSQL prints them.
-    let out = psql(hawking.pg, USER, PASSWORD, &["-c", WEB_FLOWS]);
+    let out = psql(hawking.pg(), USER, PASSWORD, &["-c", WEB_FLOWS]);
     assert!(out.status.success(), "psql: {}", stderr(&out));
     assert_eq!(
         stdout(&out).lines().collect::<Vec<_>>(),
@@ -111,7 +111,7 @@ fn psql_psycopg_and_asyncpg_read_attributed_flows_with_postgresql_types() {
             "2026-11-20 09:11:00+00|10.4.1.10|93.184.216.34|443|6|50000|shop|web|pod|external",
         ]
     );
-    let described = psql(hawking.pg, USER, PASSWORD, &["-c", "\\d flows"]);
+    let described = psql(hawking.pg(), USER, PASSWORD, &["-c", "\\d flows"]);
     assert!(described.status.success(), "\\d: {}", stderr(&described));
     assert!(
         stdout(&described).contains("flow_start|timestamp with time zone"),
@@ -122,7 +122,7 @@ fn psql_psycopg_and_asyncpg_read_attributed_flows_with_postgresql_types() {
     // psycopg, simple protocol (no parameters) with text results, as Grafana's pgx: the
     // exact text PostgreSQL would send, and Python types from the type OIDs.
     let simple = ok(
-        &run_sql("psycopg", hawking.pg, &[json!({ "sql": WEB_FLOWS })])[0],
+        &run_sql("psycopg", hawking.pg(), &[json!({ "sql": WEB_FLOWS })])[0],
         "psycopg",
     );
     assert_eq!(column_types(&simple), typed(WEB_TYPES));
@@ -152,7 +152,7 @@ fn psql_psycopg_and_asyncpg_read_attributed_flows_with_postgresql_types() {
     let extended = ok(
         &run_sql(
             "psycopg",
-            hawking.pg,
+            hawking.pg(),
             &[json!({
                 "sql": "SELECT src_workload, count(*) AS flows, sum(bytes) AS bytes, min(flow_start) AS first \
                         FROM flows WHERE src_ip = %s AND flow_start >= %s AND flow_start < %s \
@@ -190,7 +190,7 @@ fn psql_psycopg_and_asyncpg_read_attributed_flows_with_postgresql_types() {
     // asyncpg: extended protocol, binary results decoded by their type OIDs.
     let binary = run_sql(
         "asyncpg",
-        hawking.pg,
+        hawking.pg(),
         &[
             json!({ "sql": WEB_FLOWS }),
             json!({
@@ -254,7 +254,7 @@ fn grafana_health_check_version_probes_and_query_builder_are_answered() {
              AND flow_start < $__timeTo() AND src_ip = '10.4.2.5' ORDER BY 1 LIMIT 2",
             from, to, 300) }),
     ];
-    let results = run_sql("psycopg", hawking.pg, &statements);
+    let results = run_sql("psycopg", hawking.pg(), &statements);
     assert_eq!(results[0]["status"], "EMPTY_QUERY", "{}", results[0]);
 
     // Grafana reads the number (PostgreSQL would type it int4; an int8 reads the same).
@@ -373,8 +373,8 @@ fn every_dashboard_panel_runs_over_psycopg_and_asyncpg_with_macros_expanded() {
         .iter()
         .map(|(_, _, sql)| json!({ "sql": grafana::expand(sql, from, to, interval) }))
         .collect();
-    let text = run_sql("psycopg", hawking.pg, &statements);
-    let binary = run_sql("asyncpg", hawking.pg, &statements);
+    let text = run_sql("psycopg", hawking.pg(), &statements);
+    let binary = run_sql("asyncpg", hawking.pg(), &statements);
     for (((title, format, _), text), binary) in panels.iter().zip(&text).zip(&binary) {
         let what = format!("panel {title:?}");
         let text = ok(text, &format!("{what} over psycopg"));
@@ -537,7 +537,7 @@ fn writes_and_file_access_are_refused_and_change_nothing() {
             .map(|(sql, _)| json!({ "sql": sql }))
             .collect();
         statements.push(json!({ "sql": count }));
-        let results = run_sql(client, hawking.pg, &statements);
+        let results = run_sql(client, hawking.pg(), &statements);
         for ((sql, codes), result) in attempts.iter().zip(&results) {
             let code = sqlstate(result);
             assert!(
@@ -555,7 +555,7 @@ fn writes_and_file_access_are_refused_and_change_nothing() {
         );
     }
     let refused = psql(
-        hawking.pg,
+        hawking.pg(),
         USER,
         PASSWORD,
         &["-c", "INSERT INTO flows (bytes) VALUES (1)"],
@@ -609,7 +609,7 @@ fn a_query_over_its_memory_limit_fails_alone_while_queries_and_ingest_go_on() {
     // one, running all along, completes; both connections still answer.
     let race = python_client(
         "concurrent",
-        hawking.pg,
+        hawking.pg(),
         USER,
         PASSWORD,
         &json!({
@@ -645,7 +645,7 @@ fn a_query_over_its_memory_limit_fails_alone_while_queries_and_ingest_go_on() {
     let started = Instant::now();
     let timed = run_sql(
         "psycopg",
-        hawking.pg,
+        hawking.pg(),
         &[
             json!({ "sql": "SET statement_timeout = '500ms'" }),
             json!({ "sql": endless }),
@@ -667,7 +667,7 @@ fn a_query_over_its_memory_limit_fails_alone_while_queries_and_ingest_go_on() {
     // before its deadline; the connection goes on.
     let canceled = python_client(
         "cancel",
-        hawking.pg,
+        hawking.pg(),
         USER,
         PASSWORD,
         &json!({ "sql": endless, "delay": 0.5 }),
@@ -722,7 +722,7 @@ fn only_the_configured_password_logs_in() {
     )
     .unwrap();
     let data = tmp.path().join("data");
-    let hawking = PgHawking::try_start(
+    let hawking = pg::try_start_with_pg(
         &data,
         &config,
         &[("HAWKING_TEST_READER_PW", "from the env")],
@@ -731,7 +731,7 @@ fn only_the_configured_password_logs_in() {
 
     // An unknown user fails exactly like a wrong password: which names exist stays hidden.
     for (user, password) in [(USER, "wrong"), ("nobody", PASSWORD)] {
-        let out = psql(hawking.pg, user, password, &["-c", "SELECT 1"]);
+        let out = psql(hawking.pg(), user, password, &["-c", "SELECT 1"]);
         assert!(!out.status.success(), "{user}/{password:?} logged in");
         assert!(
             stderr(&out).contains(&format!("authentication failed for user \"{user}\"")),
@@ -739,21 +739,21 @@ fn only_the_configured_password_logs_in() {
             stderr(&out)
         );
         // psycopg reports a failed connection by message only; asyncpg by SQLSTATE.
-        let refused = python_client("psycopg", hawking.pg, user, password, &json!([]));
+        let refused = python_client("psycopg", hawking.pg(), user, password, &json!([]));
         assert!(
             refused["connect_error"]["message"]
                 .as_str()
                 .is_some_and(|m| m.contains(&format!("authentication failed for user \"{user}\""))),
             "psycopg {user}/{password:?}: {refused}"
         );
-        let refused = python_client("asyncpg", hawking.pg, user, password, &json!([]));
+        let refused = python_client("asyncpg", hawking.pg(), user, password, &json!([]));
         assert_eq!(
             refused["connect_error"]["sqlstate"], "28P01",
             "asyncpg {user}/{password:?}: {refused}"
         );
     }
     let out = psql(
-        hawking.pg,
+        hawking.pg(),
         "reader",
         "from the env",
         &["-c", "SELECT session_user"],
@@ -765,20 +765,20 @@ fn only_the_configured_password_logs_in() {
 
     // MD5 for old clients; still only the right password.
     std::fs::write(&config, pg_section("auth = \"md5\"")).unwrap();
-    let hawking = PgHawking::start(&data, &config);
+    let hawking = pg::start_with_pg(&data, &config);
     let results = run_sql(
         "asyncpg",
-        hawking.pg,
+        hawking.pg(),
         &[json!({ "sql": "SELECT 1 AS one" })],
     );
     ok(&results[0], "md5 login");
-    let refused = python_client("asyncpg", hawking.pg, USER, "wrong", &json!([]));
+    let refused = python_client("asyncpg", hawking.pg(), USER, "wrong", &json!([]));
     assert_eq!(refused["connect_error"]["sqlstate"], "28P01", "{refused}");
     hawking.stop();
 
     // No users, no endpoint: --pg alone is a start-up error that says why.
     std::fs::write(&config, "").unwrap();
-    let err = PgHawking::try_start(&data, &config, &[])
+    let err = pg::try_start_with_pg(&data, &config, &[])
         .err()
         .expect("no start without users");
     assert!(err.contains("needs at least one user"), "{err}");
@@ -819,11 +819,11 @@ fn with_tls_required_logins_without_it_are_refused() {
         )),
     )
     .unwrap();
-    let hawking = PgHawking::start(&tmp.path().join("data"), &config);
+    let hawking = pg::start_with_pg(&tmp.path().join("data"), &config);
     let conninfo = |mode: &str| {
         format!(
             "host=127.0.0.1 port={} user={USER} dbname=hawking sslmode={mode}",
-            hawking.pg.port()
+            hawking.pg().port()
         )
     };
     let run = |mode: &str| {

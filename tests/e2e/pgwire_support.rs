@@ -1,144 +1,37 @@
-//! Harness for the PostgreSQL-wire tests: `hawking serve` with the endpoint on an ephemeral
-//! port (read back from the start-up line), a store of attributed flows, and the real clients
-//! (`psql`, Python's psycopg and asyncpg through `tests/pg/client.py`).
+//! What the PostgreSQL-wire tests share: the real clients (`psql`, Python's psycopg and
+//! asyncpg through `tests/pg/client.py`) and a store of attributed flows served by
+//! `hawking serve` (started by [`crate::support::Hawking`]) with its endpoint on.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
-use hawking_collector::export::{
-    ExporterClock, PacketBuilder, TimeEncoding, flow_template, nat_event_template,
-};
-use hawking_collector::netflow::wire::Version;
+use hawking_collector::decode::netflow::wire::Version;
+use hawking_collector::export::{ExporterClock, PacketBuilder, nat_event_template};
 use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::parse_ip;
 use hawking_schemas::nat::{NatEvent, NatEventKind};
 use serde_json::Value;
 
-use crate::support::{exporter_socket, fixtures, hawking_bin, http_get, metric_sum};
+use crate::support::{Hawking, exporter_socket, fixtures, hawking_bin, send_ipfix};
 
 pub const USER: &str = "grafana";
 pub const PASSWORD: &str = "correct horse battery staple";
 
-/// A running `hawking serve` with its PostgreSQL endpoint.
-pub struct PgHawking {
-    child: Option<Child>,
-    stdout: Option<BufReader<std::process::ChildStdout>>,
-    pub netflow: SocketAddr,
-    pub metrics: SocketAddr,
-    pub pg: SocketAddr,
-    log: PathBuf,
+/// `hawking serve --config <config> --pg 127.0.0.1:0`.
+pub fn start_with_pg(data: &Path, config: &Path) -> Hawking {
+    try_start_with_pg(data, config, &[]).unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl PgHawking {
-    /// Starts `hawking serve --config <config> --pg 127.0.0.1:0`.
-    pub fn start(data: &Path, config: &Path) -> PgHawking {
-        Self::try_start(data, config, &[]).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// As `start`; a server that does not come up gives its error output.
-    pub fn try_start(
-        data: &Path,
-        config: &Path,
-        env: &[(&str, &str)],
-    ) -> Result<PgHawking, String> {
-        let log = data.with_extension("log");
-        let mut child = Command::new(hawking_bin())
-            .args([
-                "serve",
-                "--netflow",
-                "127.0.0.1:0",
-                "--metrics",
-                "127.0.0.1:0",
-            ])
-            .args(["--pg", "127.0.0.1:0", "--flush-interval", "0.5", "--data"])
-            .arg(data)
-            .arg("--config")
-            .arg(config)
-            .envs(env.iter().copied())
-            .env("HAWKING_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn hawking serve");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        if !line.starts_with("hawking serving") {
-            let _ = child.wait();
-            return Err(std::fs::read_to_string(&log).unwrap_or_default());
-        }
-        let field = |key: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} address in {line:?}"))
-        };
-        Ok(PgHawking {
-            netflow: field("netflow"),
-            metrics: field("metrics"),
-            pg: field("pg"),
-            child: Some(child),
-            stdout: Some(stdout),
-            log,
-        })
-    }
-
-    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_sum(&http_get(self.metrics, "/metrics"), name, labels)
-    }
-
-    pub fn wait_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) {
-        let start = Instant::now();
-        while self.metric(name, labels) < at_least {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{name}{labels:?} stayed below {at_least}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM; the process must exit cleanly and report.
-    pub fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "hawking did not stop within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut out = String::new();
-        self.stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        assert!(
-            status.success() && out.contains("hawking stopped"),
-            "hawking exited with {status}: {out}\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for PgHawking {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// As [`start_with_pg`], with `env` set; a server that does not come up gives its log.
+pub fn try_start_with_pg(
+    data: &Path,
+    config: &Path,
+    env: &[(&str, &str)],
+) -> Result<Hawking, String> {
+    let config = config.to_str().expect("config path is text");
+    Hawking::try_start(data, &["--pg", "127.0.0.1:0", "--config", config], env)
 }
 
 /// A `[pg]` section with the test user, plus `extra` lines inside it.
@@ -247,7 +140,7 @@ pub const NAT_SESSIONS: i64 = 20;
 /// history), imports the kubectl recording, starts `hawking serve` and sends the talkers'
 /// flows and node-1's NAT sessions over IPFIX; returns once they are committed. The server
 /// keeps running.
-pub fn attributed_store(dir: &Path, pg_extra: &str) -> PgHawking {
+pub fn attributed_store(dir: &Path, pg_extra: &str) -> Hawking {
     let data = dir.join("data");
     let imported = Command::new(hawking_bin())
         .args(["history", "import"])
@@ -272,7 +165,7 @@ pub fn attributed_store(dir: &Path, pg_extra: &str) -> PgHawking {
         ),
     )
     .unwrap();
-    let hawking = PgHawking::start(&data, &config);
+    let hawking = start_with_pg(&data, &config);
     let flows: Vec<FlowRecord> = (0..STEPS)
         .flat_map(|step| {
             let start = (T9 + step * 30) * 1_000_000;
@@ -293,7 +186,7 @@ pub fn attributed_store(dir: &Path, pg_extra: &str) -> PgHawking {
             })
         })
         .collect();
-    send_ipfix(hawking.netflow, &flows);
+    send_ipfix(hawking.netflow, "127.0.0.1", &flows);
     send_nat_sessions(hawking.netflow);
     hawking.wait_metric(
         "hawking_store_rows_written_total",
@@ -341,24 +234,4 @@ pub fn send_nat_sessions(to: SocketAddr) {
     exporter_socket("127.0.0.1")
         .send_to(&p.finish(), to)
         .unwrap();
-}
-
-fn send_ipfix(to: SocketAddr, flows: &[FlowRecord]) {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let clock = ExporterClock {
-        boot_ms: now_ms / 1000 * 1000 - 3_600_000,
-        export_ms: now_ms / 1000 * 1000,
-    };
-    let socket = exporter_socket("127.0.0.1");
-    let template = flow_template(400, false, TimeEncoding::Milliseconds);
-    for (seq, chunk) in flows.chunks(100).enumerate() {
-        let mut p = PacketBuilder::new(Version::Ipfix, clock, (seq * 100) as u32, 0);
-        p.template(&template).flows(&template, clock, chunk);
-        socket.send_to(&p.finish(), to).unwrap();
-        // Loopback drops nothing at this pace.
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use hawking_collector::decode::netflow::wire::Version;
 use hawking_collector::export::{
     ExporterClock, PacketBuilder, TimeEncoding, flow_template, nat_event_template,
 };
-use hawking_collector::netflow::wire::Version;
 use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::parse_ip;
 use hawking_schemas::nat::{NatEvent, NatEventKind};

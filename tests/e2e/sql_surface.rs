@@ -12,11 +12,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::datatypes::DataType;
+use hawking_collector::decode::netflow::wire::Version;
 use hawking_collector::export::{ExporterClock, PacketBuilder, TimeEncoding, flow_template};
-use hawking_collector::netflow::wire::Version;
 use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::parse_ip;
 use serde_json::Value;
@@ -125,26 +124,6 @@ fn attributed_store() -> Store {
         _tmp: tmp,
         data,
         metrics,
-    }
-}
-
-fn send_ipfix(to: SocketAddr, exporter: &str, flows: &[FlowRecord]) {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let clock = ExporterClock {
-        boot_ms: now_ms / 1000 * 1000 - 3_600_000,
-        export_ms: now_ms / 1000 * 1000,
-    };
-    let socket = exporter_socket(exporter);
-    let template = flow_template(400, false, TimeEncoding::Milliseconds);
-    for (seq, chunk) in flows.chunks(100).enumerate() {
-        let mut p = PacketBuilder::new(Version::Ipfix, clock, (seq * 100) as u32, 0);
-        p.template(&template).flows(&template, clock, chunk);
-        socket.send_to(&p.finish(), to).unwrap();
-        // Loopback drops nothing at this pace, and the test stays independent of buffer sizes.
-        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 

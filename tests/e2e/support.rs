@@ -60,11 +60,13 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::Exit
     None
 }
 
-/// A running `hawking serve`.
+/// A running `hawking serve`: the one harness every end-to-end test starts it with.
 pub struct Hawking {
     child: Option<Child>,
     pub netflow: SocketAddr,
     pub metrics: SocketAddr,
+    /// The PostgreSQL-wire endpoint, when started with `--pg` (and users in `--config`).
+    pg: Option<SocketAddr>,
     stdout: Option<BufReader<std::process::ChildStdout>>,
     /// Where the process logs (stderr), read when something fails.
     log: PathBuf,
@@ -77,8 +79,19 @@ pub struct StopReport {
     pub rows_committed: u64,
 }
 
+/// Longest a test waits for a metric to reach a value.
+const METRIC_WAIT: Duration = Duration::from_secs(30);
+
 impl Hawking {
+    /// Starts `hawking serve` on ephemeral loopback ports with its store at `data`, a 0.5 s
+    /// flush interval unless `extra` sets one, and `extra`'s flags.
     pub fn start(data: &Path, extra: &[&str]) -> Hawking {
+        Self::try_start(data, extra, &[])
+            .unwrap_or_else(|e| panic!("hawking serve did not start: {e}"))
+    }
+
+    /// As `start`, with `env` set; a server that does not come up gives its error output.
+    pub fn try_start(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Hawking, String> {
         static RUN: AtomicU64 = AtomicU64::new(0);
         let log = data.with_file_name(format!(
             "hawking-serve-{}.log",
@@ -100,6 +113,7 @@ impl Hawking {
                 &["--flush-interval", "0.5"][..]
             })
             .args(extra)
+            .envs(env.iter().copied())
             .env("HAWKING_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("create log file"))
@@ -111,20 +125,26 @@ impl Hawking {
         if !line.starts_with("hawking serving") {
             let _ = child.wait();
             let err = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("hawking serve did not start: {line:?}\n{err}");
+            return Err(format!("{line:?}\n{err}"));
         }
         let field = |key: &str| -> String {
             line.split_whitespace()
                 .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
                 .unwrap_or_else(|| panic!("no {key} in {line:?}"))
         };
-        Hawking {
+        Ok(Hawking {
             netflow: field("netflow").parse().unwrap(),
             metrics: field("metrics").parse().unwrap(),
+            pg: field("pg").parse().ok(),
             child: Some(child),
             stdout: Some(stdout),
             log,
-        }
+        })
+    }
+
+    /// The PostgreSQL-wire endpoint's address (the test started it with `--pg`).
+    pub fn pg(&self) -> SocketAddr {
+        self.pg.expect("hawking serve was started without --pg")
     }
 
     /// SIGTERM, then waits for a clean exit and returns the final report.
@@ -172,31 +192,25 @@ impl Hawking {
 
     /// Waits until `metric` is exactly `value`.
     pub fn wait_metric_eq(&self, name: &str, labels: &[(&str, &str)], value: f64) {
-        let start = Instant::now();
-        loop {
-            let v = self.metric(name, labels);
-            if v == value {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{name}{labels:?} stayed at {v}, wanted {value}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_for(name, labels, |v| v == value, &format!("exactly {value}"));
     }
 
     /// Waits until `metric` reaches at least `value` (flows are decoded asynchronously).
     pub fn wait_metric(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.wait_for(name, labels, |v| v >= value, &format!("at least {value}"));
+    }
+
+    fn wait_for(&self, name: &str, labels: &[(&str, &str)], ok: impl Fn(f64) -> bool, want: &str) {
         let start = Instant::now();
         loop {
             let v = self.metric(name, labels);
-            if v >= value {
+            if ok(v) {
                 return;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{name}{labels:?} stayed at {v}, wanted {value}"
+                start.elapsed() < METRIC_WAIT,
+                "{name}{labels:?} stayed at {v}, wanted {want}\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -457,6 +471,26 @@ pub fn softflowd_export(pcap: &Path, version: u8, to: SocketAddr, extra: &[&str]
         "softflowd failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Sends `flows` from `exporter` as IPFIX (templates in every datagram, 100 flows each, the
+/// exporter's clock at this second), paced so loopback drops nothing.
+pub fn send_ipfix(to: SocketAddr, exporter: &str, flows: &[hawking_schemas::flow::FlowRecord]) {
+    use hawking_collector::decode::netflow::wire::Version;
+    use hawking_collector::export::{ExporterClock, PacketBuilder, TimeEncoding, flow_template};
+    let now_ms = hawking_schemas::time::now_micros() / 1000;
+    let clock = ExporterClock {
+        boot_ms: now_ms / 1000 * 1000 - 3_600_000,
+        export_ms: now_ms / 1000 * 1000,
+    };
+    let socket = exporter_socket(exporter);
+    let template = flow_template(400, false, TimeEncoding::Milliseconds);
+    for (seq, chunk) in flows.chunks(100).enumerate() {
+        let mut p = PacketBuilder::new(Version::Ipfix, clock, (seq * 100) as u32, 0);
+        p.template(&template).flows(&template, clock, chunk);
+        socket.send_to(&p.finish(), to).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// A sender with a fixed source address and port (an exporter, as collectors see it).

@@ -5,11 +5,11 @@
 use std::net::UdpSocket;
 use std::path::Path;
 
+use hawking_collector::decode::netflow::template::TemplateLayout;
+use hawking_collector::decode::netflow::wire::Version;
 use hawking_collector::export::{
     ExporterClock, PacketBuilder, TimeEncoding, flow_template, sampling_options_template,
 };
-use hawking_collector::netflow::template::TemplateLayout;
-use hawking_collector::netflow::wire::Version;
 use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::{u128_to_ip, v4_to_u128};
 

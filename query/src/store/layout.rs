@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use hawking_schemas::pipeline::Table;
+
 pub const HOUR_US: i64 = 3_600_000_000;
 const DAY_US: i64 = 24 * HOUR_US;
 
@@ -102,8 +104,8 @@ pub fn parse_hour_dir(name: &str) -> Option<i64> {
 }
 
 /// A table's directory inside the store root.
-pub fn table_dir(root: &Path, table: &str) -> PathBuf {
-    root.join(table)
+pub fn table_dir(root: &Path, table: Table) -> PathBuf {
+    root.join(table.name())
 }
 
 /// The partition directory holding rows whose partition time is `ts_us`.

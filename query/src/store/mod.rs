@@ -2,23 +2,13 @@
 //! [`writer::PartitionedWriter`] and listed for queries by [`list_files`].
 
 pub mod layout;
+pub mod sink;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
 
+use hawking_schemas::pipeline::Table;
 use layout::{IN_PROGRESS_SUFFIX, TimeRange, parse_date_dir, parse_hour_dir};
-
-/// The `flows` table's directory name.
-pub const FLOWS_TABLE: &str = "flows";
-
-/// The append-only log behind the `ip_history` view (partitioned by `recorded_at`).
-pub const IP_HISTORY_LOG_TABLE: &str = "ip_history_log";
-
-/// The append-only log behind the `history_gaps` view (partitioned by `recorded_at`).
-pub const HISTORY_GAPS_LOG_TABLE: &str = "history_gaps_log";
-
-/// The append-only log behind the `nat_history` view (partitioned by `recorded_at`).
-pub const NAT_HISTORY_LOG_TABLE: &str = "nat_history_log";
 
 /// Encoding choices for `flows` (measured in `tests/bench/store_encode.rs`).
 pub const FLOWS_TUNING: writer::ColumnTuning = writer::ColumnTuning {
@@ -41,6 +31,19 @@ pub const FLOWS_TUNING: writer::ColumnTuning = writer::ColumnTuning {
     ],
 };
 
+/// The encoding choices of `table`'s files.
+pub fn tuning_of(table: Table) -> &'static writer::ColumnTuning {
+    static HISTORY: writer::ColumnTuning = writer::ColumnTuning {
+        page_statistics: &[],
+        no_statistics: &[],
+        no_dictionary: &[],
+    };
+    match table {
+        Table::Flows => &FLOWS_TUNING,
+        _ => &HISTORY,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]
@@ -52,10 +55,19 @@ pub enum StoreError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
-    #[error("schema mismatch: {0}")]
-    Schema(String),
-    #[error("store configuration: {0}")]
-    Config(String),
+    #[error("rows for {table} do not have its schema: {found}")]
+    SchemaMismatch { table: String, found: String },
+    #[error("no column {column} to partition by")]
+    NoPartitionColumn { column: String },
+    #[error("partition column {column} is not a µs timestamp")]
+    PartitionColumnType { column: String },
+    #[error("partition column {column} has nulls")]
+    PartitionColumnNulls { column: String },
+    #[error("zstd level {level}: {source}")]
+    ZstdLevel {
+        level: i32,
+        source: parquet::errors::ParquetError,
+    },
 }
 
 impl StoreError {

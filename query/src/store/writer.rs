@@ -18,7 +18,8 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use super::layout::{IN_PROGRESS_SUFFIX, hour_of, partition_dir};
+use super::layout::{IN_PROGRESS_SUFFIX, hour_of, partition_dir, table_dir};
+use hawking_schemas::pipeline::Table;
 
 /// How files are encoded.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -64,10 +65,14 @@ pub struct ColumnTuning {
 impl WriterOptions {
     pub fn properties(&self, tuning: &ColumnTuning) -> Result<WriterProperties, StoreError> {
         let compression = match self.compression {
-            Codec::Zstd => Compression::ZSTD(
-                ZstdLevel::try_new(self.zstd_level)
-                    .map_err(|e| StoreError::Config(e.to_string()))?,
-            ),
+            Codec::Zstd => {
+                Compression::ZSTD(ZstdLevel::try_new(self.zstd_level).map_err(|source| {
+                    StoreError::ZstdLevel {
+                        level: self.zstd_level,
+                        source,
+                    }
+                })?)
+            }
             Codec::Lz4 => Compression::LZ4_RAW,
             Codec::None => Compression::UNCOMPRESSED,
         };
@@ -109,6 +114,21 @@ pub struct PartitionedWriter {
 }
 
 impl PartitionedWriter {
+    /// A writer for `table` in the store at `root`, with the table's own encoding choices.
+    pub fn for_table(
+        root: &Path,
+        table: Table,
+        options: &WriterOptions,
+    ) -> Result<Self, StoreError> {
+        PartitionedWriter::new(
+            &table_dir(root, table),
+            table.schema(),
+            table.time_column(),
+            options,
+            super::tuning_of(table),
+        )
+    }
+
     /// A writer for the table at `table_dir`, partitioned by the µs UTC timestamp column
     /// `time_column` of `schema`. Removes files a crashed writer left half-written.
     pub fn new(
@@ -118,9 +138,12 @@ impl PartitionedWriter {
         options: &WriterOptions,
         tuning: &ColumnTuning,
     ) -> Result<Self, StoreError> {
-        let time_column = schema
-            .index_of(time_column)
-            .map_err(|_| StoreError::Config(format!("no column {time_column} to partition by")))?;
+        let time_column =
+            schema
+                .index_of(time_column)
+                .map_err(|_| StoreError::NoPartitionColumn {
+                    column: time_column.to_string(),
+                })?;
         std::fs::create_dir_all(table_dir).map_err(|e| StoreError::io(table_dir, e))?;
         remove_in_progress(table_dir)?;
         Ok(PartitionedWriter {
@@ -144,17 +167,18 @@ impl PartitionedWriter {
             return Ok(());
         }
         if batch.schema().fields() != self.schema.fields() {
-            return Err(StoreError::Schema(format!(
-                "batch schema does not match the table: {:?}",
-                batch.schema()
-            )));
+            return Err(StoreError::SchemaMismatch {
+                table: self.table_dir.display().to_string(),
+                found: batch.schema().to_string(),
+            });
         }
+        let column = || self.schema.field(self.time_column).name().clone();
         let times = batch
             .column(self.time_column)
             .as_primitive_opt::<TimestampMicrosecondType>()
-            .ok_or_else(|| StoreError::Schema("partition column is not a µs timestamp".into()))?;
+            .ok_or_else(|| StoreError::PartitionColumnType { column: column() })?;
         if times.null_count() > 0 {
-            return Err(StoreError::Schema("partition column has nulls".into()));
+            return Err(StoreError::PartitionColumnNulls { column: column() });
         }
         let values = times.values();
         let first = hour_of(values[0]);
@@ -219,7 +243,7 @@ impl PartitionedWriter {
         self.sequence += 1;
         let name = format!(
             "part-{}-{}-{:06}.parquet",
-            unix_micros(),
+            hawking_schemas::time::now_micros(),
             std::process::id(),
             self.sequence
         );
@@ -297,13 +321,6 @@ fn remove_in_progress(table_dir: &Path) -> Result<(), StoreError> {
         Ok(())
     }
     walk(table_dir, 0).map_err(|e| StoreError::io(table_dir, e))
-}
-
-fn unix_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

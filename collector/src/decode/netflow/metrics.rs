@@ -1,14 +1,15 @@
-//! Prometheus counters of the NetFlow/IPFIX listener, per exporter address. The decoder
+//! Prometheus counters of the NetFlow/IPFIX decoder, per exporter address. The decoder
 //! accumulates plain integers; they are added here once per batch, never per flow.
 
 use std::net::IpAddr;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use hawking_schemas::telemetry::Telemetry;
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
-use crate::netflow::ExporterCounters;
+use super::ExporterCounters;
 
 #[derive(Clone)]
-pub struct CollectorMetrics {
+pub struct NetflowMetrics {
     packets: IntCounterVec,
     packet_bytes: IntCounterVec,
     flows: IntCounterVec,
@@ -21,116 +22,81 @@ pub struct CollectorMetrics {
     templates_learned: IntCounterVec,
     options_records: IntCounterVec,
     nat_events: IntCounterVec,
-    /// Datagrams the kernel dropped because the socket buffer was full.
-    pub socket_drops: IntCounter,
     /// Data sets currently held for a template.
     pub pending_sets: IntGauge,
     /// Exporter scopes with template state.
     pub scopes: IntGauge,
 }
 
-fn counter_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(c.clone()))?;
-    Ok(c)
+/// The kernel's count of NetFlow datagrams dropped because the listener's socket buffer was
+/// full (the UDP transport adds to it).
+pub fn socket_drops(telemetry: &Telemetry) -> prometheus::Result<IntCounter> {
+    telemetry.counter(
+        "hawking_netflow_socket_drops_total",
+        "Datagrams dropped by the kernel because the listener's receive buffer was full",
+    )
 }
 
-impl CollectorMetrics {
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+impl NetflowMetrics {
+    pub fn register(telemetry: &Telemetry) -> prometheus::Result<Self> {
         let ex = &["exporter"];
-        let socket_drops = IntCounter::new(
-            "hawking_netflow_socket_drops_total",
-            "Datagrams dropped by the kernel because the listener's receive buffer was full",
-        )?;
-        registry.register(Box::new(socket_drops.clone()))?;
-        let pending_sets = IntGauge::new(
-            "hawking_netflow_pending_sets",
-            "Data sets held waiting for their template",
-        )?;
-        registry.register(Box::new(pending_sets.clone()))?;
-        let scopes = IntGauge::new(
-            "hawking_netflow_scopes",
-            "Exporter template scopes (address, port, version, domain) with state",
-        )?;
-        registry.register(Box::new(scopes.clone()))?;
-        Ok(CollectorMetrics {
-            packets: counter_vec(
-                registry,
-                "hawking_netflow_packets_total",
-                "Datagrams received",
-                ex,
-            )?,
-            packet_bytes: counter_vec(
-                registry,
+        let per_exporter = |name: &str, help: &str| telemetry.counter_vec(name, help, ex);
+        Ok(NetflowMetrics {
+            packets: per_exporter("hawking_netflow_packets_total", "Datagrams received")?,
+            packet_bytes: per_exporter(
                 "hawking_netflow_packet_bytes_total",
                 "Datagram payload bytes received",
-                ex,
             )?,
-            flows: counter_vec(registry, "hawking_flows_total", "Flow records decoded", ex)?,
-            flow_bytes: counter_vec(
-                registry,
+            flows: per_exporter("hawking_flows_total", "Flow records decoded")?,
+            flow_bytes: per_exporter(
                 "hawking_flow_bytes_total",
                 "Sum of decoded flows' byte counters, scaled by sampling rate",
-                ex,
             )?,
-            decode_errors: counter_vec(
-                registry,
+            decode_errors: telemetry.counter_vec(
                 "hawking_decode_errors_total",
                 "Datagrams (or parts of them) that could not be decoded, by reason",
                 &["exporter", "reason"],
             )?,
-            sets_held: counter_vec(
-                registry,
+            sets_held: per_exporter(
                 "hawking_netflow_sets_held_total",
                 "Data sets held because their template was not yet known",
-                ex,
             )?,
-            sets_replayed: counter_vec(
-                registry,
+            sets_replayed: per_exporter(
                 "hawking_netflow_sets_replayed_total",
                 "Held data sets decoded once their template arrived",
-                ex,
             )?,
-            sets_dropped: counter_vec(
-                registry,
+            sets_dropped: telemetry.counter_vec(
                 "hawking_flows_dropped_total",
                 "Flow data dropped, by reason; for reason=missing_template the unit is data sets \
                  (a set whose template never arrives cannot be split into records)",
                 &["exporter", "reason"],
             )?,
-            flows_timed_by_export: counter_vec(
-                registry,
+            flows_timed_by_export: per_exporter(
                 "hawking_flows_timed_by_export_total",
                 "Flows whose record carried no usable time element; the export time was used",
-                ex,
             )?,
-            templates_learned: counter_vec(
-                registry,
+            templates_learned: per_exporter(
                 "hawking_netflow_templates_learned_total",
                 "New or changed templates learned",
-                ex,
             )?,
-            options_records: counter_vec(
-                registry,
+            options_records: per_exporter(
                 "hawking_netflow_options_records_total",
                 "Options data records applied (sampling, system init time)",
-                ex,
             )?,
-            nat_events: counter_vec(
-                registry,
+            nat_events: telemetry.counter_vec(
                 "hawking_netflow_nat_events_total",
                 "NAT session events (RFC 8158 records) by outcome: accepted, or dropped when \
                  not a create/delete naming both the inside and the outside address",
                 &["exporter", "outcome"],
             )?,
-            socket_drops,
-            pending_sets,
-            scopes,
+            pending_sets: telemetry.gauge(
+                "hawking_netflow_pending_sets",
+                "Data sets held waiting for their template",
+            )?,
+            scopes: telemetry.gauge(
+                "hawking_netflow_scopes",
+                "Exporter template scopes (address, port, version, domain) with state",
+            )?,
         })
     }
 

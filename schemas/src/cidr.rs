@@ -1,9 +1,12 @@
-//! Address ranges (`10.4.0.0/16`, `fd00:10::/48`) over the `u128` address form.
+//! Address ranges (`10.4.0.0/16`, `fd00:10::/48`) over the `u128` address form, read from
+//! configuration as text.
 
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use hawking_schemas::ip::ip_to_u128;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ip::ip_to_u128;
 
 /// A prefix of the `u128` address space (IPv4 prefixes are IPv4-mapped: length + 96).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -21,6 +24,30 @@ impl Cidr {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("not an address range: {0:?} (expected e.g. 10.4.0.0/16 or fd00::/48)")]
 pub struct BadCidr(pub String);
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match crate::ip::as_v4(self.network) {
+            Some(v4) if self.len >= 96 => {
+                write!(f, "{}/{}", std::net::Ipv4Addr::from(v4), self.len - 96)
+            }
+            _ => write!(f, "{}/{}", std::net::Ipv6Addr::from(self.network), self.len),
+        }
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 impl FromStr for Cidr {
     type Err = BadCidr;
@@ -54,7 +81,7 @@ impl FromStr for Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hawking_schemas::ip::parse_ip;
+    use crate::ip::parse_ip;
 
     #[test]
     fn contains_both_families() {
@@ -72,5 +99,17 @@ mod tests {
         assert!(host.contains(parse_ip("192.168.10.11").unwrap()));
         assert!("10.4.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn prints_as_it_is_written() {
+        for text in [
+            "10.4.0.0/16",
+            "192.168.10.11/32",
+            "fd00:10:4::/48",
+            "0.0.0.0/0",
+        ] {
+            assert_eq!(text.parse::<Cidr>().unwrap().to_string(), text);
+        }
     }
 }

@@ -2,7 +2,6 @@
 //! exporters re-send their templates (which can take minutes, or one template-refresh
 //! interval). Written atomically: a crash mid-write leaves the previous file.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -86,15 +85,7 @@ impl TemplateState {
             path: path.display().to_string(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&serde_json::to_vec_pretty(self).expect("state serialises"))
-            .map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)?;
-        Ok(())
+        let json = serde_json::to_vec_pretty(self).expect("state serialises");
+        hawking_schemas::state_file::write_atomically(path, &json).map_err(err)
     }
 }

@@ -1,23 +1,45 @@
 //! `hawking history import FILE`: builds history from kubectl recordings and commits it to
 //! the store's `ip_history` and `history_gaps` tables.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use hawking_enricher::import::import_recording;
 use hawking_enricher::{HistoryKeeper, Mode};
-use hawking_query::store::layout::table_dir;
-use hawking_query::{
-    ColumnTuning, HISTORY_GAPS_LOG_TABLE, IP_HISTORY_LOG_TABLE, PartitionedWriter, WriterOptions,
-};
-use hawking_schemas::{history_gaps_schema, ip_history_schema};
+use hawking_query::{PartitionedWriter, WriterOptions};
+use hawking_schemas::pipeline::Table;
+use hawking_schemas::time::format_time;
 
-use crate::timearg::format_time;
+#[derive(clap::Subcommand)]
+pub enum HistoryCommand {
+    /// Build history from a recording: `kubectl get pods,nodes,services -A -o json` snapshots
+    /// or `kubectl get pods -A -w -o json --output-watch-events` streams.
+    Import {
+        /// The recording.
+        file: PathBuf,
+        /// The cluster it records.
+        #[arg(long)]
+        cluster: String,
+        /// Store directory.
+        #[arg(long, default_value = "./data")]
+        data: PathBuf,
+    },
+}
+
+pub fn run(command: HistoryCommand) -> anyhow::Result<()> {
+    match command {
+        HistoryCommand::Import {
+            file,
+            cluster,
+            data,
+        } => import(&file, &cluster, &data),
+    }
+}
 
 /// The reason of the gap after a recording of a cluster that is not watched live.
 const RECORDING_ENDS: &str = hawking_enricher::keeper::RECORDING_ENDS;
 
-pub fn import(file: &Path, cluster: &str, data: &Path) -> anyhow::Result<()> {
+fn import(file: &Path, cluster: &str, data: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut keeper = HistoryKeeper::new(Mode::Import);
@@ -77,19 +99,13 @@ pub fn import(file: &Path, cluster: &str, data: &Path) -> anyhow::Result<()> {
     let (intervals, gaps) = keeper.take_rows();
     let options = WriterOptions::default();
     let mut written = 0;
-    for (table, schema, rows) in [
-        (IP_HISTORY_LOG_TABLE, ip_history_schema(), intervals),
-        (HISTORY_GAPS_LOG_TABLE, history_gaps_schema(), gaps),
+    for (table, rows) in [
+        (Table::IpHistoryLog, intervals),
+        (Table::HistoryGapsLog, gaps),
     ] {
         let Some(rows) = rows else { continue };
-        let mut w = PartitionedWriter::new(
-            &table_dir(data, table),
-            schema,
-            "recorded_at",
-            &options,
-            &ColumnTuning::default(),
-        )?;
-        if table == IP_HISTORY_LOG_TABLE {
+        let mut w = PartitionedWriter::for_table(data, table, &options)?;
+        if table == Table::IpHistoryLog {
             written = rows.num_rows();
         }
         w.write(rows)?;

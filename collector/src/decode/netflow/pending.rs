@@ -124,7 +124,7 @@ impl PendingSets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netflow::wire::Version;
+    use crate::decode::netflow::wire::Version;
     use std::net::SocketAddr;
 
     fn scope(port: u16) -> ScopeKey {

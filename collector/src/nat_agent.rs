@@ -1,7 +1,8 @@
-//! `hawking nat-agent`: runs on a node, follows the kernel's conntrack events and sends every
-//! source-NAT translation (pod address:port → node address:port) to a Hawking collector as
-//! IPFIX NAT session events (RFC 8158: natEvent 4/5, NAT44 session create/delete) — the same
-//! records NAT gateways export, so one decoder and one `nat_history` serve both.
+//! The node agent (`hawking nat-agent`): follows the kernel's conntrack events on a node and
+//! sends every source-NAT translation (pod address:port → node address:port) to a Hawking
+//! collector as IPFIX NAT session events (RFC 8158: natEvent 4/5, NAT44 session
+//! create/delete) — the same records NAT gateways export, so one decoder and one
+//! `nat_history` serve both.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
@@ -9,14 +10,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use hawking_collector::conntrack::{ConntrackEvent, ConntrackEventKind, ConntrackEvents};
-use hawking_collector::export::{
-    ExporterClock, PacketBuilder, nat_event_record_len, nat_event_template,
-};
-use hawking_collector::netflow::wire::Version;
 use hawking_schemas::ip::ip_to_u128;
 use hawking_schemas::nat::{NatEvent, NatEventKind};
+use hawking_schemas::protocol::has_ports;
+use hawking_schemas::time::now_micros;
+
+use crate::conntrack::{ConntrackError, ConntrackEvent, ConntrackEventKind, ConntrackEvents};
+use crate::decode::netflow::wire::Version;
+use crate::export::{ExporterClock, PacketBuilder, nat_event_record_len, nat_event_template};
 
 /// Template IDs of the IPv4 and IPv6 session records.
 const TEMPLATE_V4: u16 = 256;
@@ -26,32 +27,43 @@ const MAX_DATAGRAM: usize = 1400;
 /// IPFIX header and set header.
 const OVERHEAD: usize = 16 + 4;
 
-#[derive(clap::Args, Debug)]
-pub struct NatAgentArgs {
+/// What the agent follows and where it reports.
+#[derive(Clone, Debug)]
+pub struct NatAgentConfig {
     /// Collector address (`hawking serve`'s NetFlow/IPFIX port).
-    #[arg(long)]
     pub collector: SocketAddr,
-    /// Network namespace to follow (/run/netns/NAME or /proc/PID/ns/net) [default: the
-    /// agent's own, i.e. the node's when it runs on the host network].
-    #[arg(long)]
+    /// Network namespace to follow (/run/netns/NAME or /proc/PID/ns/net); `None`: the
+    /// agent's own, i.e. the node's when it runs on the host network.
     pub netns: Option<PathBuf>,
     /// IPFIX observation domain of the records.
-    #[arg(long, default_value_t = 0)]
     pub observation_domain: u32,
-    /// Seconds between template re-sends (UDP loses packets; collectors restart).
-    #[arg(long, default_value_t = 30)]
-    pub template_interval: u64,
-    /// Longest a translation waits before it is sent, in milliseconds.
-    #[arg(long, default_value_t = 200)]
-    pub max_delay_ms: u64,
+    /// Between template re-sends (UDP loses packets; collectors restart).
+    pub template_interval: Duration,
+    /// Longest a translation waits before it is sent.
+    pub max_delay: Duration,
     /// Kernel receive buffer for conntrack events, bytes (overruns are counted and logged).
-    #[arg(long, default_value_t = 8 << 20)]
     pub recv_buffer: usize,
-    /// Seconds between comparisons of the conntrack table with the translations reported
-    /// open: those gone without a destroy event (connections older than the agent under
-    /// nf_conntrack_events=2, or events lost to overruns) are reported closed. 0: never.
-    #[arg(long, default_value_t = 60)]
-    pub resync_secs: u64,
+    /// Between comparisons of the conntrack table with the translations reported open:
+    /// those gone without a destroy event (connections older than the agent under
+    /// nf_conntrack_events=2, or events lost to overruns) are reported closed. `None`: never.
+    pub resync: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatAgentError {
+    #[error("subscribing to conntrack events (needs CAP_NET_ADMIN): {0}")]
+    Subscribe(#[source] ConntrackError),
+    #[error("reading conntrack events: {0}")]
+    Read(#[source] ConntrackError),
+    #[error("listing the conntrack table: {0}")]
+    List(#[source] ConntrackError),
+    #[error("binding the export socket: {0}")]
+    Bind(#[source] std::io::Error),
+    #[error("collector {collector}: {source}")]
+    Connect {
+        collector: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A translation as the agent reported it: everything but its time and kind.
@@ -131,25 +143,6 @@ pub struct AgentStats {
     pub send_errors: u64,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-pub fn run(args: NatAgentArgs) -> anyhow::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-    let stats = follow(&args, &STOP)?;
-    println!(
-        "hawking nat-agent stopped creates={} deletes={} datagrams={} send_errors={}",
-        stats.creates, stats.deletes, stats.datagrams, stats.send_errors
-    );
-    Ok(())
-}
-
 /// The translation a source-NATed connection's tuples describe: inside = the original
 /// source, outside = where replies go (the reply tuple's destination), remote = who replies.
 pub fn translation(e: &ConntrackEvent, at: i64) -> NatEvent {
@@ -172,24 +165,27 @@ pub fn translation(e: &ConntrackEvent, at: i64) -> NatEvent {
 }
 
 /// Follows conntrack until `stop`, sending translations as they come.
-pub fn follow(args: &NatAgentArgs, stop: &AtomicBool) -> anyhow::Result<AgentStats> {
+pub fn follow(args: &NatAgentConfig, stop: &AtomicBool) -> Result<AgentStats, NatAgentError> {
     let mut events = ConntrackEvents::subscribe(args.netns.as_deref(), args.recv_buffer)
-        .context("subscribing to conntrack events (needs CAP_NET_ADMIN)")?;
-    let bind: SocketAddr = if args.collector.is_ipv4() {
-        "0.0.0.0:0".parse()?
+        .map_err(NatAgentError::Subscribe)?;
+    let bind = if args.collector.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
-        "[::]:0".parse()?
+        SocketAddr::from(([0u16; 8], 0))
     };
-    let socket = UdpSocket::bind(bind).context("binding the export socket")?;
+    let socket = UdpSocket::bind(bind).map_err(NatAgentError::Bind)?;
     socket
         .connect(args.collector)
-        .with_context(|| format!("collector {}", args.collector))?;
+        .map_err(|source| NatAgentError::Connect {
+            collector: args.collector,
+            source,
+        })?;
     let mut out = Exporter {
         socket,
         domain: args.observation_domain,
         sequence: 0,
         boot_ms: unix_ms(),
-        template_interval: Duration::from_secs(args.template_interval.max(1)),
+        template_interval: args.template_interval.max(Duration::from_secs(1)),
         templates_sent: None,
         stats: AgentStats::default(),
     };
@@ -216,8 +212,8 @@ pub fn follow(args: &NatAgentArgs, stop: &AtomicBool) -> anyhow::Result<AgentSta
              their translations end when their 5-tuple is used again (set it to 1 to report them)"
         );
     }
-    let max_delay = Duration::from_millis(args.max_delay_ms);
-    let resync = (args.resync_secs > 0).then(|| Duration::from_secs(args.resync_secs));
+    let max_delay = args.max_delay;
+    let resync = args.resync;
     let mut synced = Instant::now();
     let mut oldest: Option<Instant> = (!pending.is_empty()).then(Instant::now);
     let (mut overruns, mut malformed) = (0, 0);
@@ -225,9 +221,9 @@ pub fn follow(args: &NatAgentArgs, stop: &AtomicBool) -> anyhow::Result<AgentSta
         batch.clear();
         match events.recv(Duration::from_millis(100), &mut batch) {
             Ok(_) => {}
-            Err(e) => return Err(e).context("reading conntrack events"),
+            Err(e) => return Err(NatAgentError::Read(e)),
         }
-        let now = unix_micros();
+        let now = now_micros();
         let before = pending.len();
         pending.extend(
             batch
@@ -252,7 +248,7 @@ pub fn follow(args: &NatAgentArgs, stop: &AtomicBool) -> anyhow::Result<AgentSta
         }
         if resync_now {
             let present = table_now(&events, &mut batch)?;
-            pending.extend(open.reconcile(&present, unix_micros()));
+            pending.extend(open.reconcile(&present, now_micros()));
             synced = Instant::now();
         }
         if pending.len() > before {
@@ -271,19 +267,17 @@ pub fn follow(args: &NatAgentArgs, stop: &AtomicBool) -> anyhow::Result<AgentSta
 /// A source-NATed connection of a protocol with ports: only those map an outside port back
 /// to one inside address (the collector ignores the rest anyway).
 fn reportable(e: &ConntrackEvent) -> bool {
-    e.is_snat() && matches!(e.protocol, 6 | 17 | 33 | 132 | 136)
+    e.is_snat() && has_ports(e.protocol)
 }
 
 /// The source-NAT translations in the conntrack table now, as creates.
 fn table_now(
     events: &ConntrackEvents,
     scratch: &mut Vec<ConntrackEvent>,
-) -> anyhow::Result<Vec<NatEvent>> {
+) -> Result<Vec<NatEvent>, NatAgentError> {
     scratch.clear();
-    events
-        .dump_existing(scratch)
-        .context("listing the conntrack table")?;
-    let now = unix_micros();
+    events.dump_existing(scratch).map_err(NatAgentError::List)?;
+    let now = now_micros();
     Ok(scratch
         .iter()
         .filter(|e| reportable(e))
@@ -359,12 +353,8 @@ fn is_v6(e: &NatEvent) -> bool {
         || hawking_schemas::ip::as_v4(e.outside_ip).is_none()
 }
 
-fn unix_micros() -> i64 {
-    crate::sink::unix_micros()
-}
-
 fn unix_ms() -> i64 {
-    unix_micros() / 1000
+    now_micros() / 1000
 }
 
 #[cfg(test)]

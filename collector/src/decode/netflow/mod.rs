@@ -1,5 +1,5 @@
-//! NetFlow v5/v9 and IPFIX decoding: one [`NetflowDecoder`] turns exporter datagrams into
-//! rows of a [`FlowBatch`].
+//! NetFlow v5/v9 and IPFIX decoding: one [`NetflowDecoder`] turns exporter messages into
+//! flow rows and NAT session events of a [`SourceBatch`].
 //!
 //! Division of labour: netflow_parser parses and validates template and options-template
 //! sets (its limits on field counts and template sizes apply); each accepted template is
@@ -10,6 +10,7 @@
 //! more than the whole per-flow budget; its output remains the reference the decoder is
 //! tested against.
 
+pub mod metrics;
 pub mod pending;
 pub mod resolve;
 pub mod state;
@@ -23,15 +24,20 @@ mod reference_tests;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
-use hawking_schemas::flow::{FlowBatch, FlowOrigin, SourceKind};
+use hawking_schemas::flow::{FlowOrigin, SourceKind};
 use hawking_schemas::ip::ip_to_u128;
+use hawking_schemas::pipeline::SourceBatch;
+use hawking_schemas::telemetry::Component;
 use netflow_parser::variable_versions::{ipfix, v9};
 use netflow_parser::{NetflowPacket, NetflowParser};
 use serde::{Deserialize, Serialize};
 
+use metrics::NetflowMetrics;
 use pending::{PendingSet, PendingSets};
 use resolve::{SamplingTable, TimeBase, TimeSource, resolve_flow, resolve_nat_event};
+use state::{StateError, TemplateState};
 use template::{CompiledTemplate, FieldSpec, RawRecord, Target, TemplateLayout};
 use wire::{Header, RawSet, Sets, Version, WireError};
 
@@ -144,6 +150,10 @@ pub struct NetflowDecoder {
     /// Reused buffer: the packet's header and template sets, for netflow_parser.
     template_packet: Vec<u8>,
     templates_changed: bool,
+    /// Where counters go at housekeeping; without it they wait for [`NetflowDecoder::drain_counters`].
+    published: Option<(NetflowMetrics, Component)>,
+    /// Where template state persists across restarts.
+    state_path: Option<PathBuf>,
 }
 
 impl NetflowDecoder {
@@ -163,7 +173,56 @@ impl NetflowDecoder {
             counters: HashMap::new(),
             template_packet: Vec::with_capacity(1500),
             templates_changed: false,
+            published: None,
+            state_path: None,
         })
+    }
+
+    /// Publishes the per-exporter counters to `metrics`, and what was dropped to `component`,
+    /// at every housekeeping.
+    pub fn publish_to(&mut self, metrics: NetflowMetrics, component: Component) {
+        self.published = Some((metrics, component));
+    }
+
+    /// Keeps template state in `path`: restores what is there now (returning how many
+    /// templates), saves changes at housekeeping and everything at the end.
+    pub fn persist_at(&mut self, path: PathBuf) -> Result<usize, StateError> {
+        let restored = match TemplateState::load(&path)? {
+            Some(state) => self.restore(state),
+            None => 0,
+        };
+        if restored > 0 {
+            tracing::info!(templates = restored, path = %path.display(), "restored NetFlow template state");
+        }
+        self.state_path = Some(path);
+        Ok(restored)
+    }
+
+    fn publish(&mut self) {
+        let Some((metrics, component)) = &self.published else {
+            return;
+        };
+        for (exporter, c) in self.counters.drain() {
+            metrics.add(exporter, &c);
+            component.dropped(c.sets_dropped_missing_template, "missing_template");
+            component.dropped(c.nat_events_dropped, "unusable_nat_event");
+            for (reason, n) in &c.decode_errors {
+                component.errors_of(*n, "decode", &format_args!("exporter {exporter}: {reason}"));
+            }
+        }
+        metrics.pending_sets.set(self.pending.len() as i64);
+        metrics.scopes.set(self.scopes.len() as i64);
+    }
+
+    fn save_state_if_changed(&mut self) {
+        let Some(path) = self.state_path.clone() else {
+            return;
+        };
+        if let Some(state) = self.take_changed_state()
+            && let Err(e) = state.save(&path)
+        {
+            tracing::warn!(error = %e, "could not persist NetFlow template state; will retry on the next change");
+        }
     }
 
     /// Decodes one datagram from `from`, appending its flows to `out`. Malformed input is
@@ -173,17 +232,17 @@ impl NetflowDecoder {
         from: SocketAddr,
         pkt: &[u8],
         received_at_us: i64,
-        out: &mut FlowBatch,
+        out: &mut SourceBatch,
     ) {
-        let before = out.len();
+        let before = out.flows.len();
         let result = self.decode_inner(from, pkt, received_at_us, out);
         let c = self.counters.entry(from.ip()).or_default();
         c.packets += 1;
         c.packet_bytes += pkt.len() as u64;
-        c.flows += (out.len() - before) as u64;
+        c.flows += (out.flows.len() - before) as u64;
         c.flow_bytes = c
             .flow_bytes
-            .saturating_add(saturating_sum(&out.bytes[before..]));
+            .saturating_add(saturating_sum(&out.flows.bytes[before..]));
         if let Err(e) = result {
             *c.decode_errors.entry(e.reason()).or_default() += 1;
         }
@@ -194,7 +253,7 @@ impl NetflowDecoder {
         from: SocketAddr,
         pkt: &[u8],
         received_at_us: i64,
-        out: &mut FlowBatch,
+        out: &mut SourceBatch,
     ) -> Result<(), WireError> {
         let (header, body) = wire::parse_header(pkt)?;
         let origin = FlowOrigin {
@@ -301,7 +360,7 @@ impl NetflowDecoder {
         header: &Header,
         body: &[u8],
         origin: &FlowOrigin,
-        out: &mut FlowBatch,
+        out: &mut SourceBatch,
     ) -> Result<(), WireError> {
         let interval = header.v5_sampling & 0x3fff;
         let sampling = SamplingTable {
@@ -328,7 +387,7 @@ impl NetflowDecoder {
             raw.src_ip = Some(hawking_schemas::ip::v4_to_u128(wire::be32(rec, 0)));
             raw.dst_ip = Some(hawking_schemas::ip::v4_to_u128(wire::be32(rec, 4)));
             let (record, _) = resolve_flow(&raw, &base, &sampling);
-            out.push(origin, &record);
+            out.flows.push(origin, &record);
         }
         Ok(())
     }
@@ -368,7 +427,7 @@ impl NetflowDecoder {
         pkt: &[u8],
         header: &Header,
         body: &[u8],
-        out: &mut FlowBatch,
+        out: &mut SourceBatch,
     ) -> Result<(), WireError> {
         let header_len = header_len_of(header.version);
         self.template_packet.clear();
@@ -447,7 +506,7 @@ impl NetflowDecoder {
     }
 
     /// Decodes the held sets of `key` waiting for template `id`, each with its own header.
-    fn replay_pending(&mut self, key: &ScopeKey, id: u16, out: &mut FlowBatch) {
+    fn replay_pending(&mut self, key: &ScopeKey, id: u16, out: &mut SourceBatch) {
         let held = self.pending.take(key, id);
         if held.is_empty() {
             return;
@@ -484,15 +543,15 @@ impl NetflowDecoder {
                 sys_uptime_ms: set.header.sys_uptime_ms,
                 system_init_ms: scope.system_init_ms,
             };
-            let before = out.len();
+            let before = out.flows.len();
             match decode_flows(t, &set.body, &base, &scope.sampling, &origin, out, counters) {
                 Ok(n) => counters.flows_timed_by_export += n,
                 Err(e) => *counters.decode_errors.entry(e.reason()).or_default() += 1,
             }
-            counters.flows += (out.len() - before) as u64;
+            counters.flows += (out.flows.len() - before) as u64;
             counters.flow_bytes = counters
                 .flow_bytes
-                .saturating_add(saturating_sum(&out.bytes[before..]));
+                .saturating_add(saturating_sum(&out.flows.bytes[before..]));
         }
     }
 
@@ -571,6 +630,35 @@ impl NetflowDecoder {
     }
 }
 
+impl crate::decode::Decoder for NetflowDecoder {
+    fn name(&self) -> &'static str {
+        "netflow"
+    }
+
+    fn decode(
+        &mut self,
+        from: SocketAddr,
+        message: &[u8],
+        received_at_us: i64,
+        out: &mut SourceBatch,
+    ) {
+        NetflowDecoder::decode(self, from, message, received_at_us, out)
+    }
+
+    fn housekeeping(&mut self) {
+        self.publish();
+        self.save_state_if_changed();
+    }
+
+    fn finish(&mut self) -> Result<(), crate::decode::DecoderError> {
+        self.publish();
+        if let Some(path) = &self.state_path {
+            self.state().save(path)?;
+        }
+        Ok(())
+    }
+}
+
 /// Hostile counters can sum past u64: the metric saturates instead of wrapping.
 fn saturating_sum(v: &[u64]) -> u64 {
     v.iter().fold(0u64, |a, b| a.saturating_add(*b))
@@ -593,7 +681,7 @@ fn decode_flows(
     base: &TimeBase,
     sampling: &SamplingTable,
     origin: &FlowOrigin,
-    out: &mut FlowBatch,
+    out: &mut SourceBatch,
     counters: &mut ExporterCounters,
 ) -> Result<u64, WireError> {
     if t.is_nat_events() {
@@ -612,7 +700,7 @@ fn decode_flows(
     t.decode_set(body, |raw| {
         let (record, source) = resolve_flow(raw, base, sampling);
         by_export += (source == TimeSource::ExportTime) as u64;
-        out.push(origin, &record);
+        out.flows.push(origin, &record);
     })?;
     Ok(by_export)
 }

@@ -20,7 +20,46 @@ use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
 use rustyline::{Config, Editor};
 
-use crate::session::open_session;
+use hawking_query::open_session;
+
+#[derive(clap::Args)]
+pub struct SqlArgs {
+    /// The query; without one, an interactive prompt opens.
+    query: Option<String>,
+    /// Store directory.
+    #[arg(long, default_value = "./data")]
+    data: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+impl From<Format> for OutputFormat {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Table => OutputFormat::Table,
+            Format::Csv => OutputFormat::Csv,
+            Format::Json => OutputFormat::Json,
+        }
+    }
+}
+
+/// `hawking sql` with its arguments.
+pub fn command(args: SqlArgs) -> anyhow::Result<()> {
+    run(
+        args.query.as_deref(),
+        &args.data,
+        args.format.into(),
+        &QueryOptions::default(),
+    )
+}
 
 pub fn run(
     query: Option<&str>,

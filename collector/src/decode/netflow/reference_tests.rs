@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use hawking_schemas::flow::{FlowBatch, FlowRecord};
+use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::{ip_to_u128, v4_to_u128};
+use hawking_schemas::pipeline::SourceBatch;
 use netflow_parser::variable_versions::field_value::DurationValue;
 use netflow_parser::variable_versions::ipfix::lookup::{IANAIPFixField, IPFixField};
 use netflow_parser::variable_versions::{ipfix, v9};
@@ -235,14 +236,16 @@ fn hawking_decode(
         let t = crate::export::sampling_options_template(400, Version::Ipfix);
         let mut b = PacketBuilder::new(Version::Ipfix, clock, 0, 1);
         b.template(&t).sampling_options(&t, clock, 1);
-        let mut sink = FlowBatch::default();
+        let mut sink = SourceBatch::default();
         decoder.decode(exporter, &b.finish(), 0, &mut sink);
     }
-    let mut batch = FlowBatch::default();
+    let mut batch = SourceBatch::default();
     for pkt in packets {
         decoder.decode(exporter, pkt, 1, &mut batch);
     }
-    let flows = (0..batch.len()).map(|i| batch.record(i)).collect();
+    let flows = (0..batch.flows.len())
+        .map(|i| batch.flows.record(i))
+        .collect();
     (flows, decoder)
 }
 
@@ -365,7 +368,7 @@ fn mutated_packets_never_panic_the_decoder() {
     }
     seeds.push(encode_v5(clock, 0, 0, &flows));
     let mut decoder = NetflowDecoder::new(Default::default()).unwrap();
-    let mut batch = FlowBatch::default();
+    let mut batch = SourceBatch::default();
     let mut s = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
         s ^= s << 13;
@@ -392,14 +395,14 @@ fn mutated_packets_never_panic_the_decoder() {
             _ => pkt.extend((0..next() % 64).map(|_| next() as u8)),
         }
         decoder.decode(exporter, &pkt, i as i64, &mut batch);
-        if batch.len() > 100_000 {
+        if batch.flows.len() > 100_000 {
             batch.clear();
         }
     }
     batch.clear();
     decoder.decode("192.0.2.21:9000".parse().unwrap(), &seeds[0], 0, &mut batch);
     assert_eq!(
-        batch.len(),
+        batch.flows.len(),
         flows.len(),
         "a clean exporter still decodes after the barrage"
     );

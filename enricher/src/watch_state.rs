@@ -5,8 +5,26 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchStateError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,24 +34,29 @@ pub struct HistoryState {
 }
 
 impl HistoryState {
-    pub fn load(path: &Path) -> anyhow::Result<HistoryState> {
+    pub fn load(path: &Path) -> Result<HistoryState, WatchStateError> {
+        let name = || path.display().to_string();
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("parsing {}", path.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| WatchStateError::Parse {
+                path: name(),
+                source,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HistoryState::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(source) => Err(WatchStateError::Read {
+                path: name(),
+                source,
+            }),
         }
     }
 
     /// Writes atomically (temporary file, then rename).
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
+    pub fn save(&self, path: &Path) -> Result<(), WatchStateError> {
+        let write = |source| WatchStateError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(self).expect("a map of numbers serializes");
+        hawking_schemas::state_file::write_atomically(path, &json).map_err(write)
     }
 }
 

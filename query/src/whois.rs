@@ -1,6 +1,7 @@
-//! The SQL table function `whois(ip, at [, cluster [, port, protocol]])`: who held an address
-//! at a time, as one row — the same decision as `hawking whois` ([`crate::whois::lookup`]),
-//! so SQL users and Grafana panels can ask it beside their flow queries:
+//! Who held an address at a time, from the store: [`lookup`] finds the stored rows a
+//! question needs and lets the enricher decide ([`hawking_enricher::whois`]); the SQL table
+//! function `whois(ip, at [, cluster [, port, protocol]])` returns that answer as one row, so
+//! SQL users and Grafana panels can ask it beside their flow queries:
 //!
 //! ```sql
 //! SELECT * FROM whois('10.4.3.7', TIMESTAMP '2026-11-17 03:14:00');
@@ -18,6 +19,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue, plan_err};
+use datafusion::dataframe::DataFrame;
 use datafusion::execution::TaskContext;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::Expr;
@@ -27,12 +29,67 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::SessionContext;
+use datafusion::prelude::{col, lit};
 use hawking_enricher::OPEN;
 use hawking_enricher::attribute::endpoint_columns;
+use hawking_enricher::whois::{WhoisAnswer, WhoisQuery, WhoisRows, addresses_to_load, answer};
 use hawking_schemas::ip::{ip_text, parse_ip};
+use hawking_schemas::protocol::parse_protocol;
+use hawking_schemas::time::parse_time;
 
-use crate::timearg::parse_time;
-use crate::whois::{WhoisQuery, lookup};
+use crate::session::QueryError;
+
+/// Reads what `query` needs from the session's `nat_history`, `ip_history` and
+/// `history_gaps` views, and answers it.
+pub async fn lookup(ctx: &SessionContext, query: WhoisQuery) -> Result<WhoisAnswer, QueryError> {
+    let by_cluster = |df: DataFrame| match &query.cluster {
+        Some(c) => df.filter(col("cluster_name").eq(lit(c.as_str()))),
+        None => Ok(df),
+    };
+    // A port may make the address a NAT's outside end: its translations then, and the
+    // history of their inside addresses too.
+    let translations = if query.port != 0 {
+        ctx.table("nat_history")
+            .await?
+            .filter(
+                col("outside_ip")
+                    .eq(lit(ip_text(query.addr)))
+                    .and(col("outside_port").eq(lit(query.port as i32)))
+                    .and(col("protocol").eq(lit(query.protocol as i16)))
+                    // Another cluster's translation would resolve in the wrong history.
+                    .and(match &query.cluster {
+                        Some(c) => col("cluster_name")
+                            .eq(lit(c.as_str()))
+                            .or(col("cluster_name").is_null()),
+                        None => lit(true),
+                    }),
+            )?
+            .collect()
+            .await?
+    } else {
+        Vec::new()
+    };
+    let addrs = addresses_to_load(&query, &translations)?
+        .into_iter()
+        .map(|a| lit(ip_text(a)))
+        .collect();
+    let intervals = by_cluster(
+        ctx.table("ip_history")
+            .await?
+            .filter(col("ip").in_list(addrs, false))?,
+    )?
+    .collect()
+    .await?;
+    let gaps = by_cluster(ctx.table("history_gaps").await?)?
+        .collect()
+        .await?;
+    let rows = WhoisRows {
+        translations,
+        intervals,
+        gaps,
+    };
+    Ok(answer(query, &rows)?)
+}
 
 /// The name the function is registered under.
 pub const NAME: &str = "whois";
@@ -156,11 +213,9 @@ fn whois_query(values: &[ScalarValue]) -> DfResult<WhoisQuery> {
     };
     let protocol = match values.get(4) {
         None => 6,
-        Some(v) => match text(v).map(str::to_ascii_lowercase).as_deref() {
-            Some("tcp") => 6,
-            Some("udp") => 17,
-            Some("sctp") => 132,
-            _ => match v.cast_to(&DataType::Int64) {
+        Some(v) => match text(v).and_then(parse_protocol) {
+            Some(p) => p,
+            None => match v.cast_to(&DataType::Int64) {
                 Ok(ScalarValue::Int64(Some(p))) if (0..=255).contains(&p) => p as u8,
                 _ => {
                     return plan_err!("{USAGE}: protocol must be tcp, udp, sctp or 0-255, got {v}");

@@ -6,10 +6,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use hawking_collector::decode::netflow::wire::Version;
 use hawking_collector::export::{
     ExporterClock, PacketBuilder, TimeEncoding, encode_v5, flow_template,
 };
-use hawking_collector::netflow::wire::Version;
 use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::v4_to_u128;
 

@@ -2,9 +2,9 @@
 
 use std::net::SocketAddr;
 
-use hawking_schemas::flow::FlowBatch;
 use hawking_schemas::ip::v4_to_u128;
 use hawking_schemas::nat::{NatEvent, NatEventKind};
+use hawking_schemas::pipeline::SourceBatch;
 
 use super::NetflowDecoder;
 use super::wire::Version;
@@ -42,9 +42,9 @@ fn packet(with_template: bool, ipv6: bool, events: &[NatEvent]) -> Vec<u8> {
     b.finish()
 }
 
-fn decode(packets: &[Vec<u8>]) -> (FlowBatch, NetflowDecoder) {
+fn decode(packets: &[Vec<u8>]) -> (SourceBatch, NetflowDecoder) {
     let mut decoder = NetflowDecoder::new(Default::default()).unwrap();
-    let mut out = FlowBatch::default();
+    let mut out = SourceBatch::default();
     for p in packets {
         decoder.decode(AGENT.parse::<SocketAddr>().unwrap(), p, 7, &mut out);
     }
@@ -58,7 +58,7 @@ fn session_create_and_delete_become_nat_events_not_flows() {
         event(NatEventKind::Delete, 1_795_168_799_456, 40_000, 61_000),
     ];
     let (out, mut decoder) = decode(&[packet(true, false, &events)]);
-    assert_eq!(out.len(), 0, "NAT events are not flows");
+    assert_eq!(out.flows.len(), 0, "NAT events are not flows");
     assert_eq!(out.nat_events, events);
     let counters: Vec<_> = decoder.drain_counters().collect();
     assert_eq!(counters[0].1.nat_events, 2);

@@ -1,0 +1,92 @@
+//! The NetFlow v5/v9 and IPFIX source: the UDP transport and the NetFlow decoder, with
+//! template state kept across restarts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hawking_schemas::telemetry::{ComponentKind, Telemetry};
+use serde::{Deserialize, Serialize};
+
+use super::{Batching, Source};
+use crate::decode::netflow::metrics::{NetflowMetrics, socket_drops};
+use crate::decode::netflow::state::StateError;
+use crate::decode::netflow::{DecoderConfig, NetflowDecoder};
+use crate::transport::TransportError;
+use crate::transport::udp::{UdpConfig, UdpTransport};
+
+/// The `[netflow]` section: NetFlow v5, v9 and IPFIX over UDP.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetflowSourceConfig {
+    /// UDP address for NetFlow v5, v9 and IPFIX (the version is detected per datagram).
+    /// Default `0.0.0.0:2055`; `[::]:2055` accepts both address families.
+    pub listen: SocketAddr,
+    /// Socket receive buffer in bytes; bursts beyond it are dropped by the kernel (and counted
+    /// in `hawking_netflow_socket_drops_total`). Default 32 MiB; raised past the system's
+    /// `rmem_max` when the process may (CAP_NET_ADMIN).
+    pub receive_buffer_bytes: usize,
+    /// Flows per batch handed to the enricher. Default 65536.
+    pub batch_flows: usize,
+    /// Longest a decoded flow waits in a partial batch, in milliseconds. Default 1000.
+    pub batch_max_delay_ms: u64,
+    /// Decoder limits (scopes, templates, held data).
+    pub decoder: DecoderConfig,
+}
+
+impl Default for NetflowSourceConfig {
+    fn default() -> Self {
+        NetflowSourceConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 2055)),
+            receive_buffer_bytes: 32 << 20,
+            batch_flows: 65536,
+            batch_max_delay_ms: 1000,
+            decoder: DecoderConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetflowSourceError {
+    #[error("NetFlow listener: {0}")]
+    Transport(#[from] TransportError),
+    #[error("NetFlow decoder limits: {0}")]
+    Limits(#[from] netflow_parser::ConfigError),
+    #[error(transparent)]
+    TemplateState(#[from] StateError),
+    #[error("registering NetFlow metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl NetflowSourceConfig {
+    /// Binds the socket and restores the template state kept at `state_path`, so that bind
+    /// and state errors surface at start-up, not on the source's thread.
+    pub fn build(
+        &self,
+        state_path: Option<PathBuf>,
+        telemetry: &Telemetry,
+    ) -> Result<Source, NetflowSourceError> {
+        let transport = UdpTransport::bind(
+            &UdpConfig {
+                listen: self.listen,
+                receive_buffer_bytes: self.receive_buffer_bytes,
+            },
+            socket_drops(telemetry)?,
+        )?;
+        let component = telemetry.component(ComponentKind::Source, "netflow");
+        let mut decoder = NetflowDecoder::new(self.decoder.clone())?;
+        decoder.publish_to(NetflowMetrics::register(telemetry)?, component.clone());
+        if let Some(path) = state_path {
+            decoder.persist_at(path)?;
+        }
+        Ok(Source::new(
+            Box::new(transport),
+            Box::new(decoder),
+            Batching {
+                flows: self.batch_flows,
+                max_delay: Duration::from_millis(self.batch_max_delay_ms),
+            },
+            component,
+        ))
+    }
+}

@@ -1,0 +1,54 @@
+//! Transports: how exporters' messages reach Hawking (UDP datagrams now; TCP streams, files,
+//! captures and Kafka share the interface). A transport delivers messages with their sender's
+//! address and knows nothing of their format; a decoder ([`crate::decode`]) reads them.
+
+pub mod udp;
+
+use std::net::SocketAddr;
+
+/// How long [`Transport::receive`] may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Up to the transport's poll interval for the first message.
+    Briefly,
+    /// Not at all: only what has already arrived (draining at shutdown).
+    Never,
+}
+
+/// What one [`Transport::receive`] call found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// This many messages (with these many bytes) were delivered.
+    Messages { count: usize, bytes: usize },
+    /// Nothing arrived in time.
+    Idle,
+    /// The input is over (end of a file); nothing more will come.
+    Ended,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("receiving on {addr}: {source}")]
+    Receive {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A way in for exporters' messages.
+pub trait Transport: Send {
+    /// Where it listens, for the start-up line and logs.
+    fn local_addr(&self) -> Option<SocketAddr>;
+
+    /// Delivers what arrived to `on_message` (sender, message), waiting as `wait` says.
+    fn receive(
+        &mut self,
+        wait: Wait,
+        on_message: &mut dyn FnMut(SocketAddr, &[u8]),
+    ) -> Result<Received, TransportError>;
+}

@@ -1,0 +1,257 @@
+//! The enrichment stage: takes what sources report ([`SourceBatch`]es), keeps the address
+//! history and the NAT translations up to date from their observations and NAT events, holds
+//! flows for the grace period, attributes them at their own times, and hands out the rows of
+//! every table (attributed flows, new history and translations) for the sinks.
+//!
+//! It runs without sockets: `hawking serve` drives it from its sources' channel, replay from
+//! stored flows.
+
+mod metrics;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use hawking_schemas::flow::FlowBatch;
+use hawking_schemas::nat::NatEvent;
+use hawking_schemas::pipeline::{SourceBatch, Table};
+use hawking_schemas::telemetry::{Component, ComponentKind, Telemetry};
+use hawking_schemas::time::now_micros;
+
+use crate::attribute::{ClusterSelector, attribute_batch, attribution_columns};
+use crate::keeper::HistoryKeeper;
+use crate::nat::{ANY_CLUSTER, NatCounters, NatIndex};
+use crate::watch_state::HistoryState;
+
+use metrics::StageMetrics;
+
+/// NAT events whose clock runs further ahead of this one are dropped: the index's clock is
+/// its latest event, and one NAT in the future would make it forget every other NAT's
+/// closed translations.
+const NAT_FUTURE_LIMIT_US: i64 = 60_000_000;
+
+/// How the stage holds and keeps things.
+#[derive(Clone, Copy, Debug)]
+pub struct StageConfig {
+    /// How long a flow waits before it is attributed, so that late history is there.
+    pub grace: Duration,
+    /// Most flows held; beyond it the oldest are attributed early (counted). 0: no bound.
+    pub max_held_flows: usize,
+    /// How long a closed NAT translation stays in memory for late flows.
+    pub nat_keep_closed: Duration,
+}
+
+/// The clusters flows are attributed in: their history, which exporters belong to which,
+/// and the clusters watched live (whose last moment in sync is persisted, so a crash's
+/// downtime becomes a gap on restart).
+pub struct Clusters {
+    pub keeper: HistoryKeeper,
+    pub selector: ClusterSelector,
+    /// Clusters watched live (they get a gap when Hawking stops).
+    pub watched: Vec<String>,
+    pub state: HistoryState,
+    /// Where `state` persists; `None` keeps it in memory only.
+    pub state_path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("building attributed rows: {0}")]
+    Rows(#[from] arrow::error::ArrowError),
+}
+
+/// See the module documentation.
+pub struct EnrichmentStage {
+    clusters: Option<Clusters>,
+    nat: NatIndex,
+    /// What the NAT index had counted when last published.
+    nat_published: NatCounters,
+    config: StageConfig,
+    held: VecDeque<(Instant, FlowBatch)>,
+    held_flows: usize,
+    metrics: StageMetrics,
+    component: Component,
+    /// Scratch for the clusters of one NAT event's exporter.
+    scratch_clusters: Vec<u16>,
+}
+
+impl EnrichmentStage {
+    /// A stage attributing in `clusters` (none: flows pass through unattributed) through
+    /// the translations of `nat`.
+    pub fn new(
+        clusters: Option<Clusters>,
+        nat: NatIndex,
+        config: StageConfig,
+        telemetry: &Telemetry,
+    ) -> prometheus::Result<Self> {
+        Ok(EnrichmentStage {
+            clusters,
+            nat,
+            nat_published: NatCounters::default(),
+            config,
+            held: VecDeque::new(),
+            held_flows: 0,
+            metrics: StageMetrics::register(telemetry)?,
+            component: telemetry.component(ComponentKind::Stage, "enrich"),
+            scratch_clusters: Vec::new(),
+        })
+    }
+
+    /// Whether flows are attributed at all (some cluster is configured).
+    pub fn attributes(&self) -> bool {
+        self.clusters.is_some()
+    }
+
+    /// Flows waiting out the grace period.
+    pub fn held_flows(&self) -> usize {
+        self.held_flows
+    }
+
+    pub fn clusters(&self) -> Option<&Clusters> {
+        self.clusters.as_ref()
+    }
+
+    /// Takes a source's batch: its observations and NAT events apply at once (flows they
+    /// explain may be in this very batch), its flows wait out the grace period.
+    pub fn accept(&mut self, batch: SourceBatch, now: Instant) {
+        let SourceBatch {
+            flows,
+            nat_events,
+            observations,
+        } = batch;
+        if !observations.is_empty() {
+            match &mut self.clusters {
+                Some(c) => {
+                    for obs in observations {
+                        c.keeper.apply(obs);
+                    }
+                    self.metrics.publish_gaps(c);
+                }
+                None => self
+                    .component
+                    .dropped(observations.len() as u64, "observation_without_cluster"),
+            }
+        }
+        self.apply_nat(&nat_events);
+        if !flows.is_empty() {
+            self.component.received(flows.len() as u64, 0);
+            self.held_flows += flows.len();
+            self.held.push_back((now, flows));
+        }
+        self.metrics.held_flows.set(self.held_flows as i64);
+    }
+
+    fn apply_nat(&mut self, events: &[NatEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let horizon = now_micros() + NAT_FUTURE_LIMIT_US;
+        for event in events {
+            if event.at > horizon {
+                self.metrics.nat_event("from_the_future", 1);
+                continue;
+            }
+            let cluster = match &self.clusters {
+                Some(c) => {
+                    c.selector.clusters_for(
+                        event.exporter,
+                        event.observation_domain,
+                        &mut self.scratch_clusters,
+                    );
+                    match self.scratch_clusters.as_slice() {
+                        [one] => *one,
+                        _ => ANY_CLUSTER,
+                    }
+                }
+                None => ANY_CLUSTER,
+            };
+            self.nat.apply(event, cluster);
+        }
+    }
+
+    /// Attributes the held flows whose grace period has passed at `now` (all of them when
+    /// `closing`, and the oldest beyond the bound on held flows), and appends their rows
+    /// and every history and translation row not yet handed out to `out`.
+    pub fn release(
+        &mut self,
+        now: Instant,
+        closing: bool,
+        out: &mut Vec<(Table, RecordBatch)>,
+    ) -> Result<(), StageError> {
+        let max_held = self.config.max_held_flows;
+        while let Some((received, _)) = self.held.front() {
+            let due = closing || now.saturating_duration_since(*received) >= self.config.grace;
+            let over = max_held > 0 && self.held_flows > max_held;
+            if !due && !over {
+                break;
+            }
+            let (_, batch) = self.held.pop_front().expect("front exists");
+            self.held_flows -= batch.len();
+            if !due {
+                self.metrics.early_attributions.inc_by(batch.len() as u64);
+            }
+            out.push((Table::Flows, self.attribute(&batch)?));
+            self.component.sent(batch.len() as u64);
+        }
+        self.metrics.held_flows.set(self.held_flows as i64);
+        self.take_history_rows(out);
+        Ok(())
+    }
+
+    fn attribute(&mut self, batch: &FlowBatch) -> Result<RecordBatch, StageError> {
+        let Some(c) = &self.clusters else {
+            return Ok(batch.to_record_batch_unattributed()?);
+        };
+        let history = c.keeper.history();
+        let attribution = attribute_batch(history, &self.nat, &c.selector, batch);
+        self.metrics.count_endpoints(&attribution);
+        Ok(batch.to_record_batch(Some(attribution_columns(history, &attribution)))?)
+    }
+
+    fn take_history_rows(&mut self, out: &mut Vec<(Table, RecordBatch)>) {
+        if let Some(c) = &mut self.clusters {
+            let names = c.keeper.history().clusters().iter();
+            self.nat
+                .set_cluster_names(names.map(|c| c.name.to_string()).collect());
+            let (intervals, gaps) = c.keeper.take_rows();
+            out.extend(intervals.map(|rows| (Table::IpHistoryLog, rows)));
+            out.extend(gaps.map(|rows| (Table::HistoryGapsLog, rows)));
+        }
+        if let Some(rows) = self.nat.take_rows(now_micros()) {
+            out.push((Table::NatHistoryLog, rows));
+        }
+    }
+
+    /// Every few seconds: records which watched clusters are in sync (persisted, so a crash's
+    /// downtime becomes a gap on restart), publishes the history's and translations' sizes,
+    /// and forgets translations closed long enough ago. With `stopping`, opens the gap that
+    /// lasts until the next start is in sync.
+    pub fn heartbeat(&mut self, stopping: bool) {
+        self.nat
+            .prune_closed(self.config.nat_keep_closed.as_micros() as i64);
+        let counters = self.nat.counters();
+        self.metrics
+            .publish_nat(&counters, &self.nat_published, &self.nat);
+        self.nat_published = counters;
+        let now = now_micros();
+        let Some(c) = &mut self.clusters else {
+            return;
+        };
+        for cluster in &c.watched {
+            if !c.keeper.is_down(cluster) {
+                c.state.synced_until.insert(cluster.clone(), now);
+            }
+            if stopping {
+                c.keeper.stop_watching(cluster, now);
+            }
+        }
+        self.metrics.publish_gaps(c);
+        self.metrics.publish_history(c);
+        if let Some(path) = &c.state_path
+            && let Err(err) = c.state.save(path)
+        {
+            self.component.error("save_watch_state", &err);
+        }
+    }
+}
