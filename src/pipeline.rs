@@ -221,11 +221,16 @@ async fn build_stage(
     if translations > 0 {
         tracing::info!(translations, "NAT translations loaded");
     }
+    // Without a cluster there is no history to wait for: flows pass straight through.
+    let grace = match clusters {
+        Some(_) => Duration::from_secs_f64(enricher.grace_secs.max(0.0)),
+        None => Duration::ZERO,
+    };
     let stage = EnrichmentStage::new(
         clusters,
         nat,
         StageConfig {
-            grace: Duration::from_secs_f64(enricher.grace_secs.max(0.0)),
+            grace,
             max_held_flows: enricher.max_held_flows,
             nat_keep_closed: keep_closed,
         },

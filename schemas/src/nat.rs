@@ -39,6 +39,16 @@ pub struct NatEvent {
     pub remote_port: u16,
 }
 
+/// A NAT logging exporter showed it is alive at `at` (µs, its own clock): it announced its NAT
+/// event templates (exporters re-send them periodically over UDP) or sent events. While a
+/// NAT is silent, flows through its outside addresses cannot be mapped back with confidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatAlive {
+    pub exporter: u128,
+    pub observation_domain: u32,
+    pub at: i64,
+}
+
 /// IANA natEvent (information element 230) values Hawking reads (RFC 8158 §4 and the IANA
 /// registry): session and BIB create/delete for NAT44 and NAT64, plus the historic
 /// "NAT translation create/delete" that older exporters send.

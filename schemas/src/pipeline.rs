@@ -12,7 +12,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use crate::flow::FlowBatch;
-use crate::nat::NatEvent;
+use crate::nat::{NatAlive, NatEvent};
 use crate::observation::Observation;
 
 /// Everything a source learned from one stretch of its input, in one message so that what
@@ -24,6 +24,8 @@ pub struct SourceBatch {
     pub flows: FlowBatch,
     /// NAT session events (RFC 8158 records, a node agent's translations).
     pub nat_events: Vec<NatEvent>,
+    /// NAT logging exporters that showed they are alive (announced their NAT templates).
+    pub nat_alive: Vec<NatAlive>,
     /// What the source says about who held which address (cluster watches; eBPF exporters'
     /// endpoint identities).
     pub observations: Vec<Observation>,
@@ -47,12 +49,16 @@ impl SourceBatch {
 
     /// Whether there is anything to hand downstream.
     pub fn has_content(&self) -> bool {
-        !self.flows.is_empty() || !self.nat_events.is_empty() || !self.observations.is_empty()
+        !self.flows.is_empty()
+            || !self.nat_events.is_empty()
+            || !self.nat_alive.is_empty()
+            || !self.observations.is_empty()
     }
 
     pub fn clear(&mut self) {
         self.flows.clear();
         self.nat_events.clear();
+        self.nat_alive.clear();
         self.observations.clear();
     }
 }

@@ -8,7 +8,7 @@ use hawking_enricher::import::import_recording;
 use hawking_enricher::{HistoryKeeper, Mode};
 use hawking_query::{PartitionedWriter, WriterOptions};
 use hawking_schemas::pipeline::Table;
-use hawking_schemas::time::format_time;
+use hawking_schemas::time::{format_time, parse_time};
 
 #[derive(clap::Subcommand)]
 pub enum HistoryCommand {
@@ -20,6 +20,16 @@ pub enum HistoryCommand {
         /// The cluster it records.
         #[arg(long)]
         cluster: String,
+        /// When the recording began, if before its opening list's latest timestamp (an
+        /// earlier recording's open gap then ends here, not later) [default: the latest
+        /// timestamp of its opening list]. RFC 3339 or "2026-11-20 10:05:00" (UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// When the recording stopped, if later than its last event: what it held then was
+        /// still held until this time [default: its last timestamp; after it, nothing is
+        /// known].
+        #[arg(long)]
+        until: Option<String>,
         /// Store directory.
         #[arg(long, default_value = "./data")]
         data: PathBuf,
@@ -31,26 +41,63 @@ pub fn run(command: HistoryCommand) -> anyhow::Result<()> {
         HistoryCommand::Import {
             file,
             cluster,
+            from,
+            until,
             data,
-        } => import(&file, &cluster, &data),
+        } => {
+            let time = |flag: &str, t: Option<String>| -> anyhow::Result<Option<i64>> {
+                t.map(|t| parse_time(&t).with_context(|| format!("--{flag}")))
+                    .transpose()
+            };
+            let bounds = Bounds {
+                from: time("from", from)?,
+                until: time("until", until)?,
+            };
+            import(&file, &cluster, bounds, &data)
+        }
     }
 }
 
 /// The reason of the gap after a recording of a cluster that is not watched live.
 const RECORDING_ENDS: &str = hawking_enricher::keeper::RECORDING_ENDS;
 
-fn import(file: &Path, cluster: &str, data: &Path) -> anyhow::Result<()> {
+/// What the user says of a recording's extent, beyond its own timestamps.
+struct Bounds {
+    from: Option<i64>,
+    until: Option<i64>,
+}
+
+fn import(file: &Path, cluster: &str, bounds: Bounds, data: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut keeper = HistoryKeeper::new(Mode::Import);
     let report = import_recording(&text, cluster, &mut keeper)
         .with_context(|| format!("importing {}", file.display()))?;
-    let Some(end) = report.recording_end else {
+    let Some(last) = report.recording_end else {
         anyhow::bail!(
             "{} holds no Pods, Nodes or Services with timestamps",
             file.display()
         );
     };
+    let end = match bounds.until {
+        Some(until) if until < last => anyhow::bail!(
+            "--until {}: the recording {} has events until {}",
+            format_time(until),
+            file.display(),
+            format_time(last)
+        ),
+        Some(until) => until,
+        None => last,
+    };
+    if let Some(from) = bounds.from
+        && from > end
+    {
+        anyhow::bail!(
+            "--from {}: after the recording's end, {}",
+            format_time(from),
+            format_time(end)
+        );
+    }
     // A cluster Hawking also watches live keeps its own account of what it saw; one known
     // only from recordings has nothing after the recording's end.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -86,7 +133,11 @@ fn import(file: &Path, cluster: &str, data: &Path) -> anyhow::Result<()> {
     })?;
     // An earlier recording ended where this one may go on: what this one covers is no longer
     // unknown. It tells every change from its opening list on, so the gap ends there.
-    let start = report.recording_start.unwrap_or(end);
+    let start = bounds
+        .from
+        .or(report.recording_start)
+        .unwrap_or(end)
+        .min(end);
     for gap_start in open_gaps.into_iter().filter(|g| *g <= end) {
         keeper.end_gap(
             cluster,

@@ -7,21 +7,134 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{Hawking, fixtures, hawking_bin, softflowd_export, sql};
+use crate::support::{
+    Hawking, fixtures, hawking_bin, rfc3339, softflowd_export, sql, sql_i64, whois_json,
+};
 
 pub(crate) fn import(data: &Path, file: &str) {
-    let out = Command::new(hawking_bin())
-        .args(["history", "import"])
-        .arg(fixtures().join("k8s/import").join(file))
-        .args(["--cluster", "demo", "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
+    let out = import_with(data, file, &[]);
     assert!(
         out.status.success(),
         "import {file}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn import_with(data: &Path, file: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(hawking_bin())
+        .args(["history", "import"])
+        .arg(fixtures().join("k8s/import").join(file))
+        .args(["--cluster", "demo", "--data"])
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The open `recording ends` gap's start, and the gaps' ends, in µs.
+fn recording_gaps(data: &Path) -> Vec<(i64, Option<i64>)> {
+    sql(
+        data,
+        "SELECT CAST(gap_start AS BIGINT) AS s, CAST(gap_end AS BIGINT) AS e FROM history_gaps \
+         WHERE reason = 'recording ends' ORDER BY s",
+    )
+    .iter()
+    .map(|r| (r["s"].as_i64().unwrap(), r["e"].as_i64()))
+    .collect()
+}
+
+#[test]
+fn a_recording_holds_until_the_time_the_user_says_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("plain");
+    import(&plain, "pods-watch.json");
+    let [(end, None)] = recording_gaps(&plain)[..] else {
+        panic!("{:?}", recording_gaps(&plain));
+    };
+    // A pod still running when the recording ends: its interval ends with the recording.
+    let held = sql(
+        &plain,
+        &format!(
+            "SELECT ip, name FROM ip_history WHERE owner_kind = 'pod' \
+             AND CAST(valid_to AS BIGINT) = {end} ORDER BY ip LIMIT 1"
+        ),
+    );
+    let (ip, pod) = (
+        held[0]["ip"].as_str().unwrap(),
+        held[0]["name"].as_str().unwrap(),
+    );
+    let later = rfc3339(end / 1_000_000 + 1800);
+    assert_eq!(whois_json(&plain, ip, &later)["attribution"], "unknown");
+
+    let until_us = end + 3_600_000_000;
+    let until = rfc3339(until_us / 1_000_000);
+    let extended = tmp.path().join("extended");
+    let out = import_with(&extended, "pods-watch.json", &["--until", &until]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(recording_gaps(&extended), [(until_us, None)]);
+    let answer = whois_json(&extended, ip, &later);
+    assert_eq!(answer["attribution"], "pod", "{answer}");
+    assert_eq!(answer["owner"]["name"], pod, "{answer}");
+    assert_eq!(
+        whois_json(&extended, ip, &rfc3339(until_us / 1_000_000 + 60))["attribution"],
+        "unknown"
+    );
+
+    // A stop before the recording's own last event is refused, naming the flag.
+    let early = rfc3339(end / 1_000_000 - 3600);
+    let refused = import_with(
+        &tmp.path().join("refused"),
+        "pods-watch.json",
+        &["--until", &early],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("--until"),
+        "{stderr}"
+    );
+    let unreadable = import_with(
+        &tmp.path().join("refused"),
+        "pods-watch.json",
+        &["--from", "soon"],
+    );
+    let stderr = String::from_utf8_lossy(&unreadable.stderr);
+    assert!(
+        !unreadable.status.success() && stderr.contains("--from"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_later_recording_closes_the_earlier_ones_gap_where_it_says_it_began() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Without --from, the gap ends at the watch's opening list.
+    let plain = tmp.path().join("plain");
+    import(&plain, "pods-snapshot.json");
+    import(&plain, "pods-watch.json");
+    let gaps = recording_gaps(&plain);
+    let (snapshot_end, Some(opening)) = gaps[0] else {
+        panic!("{gaps:?}");
+    };
+    // The watch says it began a minute later: the gap lasts until then.
+    let began = opening + 60_000_000;
+    let stated = tmp.path().join("stated");
+    import(&stated, "pods-snapshot.json");
+    let out = import_with(
+        &stated,
+        "pods-watch.json",
+        &["--from", &rfc3339(began / 1_000_000)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gaps = recording_gaps(&stated);
+    assert_eq!(gaps[0], (snapshot_end, Some(began)), "{gaps:?}");
 }
 
 /// (attribution, pod, workload) of the flows matching `filter`, one row per distinct answer,
@@ -136,11 +249,18 @@ fn recorded_cluster_traffic_is_attributed_at_each_flows_own_time() {
         "SELECT DISTINCT src_workload, dst_workload, dst_attribution FROM flows \
          WHERE src_ip IN ('10.4.2.5', 'fd00:10:4:2::5') AND dst_port = 443 ORDER BY 1",
     );
+    assert!(!api.is_empty(), "the api pod's HTTPS flows were stored");
     assert!(
         api.iter()
             .all(|r| r["src_workload"] == "api" && r["dst_attribution"] == "external"),
         "{api:?}"
     );
+    let families = sql_i64(
+        &data,
+        "SELECT count(DISTINCT src_ip) FROM flows \
+         WHERE src_ip IN ('10.4.2.5', 'fd00:10:4:2::5') AND dst_port = 443",
+    );
+    assert_eq!(families, 2, "both of the api pod's addresses sent");
     let web_to_api = sql(
         &data,
         "SELECT count(*) AS n FROM flows WHERE src_workload = 'web' AND dst_workload = 'api' \

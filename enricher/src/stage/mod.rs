@@ -118,6 +118,8 @@ impl EnrichmentStage {
         let SourceBatch {
             flows,
             nat_events,
+            // What a NAT's silence means for its flows is not decided yet: see NatIndex.
+            nat_alive: _,
             observations,
         } = batch;
         if !observations.is_empty() {

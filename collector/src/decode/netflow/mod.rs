@@ -470,6 +470,7 @@ impl NetflowDecoder {
             }
             self.templates_changed |= scope.templates.len() != before;
         }
+        let announced: Vec<u16> = layouts.iter().map(|l| l.template_id).collect();
         let mut learned = Vec::new();
         for layout in layouts {
             let id = layout.template_id;
@@ -492,6 +493,16 @@ impl NetflowDecoder {
             }
         }
         scope.options_templates = scope.templates.values().filter(|t| t.is_options()).count();
+        if announced
+            .iter()
+            .any(|id| scope.templates.get(id).is_some_and(|t| t.is_nat_events()))
+        {
+            out.nat_alive.push(hawking_schemas::nat::NatAlive {
+                exporter: ip_to_u128(key.exporter.ip()),
+                observation_domain: key.domain,
+                at: header.export_ms * 1000,
+            });
+        }
         if !learned.is_empty() {
             self.templates_changed = true;
             self.counters

@@ -60,6 +60,15 @@ fn session_create_and_delete_become_nat_events_not_flows() {
     let (out, mut decoder) = decode(&[packet(true, false, &events)]);
     assert_eq!(out.flows.len(), 0, "NAT events are not flows");
     assert_eq!(out.nat_events, events);
+    let agent = AGENT.parse::<SocketAddr>().unwrap();
+    assert_eq!(
+        out.nat_alive
+            .iter()
+            .map(|a| a.exporter)
+            .collect::<Vec<_>>(),
+        [hawking_schemas::ip::ip_to_u128(agent.ip())],
+        "announcing NAT templates shows the NAT is alive"
+    );
     let counters: Vec<_> = decoder.drain_counters().collect();
     assert_eq!(counters[0].1.nat_events, 2);
     assert_eq!(counters[0].1.flows, 0);
