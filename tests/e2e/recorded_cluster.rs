@@ -39,7 +39,12 @@ fn recording_gaps(data: &Path) -> Vec<(i64, Option<i64>)> {
          WHERE reason = 'recording ends' ORDER BY s",
     )
     .iter()
-    .map(|r| (r["s"].as_i64().unwrap(), r["e"].as_i64()))
+    .map(|r| {
+        (
+            r["s"].as_i64().unwrap(),
+            r.get("e").and_then(|e| e.as_i64()),
+        )
+    })
     .collect()
 }
 

@@ -62,10 +62,7 @@ fn session_create_and_delete_become_nat_events_not_flows() {
     assert_eq!(out.nat_events, events);
     let agent = AGENT.parse::<SocketAddr>().unwrap();
     assert_eq!(
-        out.nat_alive
-            .iter()
-            .map(|a| a.exporter)
-            .collect::<Vec<_>>(),
+        out.nat_alive.iter().map(|a| a.exporter).collect::<Vec<_>>(),
         [hawking_schemas::ip::ip_to_u128(agent.ip())],
         "announcing NAT templates shows the NAT is alive"
     );
