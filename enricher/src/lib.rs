@@ -13,6 +13,8 @@ pub mod nat;
 pub mod objects;
 pub mod owners;
 pub mod stage;
+#[cfg(test)]
+mod stage_tests;
 pub mod watch;
 pub mod watch_state;
 pub mod whois;

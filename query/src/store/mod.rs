@@ -1,6 +1,7 @@
 //! The Parquet store: hour-partitioned tables under one root directory, written by
 //! [`writer::PartitionedWriter`] and listed for queries by [`list_files`].
 
+pub mod hour;
 pub mod layout;
 pub mod sink;
 pub mod writer;
@@ -63,6 +64,10 @@ pub enum StoreError {
     PartitionColumnType { column: String },
     #[error("partition column {column} has nulls")]
     PartitionColumnNulls { column: String },
+    #[error("{path} was replaced by someone else meanwhile; nothing was changed")]
+    ConcurrentReplace { path: String },
+    #[error("{path}: not a path the system can take")]
+    BadPath { path: String },
     #[error("zstd level {level}: {source}")]
     ZstdLevel {
         level: i32,

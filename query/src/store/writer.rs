@@ -94,6 +94,9 @@ impl WriterOptions {
     }
 }
 
+/// Where files are written before they are moved into their hour partition.
+const STAGING_DIR: &str = ".staging";
+
 /// A file made visible by a commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommittedFile {
@@ -239,7 +242,6 @@ impl PartitionedWriter {
         batches: &[RecordBatch],
     ) -> Result<CommittedFile, StoreError> {
         let dir = partition_dir(&self.table_dir, hour);
-        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         self.sequence += 1;
         let name = format!(
             "part-{}-{}-{:06}.parquet",
@@ -248,7 +250,11 @@ impl PartitionedWriter {
             self.sequence
         );
         let final_path = dir.join(&name);
-        let tmp_path = dir.join(format!(".{name}{IN_PROGRESS_SUFFIX}"));
+        // Written outside the hour's directory, which a replacement may exchange meanwhile
+        // (super::hour), and moved in under the hour's lock.
+        let staging = self.table_dir.join(STAGING_DIR);
+        std::fs::create_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
+        let tmp_path = staging.join(format!(".{name}{IN_PROGRESS_SUFFIX}"));
         let result = write_parquet(
             &tmp_path,
             self.schema.clone(),
@@ -262,8 +268,15 @@ impl PartitionedWriter {
                 return Err(e);
             }
         };
-        std::fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
-        sync_dir(&dir);
+        {
+            let _lock = super::hour::lock_hour(&self.table_dir, hour)?;
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+            if let Err(e) = std::fs::rename(&tmp_path, &final_path) {
+                let _ = std::fs::remove_file(&tmp_path);
+                return Err(StoreError::io(&final_path, e));
+            }
+            sync_dir(&dir);
+        }
         let bytes = std::fs::metadata(&final_path).map(|m| m.len()).unwrap_or(0);
         Ok(CommittedFile {
             path: final_path,
@@ -306,6 +319,21 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Whether the process that is writing `path` (its name carries the writer's pid:
+/// `.part-<µs>-<pid>-<seq>.parquet.inprogress`) still runs: another process writing the same
+/// table (a `history import` beside `hawking serve`) must not lose its file.
+fn writer_alive(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let pid = name.split('-').nth(2).and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) if pid != std::process::id() => Path::new(&format!("/proc/{pid}")).exists(),
+        _ => false,
+    }
+}
+
 fn remove_in_progress(table_dir: &Path) -> Result<(), StoreError> {
     fn walk(dir: &Path, depth: usize) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
@@ -313,7 +341,7 @@ fn remove_in_progress(table_dir: &Path) -> Result<(), StoreError> {
             let path = entry.path();
             if entry.file_type()?.is_dir() && depth < 2 {
                 walk(&path, depth + 1)?;
-            } else if path.to_string_lossy().ends_with(IN_PROGRESS_SUFFIX) {
+            } else if path.to_string_lossy().ends_with(IN_PROGRESS_SUFFIX) && !writer_alive(&path) {
                 tracing::warn!(path = %path.display(), "removing a file left half-written by an earlier run");
                 std::fs::remove_file(&path)?;
             }
@@ -418,11 +446,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("date=2026-11-20/hour=10");
         std::fs::create_dir_all(&dir).unwrap();
-        let stale = dir.join(".part-1-1-000001.parquet.inprogress");
+        // Its writer (a pid beyond any pid_max) is gone.
+        let stale = dir.join(".part-1-999999999-000001.parquet.inprogress");
         std::fs::write(&stale, b"PAR1 truncated").unwrap();
+        // Another running process (this test's parent) is still writing this one.
+        let staging = tmp.path().join(STAGING_DIR);
+        std::fs::create_dir_all(&staging).unwrap();
+        let live = staging.join(format!(
+            ".part-1-{}-000001.parquet.inprogress",
+            std::os::unix::process::parent_id()
+        ));
+        std::fs::write(&live, b"PAR1 being written").unwrap();
         assert!(list_files(tmp.path(), TimeRange::ALL).unwrap().is_empty());
         let _w = writer(tmp.path());
         assert!(!stale.exists());
+        assert!(live.exists(), "a live writer's file is not removed");
     }
 
     #[test]
