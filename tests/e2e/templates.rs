@@ -55,7 +55,7 @@ fn stored(data: &Path, exporter: &str) -> Vec<(String, String, i64, i64, i64, i6
         data,
         &format!(
             "SELECT src_ip, dst_ip, src_port, bytes, packets, CAST(flow_start AS BIGINT) AS s, CAST(flow_end AS BIGINT) AS e \
-             FROM flows WHERE exporter = '{exporter}' ORDER BY src_port"
+             FROM flows WHERE exporter = '{exporter}' ORDER BY src_port, src_ip, dst_ip"
         ),
     )
     .into_iter()
@@ -81,7 +81,7 @@ fn expected(flows: &[FlowRecord], rate: u64) -> Vec<(String, String, i64, i64, i
             )
         })
         .collect();
-    v.sort_by_key(|x| x.2);
+    v.sort_by(|a, b| (a.2, &a.0, &a.1).cmp(&(b.2, &b.0, &b.1)));
     v
 }
 
