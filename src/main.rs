@@ -10,7 +10,7 @@ mod pipeline;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{flowgen, history, nat_agent, serve, sql, whois};
+use crate::commands::{flowgen, history, nat_agent, replay, serve, sql, whois};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +32,9 @@ enum Command {
     Sql(sql::SqlArgs),
     /// Who held an address at a time, from the stored history.
     Whois(whois::WhoisArgs),
+    /// Re-attribute stored flows with the history as it is now: print them, show what
+    /// changed (--diff), or rewrite the stored attribution (--rewrite).
+    Replay(replay::ReplayArgs),
     /// Address history: import kubectl recordings.
     History {
         #[command(subcommand)]
@@ -47,6 +50,10 @@ enum Command {
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<replay::Interrupted>() => {
+            eprintln!("interrupted");
+            std::process::ExitCode::from(130)
+        }
         Err(e) => {
             // The chain of causes, without a backtrace: these are messages for users.
             eprintln!("error: {}", sql::error_text(&e));
@@ -67,6 +74,7 @@ fn run() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Sql(args) => sql::command(args),
         Command::Whois(args) => whois::run(args),
+        Command::Replay(args) => replay::run(args),
         Command::History { command } => history::run(command),
         Command::Flowgen(args) => flowgen::run(args),
         Command::NatAgent(args) => nat_agent::run(args),

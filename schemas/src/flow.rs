@@ -24,6 +24,18 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// The kind a stored `source_kind` value names.
+    pub fn parse(text: &str) -> Option<SourceKind> {
+        Some(match text {
+            "netflow_v5" => SourceKind::NetflowV5,
+            "netflow_v9" => SourceKind::NetflowV9,
+            "ipfix" => SourceKind::Ipfix,
+            "pcap" => SourceKind::Pcap,
+            "ebpf" => SourceKind::Ebpf,
+            _ => return None,
+        })
+    }
+
     /// The value stored in the `source_kind` column.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -252,6 +264,105 @@ impl FlowBatch {
         ]
     }
 
+    /// Reads stored `flows` rows back (as a query returns them: text as Utf8 or Utf8View),
+    /// so they can be attributed again. Rows whose addresses do not parse are an error: the
+    /// store only ever holds addresses Hawking wrote.
+    pub fn from_stored(rows: &RecordBatch) -> Result<FlowBatch, StoredFlowError> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{Int16Type, Int32Type, Int64Type, TimestampMicrosecondType};
+        let column = |name: &'static str| {
+            rows.column_by_name(name)
+                .ok_or(StoredFlowError::Missing { column: name })
+        };
+        let wrong = |column: &'static str| StoredFlowError::WrongType { column };
+        let times = |name| -> Result<Vec<i64>, StoredFlowError> {
+            let c = column(name)?
+                .as_primitive_opt::<TimestampMicrosecondType>()
+                .ok_or(wrong(name))?;
+            Ok(c.values().to_vec())
+        };
+        let ints = |name| -> Result<Vec<i64>, StoredFlowError> {
+            let c = column(name)?;
+            if let Some(c) = c.as_primitive_opt::<Int64Type>() {
+                Ok(c.values().to_vec())
+            } else if let Some(c) = c.as_primitive_opt::<Int32Type>() {
+                Ok(c.values().iter().map(|v| *v as i64).collect())
+            } else if let Some(c) = c.as_primitive_opt::<Int16Type>() {
+                Ok(c.values().iter().map(|v| *v as i64).collect())
+            } else {
+                Err(wrong(name))
+            }
+        };
+        let texts =
+            |name: &'static str, f: &mut dyn FnMut(usize, &str) -> Result<(), StoredFlowError>| {
+                let c = column(name)?;
+                if let Some(c) = c.as_string_opt::<i32>() {
+                    for (i, v) in c.iter().enumerate() {
+                        f(i, v.unwrap_or_default())?;
+                    }
+                } else if let Some(c) = c.as_string_view_opt() {
+                    for (i, v) in c.iter().enumerate() {
+                        f(i, v.unwrap_or_default())?;
+                    }
+                } else {
+                    return Err(wrong(name));
+                }
+                Ok(())
+            };
+        let mut b = FlowBatch::with_capacity(rows.num_rows());
+        b.flow_start = times("flow_start")?;
+        b.flow_end = times("flow_end")?;
+        b.received_at = times("received_at")?;
+        for (name, out) in [
+            ("exporter", &mut b.exporter),
+            ("src_ip", &mut b.src_ip),
+            ("dst_ip", &mut b.dst_ip),
+        ] {
+            texts(name, &mut |row, text| {
+                out.push(
+                    crate::ip::parse_ip(text).ok_or_else(|| StoredFlowError::BadAddress {
+                        column: name,
+                        row,
+                        text: text.to_string(),
+                    })?,
+                );
+                Ok(())
+            })?;
+        }
+        texts("source_kind", &mut |row, text| {
+            b.source_kind.push(SourceKind::parse(text).ok_or_else(|| {
+                StoredFlowError::BadSourceKind {
+                    row,
+                    text: text.to_string(),
+                }
+            })?);
+            Ok(())
+        })?;
+        b.observation_domain = ints("observation_domain")?
+            .into_iter()
+            .map(|v| v as u32)
+            .collect();
+        b.src_port = ints("src_port")?.into_iter().map(|v| v as u16).collect();
+        b.dst_port = ints("dst_port")?.into_iter().map(|v| v as u16).collect();
+        b.protocol = ints("protocol")?.into_iter().map(|v| v as u8).collect();
+        b.tcp_flags = ints("tcp_flags")?.into_iter().map(|v| v as u8).collect();
+        b.bytes = ints("bytes")?
+            .into_iter()
+            .map(|v| v.max(0) as u64)
+            .collect();
+        b.packets = ints("packets")?
+            .into_iter()
+            .map(|v| v.max(0) as u64)
+            .collect();
+        b.sampling_rate = ints("sampling_rate")?
+            .into_iter()
+            .map(|v| v as u32)
+            .collect();
+        b.in_if = ints("in_if")?.into_iter().map(|v| v as u32).collect();
+        b.out_if = ints("out_if")?.into_iter().map(|v| v as u32).collect();
+        Ok(b)
+    }
+
     /// The whole stored row set for this batch with every attribution column null (flows that
     /// no enricher has seen).
     pub fn to_record_batch_unattributed(&self) -> Result<RecordBatch, ArrowError> {
@@ -276,6 +387,23 @@ impl FlowBatch {
         }
         RecordBatch::try_new(schema, cols)
     }
+}
+
+/// Stored flow rows that cannot be read back as flows.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoredFlowError {
+    #[error("stored flows have no column {column}")]
+    Missing { column: &'static str },
+    #[error("stored flows' column {column} has an unexpected type")]
+    WrongType { column: &'static str },
+    #[error("stored flow row {row}: {column} {text:?} is not an address")]
+    BadAddress {
+        column: &'static str,
+        row: usize,
+        text: String,
+    },
+    #[error("stored flow row {row}: unknown source_kind {text:?}")]
+    BadSourceKind { row: usize, text: String },
 }
 
 /// Builds a Utf8 column of address text in one buffer, without a `String` per row; a run
@@ -402,6 +530,41 @@ mod tests {
             .unwrap()
             .as_string::<i32>();
         assert_eq!(kind.value(0), "ipfix");
+    }
+
+    #[test]
+    fn stored_rows_read_back_as_the_flows_they_were() {
+        let mut b = sample();
+        let mut r = b.record(0);
+        r.src_ip = crate::ip::parse_ip("fd00:10:4::7").unwrap();
+        r.bytes = 9_000;
+        let origin = FlowOrigin {
+            received_at: 1,
+            exporter: v4_to_u128(0x0a00_0001),
+            observation_domain: 9,
+            source_kind: SourceKind::NetflowV9,
+        };
+        b.push(&origin, &r);
+        let stored = b.to_record_batch_unattributed().unwrap();
+        assert_eq!(FlowBatch::from_stored(&stored).unwrap(), b);
+        // As a query returns them: text as Utf8View.
+        let view: Vec<ArrayRef> = stored
+            .columns()
+            .iter()
+            .map(|c| match c.data_type() {
+                DataType::Utf8 => arrow::compute::cast(c, &DataType::Utf8View).unwrap(),
+                _ => c.clone(),
+            })
+            .collect();
+        let fields: Vec<Field> = stored
+            .schema()
+            .fields()
+            .iter()
+            .zip(&view)
+            .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+            .collect();
+        let view = RecordBatch::try_new(Arc::new(Schema::new(fields)), view).unwrap();
+        assert_eq!(FlowBatch::from_stored(&view).unwrap(), b);
     }
 
     #[test]

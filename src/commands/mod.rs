@@ -3,6 +3,7 @@
 pub mod flowgen;
 pub mod history;
 pub mod nat_agent;
+pub mod replay;
 pub mod serve;
 pub mod sql;
 pub mod whois;

@@ -67,6 +67,7 @@ pub fn run(
     format: OutputFormat,
     options: &QueryOptions,
 ) -> anyhow::Result<()> {
+    hawking_query::store::require_store(data).context("--data")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -2,6 +2,7 @@
 //! the same decision the enricher makes for a flow endpoint at that instant
 //! ([`hawking_query::whois::lookup`]), printed for people or as JSON.
 
+use anyhow::Context;
 use std::path::PathBuf;
 
 use hawking_enricher::OPEN;
@@ -55,6 +56,7 @@ pub fn run(args: WhoisArgs) -> anyhow::Result<()> {
         port: args.port,
         protocol: args.protocol,
     };
+    hawking_query::store::require_store(&args.data).context("--data")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

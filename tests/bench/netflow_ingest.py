@@ -77,6 +77,7 @@ def pods_recording(path):
             "metadata": {
                 "name": f"{rs}-{i:05d}", "namespace": ns, "uid": f"00000000-0000-4000-8000-{i:012d}",
                 "creationTimestamp": started,
+                "labels": {"app": deploy, "pod-template-hash": "5f6d7c8b9"},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
                                      "uid": f"10000000-0000-4000-8000-{i % 400:012d}", "controller": True}],
             },

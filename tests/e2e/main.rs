@@ -9,6 +9,7 @@ mod malformed;
 mod netns;
 mod pgwire;
 mod recorded_cluster;
+mod replay;
 mod shutdown;
 mod snat;
 mod sql_surface;

@@ -780,3 +780,47 @@ fn at_a_terminal_the_prompt_keeps_history_and_survives_errors_and_ctrl_c() {
     assert!(saved.contains("SELECT 'kept' AS y;"), "{saved}");
     assert!(!saved.contains("dropped"), "{saved}");
 }
+
+/// A `--data` that holds no store is a mistake (a typo, the wrong mount), not an empty
+/// store: `sql`, `whois` and `replay` refuse it, name the directory and exit non-zero
+/// instead of printing an empty answer.
+#[test]
+fn commands_that_read_a_store_refuse_a_directory_without_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let missing = tmp.path().join("no-such-dir");
+    for dir in [&empty, &missing] {
+        let runs: [&[&str]; 3] = [
+            &["sql", "SELECT count(*) FROM flows"],
+            &["whois", "10.0.0.1", "--at", "2026-11-20T09:00:00Z"],
+            &[
+                "replay",
+                "--from",
+                "2026-11-20T09:00:00Z",
+                "--to",
+                "2026-11-20T10:00:00Z",
+            ],
+        ];
+        for args in runs {
+            let out = Command::new(hawking_bin())
+                .args(args)
+                .arg("--data")
+                .arg(dir)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} on {dir:?} succeeded");
+            assert!(
+                stderr.contains("no Hawking store there")
+                    && stderr.contains(&*dir.to_string_lossy()),
+                "{args:?}: {stderr}"
+            );
+            assert!(
+                out.stdout.is_empty(),
+                "{args:?} printed an answer: {:?}",
+                out.stdout
+            );
+        }
+    }
+}

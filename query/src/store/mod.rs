@@ -68,6 +68,10 @@ pub enum StoreError {
     ConcurrentReplace { path: String },
     #[error("{path}: not a path the system can take")]
     BadPath { path: String },
+    #[error(
+        "{path}: no Hawking store there (no table directories, no serve state); give the directory `hawking serve --data` writes"
+    )]
+    NotAStore { path: String },
     #[error("zstd level {level}: {source}")]
     ZstdLevel {
         level: i32,
@@ -81,6 +85,28 @@ impl StoreError {
             path: path.display().to_string(),
             source,
         }
+    }
+}
+
+/// Whether `root` holds a Hawking store: a table's directory or the state `hawking serve`
+/// keeps. A path that holds neither is a mistake to report, not an empty store.
+pub fn is_store(root: &Path) -> bool {
+    Table::ALL
+        .iter()
+        .any(|t| layout::table_dir(root, *t).is_dir())
+        || root.join("state").is_dir()
+}
+
+/// `Ok` when `root` holds a Hawking store, else the error that says so: the commands that
+/// read a store (`sql`, `whois`, `replay`) refuse a wrong `--data` rather than answer from
+/// nothing.
+pub fn require_store(root: &Path) -> Result<(), StoreError> {
+    if is_store(root) {
+        Ok(())
+    } else {
+        Err(StoreError::NotAStore {
+            path: root.display().to_string(),
+        })
     }
 }
 

@@ -1,0 +1,110 @@
+//! What replay attributes with: the history and NAT translations as they are stored now,
+//! and the clusters' exporter rules and ranges from the configuration — the same lookup the
+//! enrichment stage makes, applied to flows read back from the store.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use hawking_enricher::nat::{ANY_CLUSTER, NatTrust};
+use hawking_enricher::{
+    ClusterSelector, EnricherConfig, HistoryKeeper, Mode, NatIndex, attribute_batch,
+    attribution_columns,
+};
+use hawking_schemas::FlowBatch;
+use hawking_schemas::flow::ENDPOINT_COLUMNS;
+
+/// The history, translations and cluster rules replay attributes with.
+pub struct Reattribution {
+    keeper: HistoryKeeper,
+    selector: ClusterSelector,
+    nat: NatIndex,
+    /// What was loaded: clusters, intervals and translations (for the start-up line).
+    pub clusters: usize,
+    pub intervals: usize,
+    pub translations: usize,
+}
+
+impl Reattribution {
+    /// Loads everything stored in `data`. Without configured clusters every cluster of the
+    /// stored history is consulted for every flow (an owner is named only if exactly one
+    /// cluster has the address), as `hawking serve` does for exporters no cluster lists.
+    pub async fn load(data: &Path, config: &EnricherConfig) -> anyhow::Result<Reattribution> {
+        let stored = hawking_query::history::load_history(data)
+            .await
+            .context("reading the stored history")?;
+        let mut keeper = HistoryKeeper::new(Mode::Import);
+        let intervals = keeper
+            .load(&stored.intervals, &stored.gaps)
+            .context("reading the stored history")?;
+        let mut selector = config.apply(keeper.history_mut())?;
+        for c in 0..keeper.history().clusters().len() as u16 {
+            selector.add_cluster(c);
+        }
+        // Every translation ever stored: replay may reach back past any in-memory bound.
+        let ctx = hawking_query::open_session(data, &Default::default()).await?;
+        let rows = ctx
+            .sql("SELECT * FROM nat_history")
+            .await?
+            .collect()
+            .await
+            .context("reading nat_history")?;
+        // When NATs were silent was never stored: replay trusts the stored translations as
+        // they are (those closed by the idle bound were stored closed).
+        let mut nat =
+            NatIndex::new(config.nat.clock_skew_ms as i64 * 1000).with_trust(NatTrust::STORED);
+        let history = keeper.history();
+        let translations = nat
+            .load(&rows, |name| {
+                history.find_cluster(name).unwrap_or(ANY_CLUSTER)
+            })
+            .context("reading nat_history")?;
+        Ok(Reattribution {
+            clusters: keeper.history().clusters().len(),
+            keeper,
+            selector,
+            nat,
+            intervals,
+            translations,
+        })
+    }
+
+    /// `rows` (stored flows, any text encoding) with their attribution columns replaced by
+    /// today's answer; every other column is kept as it was read.
+    pub fn reattribute(&self, rows: &RecordBatch) -> anyhow::Result<RecordBatch> {
+        let flows = FlowBatch::from_stored(rows)?;
+        let history = self.keeper.history();
+        let attribution = attribute_batch(history, &self.nat, &self.selector, &flows);
+        let columns = attribution_columns(history, &attribution);
+        replace_attribution(rows, columns)
+    }
+}
+
+/// The names of the attribution columns, `src_*` then `dst_*`, as `attribution_columns`
+/// builds them.
+pub fn attribution_column_names() -> Vec<String> {
+    ["src", "dst"]
+        .iter()
+        .flat_map(|side| ENDPOINT_COLUMNS.iter().map(move |c| format!("{side}_{c}")))
+        .collect()
+}
+
+fn replace_attribution(rows: &RecordBatch, new: Vec<ArrayRef>) -> anyhow::Result<RecordBatch> {
+    let names = attribution_column_names();
+    let schema = rows.schema();
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
+    for (name, column) in names.iter().zip(new) {
+        let i = schema
+            .index_of(name)
+            .with_context(|| format!("stored flows have no column {name}"))?;
+        fields[i] = Field::new(name, DataType::Utf8, true);
+        columns[i] = column;
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        columns,
+    )?)
+}

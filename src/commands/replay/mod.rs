@@ -1,0 +1,394 @@
+//! `hawking replay`: the forensic replay of stored flows. Re-attributes the flows stored
+//! between two times with the history as it is now (after an import, a recovered watch gap);
+//! prints them, shows only the endpoints whose answer changed (`--diff`), or replaces the
+//! stored attribution of those hours (`--rewrite`) so SQL and Grafana show the corrected
+//! answers.
+//!
+//! Exit codes: 0 done; 1 an error (the message names the flag or file at fault); 2 bad
+//! arguments; 130 interrupted (Ctrl-C or SIGTERM): no output file is left behind, and every
+//! hour a rewrite had not finished keeps its old files.
+
+mod attribution;
+mod diff;
+mod progress;
+mod rewrite;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use arrow::array::RecordBatch;
+use datafusion::common::DFSchema;
+use futures::StreamExt;
+use hawking_query::store::layout::{HOUR_US, hour_of};
+use hawking_schemas::time::{format_time, parse_time};
+
+use crate::config::Config;
+use attribution::Reattribution;
+use progress::Progress;
+use rewrite::Selection;
+
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// Replay the flows that started at or after this time: RFC 3339 (2026-11-20T10:05:00Z)
+    /// or "2026-11-20 10:05:00" (UTC).
+    #[arg(long)]
+    from: String,
+    /// ... and before this time.
+    #[arg(long)]
+    to: String,
+    /// Only the flows matching this SQL condition over the flows table's columns, e.g.
+    /// "src_ip = '10.4.3.7'" or "cidr_contains('10.4.0.0/16', dst_ip)".
+    #[arg(long = "where")]
+    predicate: Option<String>,
+    /// Show only the endpoints whose attribution changed: the stored answer beside today's,
+    /// and why.
+    #[arg(long)]
+    diff: bool,
+    /// Replace the stored attribution of the replayed flows with today's, one hour partition
+    /// at a time, each in one step.
+    #[arg(long, conflicts_with_all = ["diff", "out"])]
+    rewrite: bool,
+    /// Write the result to this file (complete or not at all) instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// `hawking serve`'s configuration: which exporters belong to which cluster, the
+    /// clusters' ranges [default: every cluster in the stored history, for every flow].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Store directory.
+    #[arg(long, default_value = "./data")]
+    data: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+    Parquet,
+}
+
+/// A replay stopped by Ctrl-C or SIGTERM (exit code 130).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn interrupted() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let from = parse_time(&args.from).context("--from")?;
+    let to = parse_time(&args.to).context("--to")?;
+    anyhow::ensure!(
+        from < to,
+        "--from {} is not before --to {}",
+        args.from,
+        args.to
+    );
+    if args.format == Format::Parquet && args.out.is_none() {
+        anyhow::bail!("--format parquet writes a file: give it with --out");
+    }
+    hawking_query::store::require_store(&args.data).context("--data")?;
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(replay(&args, from, to, &config))
+}
+
+async fn replay(args: &ReplayArgs, from: i64, to: i64, config: &Config) -> anyhow::Result<()> {
+    let reattribution = Reattribution::load(&args.data, &config.enricher).await?;
+    if args.config.is_none() {
+        tracing::warn!(
+            "no --config: exporters are not tied to clusters and no pod or service ranges are known; \
+             addresses outside the stored history are `external`"
+        );
+    }
+    eprintln!(
+        "replay: history of {} clusters ({} intervals, {} NAT translations) over flows from {} to {}",
+        reattribution.clusters,
+        reattribution.intervals,
+        reattribution.translations,
+        format_time(from),
+        format_time(to)
+    );
+    let ctx = hawking_query::open_session(&args.data, &Default::default()).await?;
+    let condition = args.predicate.as_deref().unwrap_or("true");
+    // Validate the condition once, where the flag can be named.
+    let check = format!("SELECT count(*) FROM flows WHERE false AND ({condition})");
+    ctx.sql(&check)
+        .await
+        .with_context(|| format!("--where {condition:?}"))?;
+    let range = format!(
+        "flow_start >= '{}' AND flow_start < '{}'",
+        format_time(from),
+        format_time(to)
+    );
+    let total = count(&ctx, &format!("{range} AND ({condition})")).await?;
+    let mut progress = Progress::new(total, "flows");
+    if args.rewrite {
+        let predicate = match &args.predicate {
+            None => None,
+            Some(p) => {
+                let schema = DFSchema::try_from(hawking_schemas::flow_schema().as_ref().clone())?;
+                let expr = ctx
+                    .parse_sql_expr(p, &schema)
+                    .with_context(|| format!("--where {p:?}"))?;
+                Some(ctx.create_physical_expr(expr, &schema)?)
+            }
+        };
+        let selection = Selection {
+            from,
+            to,
+            predicate,
+        };
+        return rewrite_hours(args, &selection, &reattribution, &mut progress);
+    }
+    let sql = format!("SELECT * FROM flows WHERE {range} AND ({condition}) ORDER BY flow_start");
+    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+    let mut out = Output::open(args)?;
+    let mut changed = 0u64;
+    while let Some(batch) = stream.next().await {
+        if interrupted() {
+            out.abandon();
+            anyhow::bail!(Interrupted);
+        }
+        let batch = batch?;
+        let after = reattribution.reattribute(&batch)?;
+        progress.advance(batch.num_rows() as u64);
+        if args.diff {
+            if let Some(d) = diff::diff(&batch, &after)? {
+                changed += d.num_rows() as u64;
+                out.write(&d)?;
+            }
+        } else {
+            out.write(&after)?;
+        }
+    }
+    progress.finish();
+    out.finish()?;
+    if args.diff {
+        eprintln!("replay: {changed} endpoints' attribution changed");
+    }
+    Ok(())
+}
+
+fn rewrite_hours(
+    args: &ReplayArgs,
+    selection: &Selection,
+    reattribution: &Reattribution,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let (mut hours, mut replaced, mut changed) = (0u64, 0u64, 0u64);
+    let mut hour = hour_of(selection.from);
+    while hour < selection.to {
+        let done = rewrite::rewrite_hour(&args.data, hour, selection, reattribution, &interrupted)?;
+        progress.advance(done.selected);
+        hours += 1;
+        changed += done.changed;
+        if done.replaced {
+            replaced += 1;
+            progress.note(&format!(
+                "replay: rewrote hour {}: {} of {} flows re-attributed, {} changed",
+                format_time(hour),
+                done.selected,
+                done.flows,
+                done.changed
+            ));
+        }
+        hour += HOUR_US;
+    }
+    progress.finish();
+    eprintln!(
+        "replay: {changed} flows' attribution changed; {replaced} of {hours} hour partitions rewritten"
+    );
+    Ok(())
+}
+
+async fn count(ctx: &datafusion::prelude::SessionContext, condition: &str) -> anyhow::Result<u64> {
+    use arrow::array::AsArray;
+    let batches = ctx
+        .sql(&format!(
+            "SELECT count(*) AS n FROM flows WHERE {condition}"
+        ))
+        .await?
+        .collect()
+        .await?;
+    Ok(batches
+        .first()
+        .and_then(|b| {
+            b.column(0)
+                .as_primitive_opt::<arrow::datatypes::Int64Type>()
+        })
+        .map_or(0, |c| c.value(0) as u64))
+}
+
+/// Where results go: standard output, or a file that appears only when complete.
+struct Output {
+    file: Option<(PathBuf, PathBuf)>,
+    sink: Sink,
+}
+
+enum Sink {
+    Table(Vec<RecordBatch>, Box<dyn Write>),
+    Csv(arrow::csv::Writer<Box<dyn Write>>),
+    Json(arrow::json::ArrayWriter<Box<dyn Write>>),
+    Parquet(Option<parquet::arrow::ArrowWriter<std::fs::File>>),
+    Nothing,
+}
+
+impl Output {
+    fn open(args: &ReplayArgs) -> anyhow::Result<Output> {
+        let file = match &args.out {
+            Some(path) => {
+                let name = path
+                    .file_name()
+                    .with_context(|| format!("--out {}: not a file name", path.display()))?;
+                let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
+                Some((path.clone(), tmp))
+            }
+            None => None,
+        };
+        let writer = || -> anyhow::Result<Box<dyn Write>> {
+            Ok(match &file {
+                Some((path, tmp)) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(tmp)
+                        .with_context(|| format!("--out {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+            })
+        };
+        let sink = match args.format {
+            Format::Table => Sink::Table(Vec::new(), writer()?),
+            Format::Csv => Sink::Csv(
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(writer()?),
+            ),
+            Format::Json => Sink::Json(arrow::json::ArrayWriter::new(writer()?)),
+            Format::Parquet => Sink::Parquet(None),
+        };
+        Ok(Output { file, sink })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
+        let batch = plain_text(batch)?;
+        match &mut self.sink {
+            Sink::Table(batches, _) => batches.push(batch),
+            Sink::Csv(w) => w.write(&batch)?,
+            Sink::Json(w) => w.write(&batch)?,
+            Sink::Parquet(w) => {
+                if w.is_none() {
+                    let (path, tmp) = self.file.as_ref().expect("parquet has --out");
+                    let f = std::fs::File::create(tmp)
+                        .with_context(|| format!("--out {}", path.display()))?;
+                    *w = Some(parquet::arrow::ArrowWriter::try_new(
+                        f,
+                        batch.schema(),
+                        None,
+                    )?);
+                }
+                w.as_mut().expect("opened").write(&batch)?;
+            }
+            Sink::Nothing => {}
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        match std::mem::replace(&mut self.sink, Sink::Nothing) {
+            Sink::Table(batches, mut w) => {
+                hawking_query::write_batches(&mut w, &batches, hawking_query::OutputFormat::Table)?;
+                w.flush()?;
+            }
+            Sink::Csv(w) => w.into_inner().flush()?,
+            Sink::Json(mut w) => {
+                w.finish()?;
+                w.into_inner().flush()?;
+            }
+            Sink::Parquet(w) => match w {
+                Some(w) => {
+                    w.close()?;
+                }
+                None => {
+                    // No rows: still a valid, empty file of the flows schema.
+                    let (_, tmp) = self.file.as_ref().expect("parquet has --out");
+                    let f = std::fs::File::create(tmp)?;
+                    parquet::arrow::ArrowWriter::try_new(f, hawking_schemas::flow_schema(), None)?
+                        .close()?;
+                }
+            },
+            Sink::Nothing => {}
+        }
+        if let Some((path, tmp)) = self.file.take() {
+            std::fs::rename(&tmp, &path).with_context(|| format!("--out {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Leaves no output file behind.
+    fn abandon(&mut self) {
+        self.sink = Sink::Nothing;
+        if let Some((_, tmp)) = self.file.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // An error before finish: no half-written file under the name asked for.
+        self.abandon();
+    }
+}
+
+/// Text columns as plain Utf8 (queries read them as Utf8View), so every format writes them
+/// as the store does.
+fn plain_text(batch: &RecordBatch) -> anyhow::Result<RecordBatch> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| f.data_type() == &DataType::Utf8View)
+    {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        if f.data_type() == &DataType::Utf8View {
+            fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
+            columns.push(arrow::compute::cast(c, &DataType::Utf8)?);
+        } else {
+            fields.push(f.as_ref().clone());
+            columns.push(c.clone());
+        }
+    }
+    Ok(RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new_with_metadata(
+            fields,
+            batch.schema().metadata().clone(),
+        )),
+        columns,
+    )?)
+}
