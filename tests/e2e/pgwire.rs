@@ -274,13 +274,15 @@ fn grafana_health_check_version_probes_and_query_builder_are_answered() {
             .map(|row| row[0].clone().unwrap())
             .collect()
     };
-    assert!(list(&ok(&results[3], "schemata")).contains(&"public".to_string()));
-    let tables = list(&ok(&results[4], "tables"));
-    for t in ["public.flows", "public.ip_history"] {
-        assert!(tables.contains(&t.to_string()), "{t} in {tables:?}");
-    }
-    let public = list(&ok(&results[5], "tables in public"));
-    assert!(public.contains(&"flows".to_string()), "{public:?}");
+    assert_eq!(
+        list(&ok(&results[3], "schemata")),
+        vec!["public".to_string()]
+    );
+    // `public` is on the search path, so its tables are offered unqualified, as PostgreSQL
+    // offers them; the list is exactly the store's tables and views.
+    let store_tables = store_tables(&tmp.path().join("data"));
+    assert_eq!(list(&ok(&results[4], "tables")), store_tables);
+    assert_eq!(list(&ok(&results[5], "tables in public")), store_tables);
     let columns = list(&ok(&results[6], "columns of public.flows"));
     for c in ["flow_start", "src_ip", "bytes", "src_workload"] {
         assert!(columns.contains(&c.to_string()), "{c} in {columns:?}");
@@ -345,6 +347,174 @@ fn grafana_health_check_version_probes_and_query_builder_are_answered() {
             .collect::<Vec<_>>(),
         vec!["2026-11-20 09:00:00+00", "2026-11-20 09:00:00+00"]
     );
+    hawking.stop();
+}
+
+/// The store's tables and views in `public`, sorted, as `hawking sql` lists them (DataFusion's
+/// own information_schema, independent of the endpoint's).
+fn store_tables(data: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = crate::support::sql(
+        data,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .iter()
+    .map(|r| r["table_name"].as_str().unwrap().to_string())
+    .collect();
+    names.sort();
+    names
+}
+
+/// The columns of `flows` with what Grafana reads of them: name, PostgreSQL data_type,
+/// udt_name, precision, scale; in ordinal order.
+type ColumnInfo = (String, String, String, Option<i64>, Option<i64>);
+
+#[test]
+fn grafanas_query_builder_and_schema_api_list_tables_and_columns_as_on_postgresql() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hawking = attributed_store(tmp.path(), "");
+    let data = tmp.path().join("data");
+    let store_tables = store_tables(&data);
+    let flow_columns: Vec<String> = crate::support::sql(
+        &data,
+        "SELECT column_name FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name = 'flows' ORDER BY ordinal_position",
+    )
+    .iter()
+    .map(|r| r["column_name"].as_str().unwrap().to_string())
+    .collect();
+    assert!(flow_columns.len() > 20, "{flow_columns:?}");
+
+    // The frontend (simple protocol, text results): the query builder's column list for the
+    // table it offered unqualified, and for the qualified name.
+    let frontend = run_sql(
+        "psycopg",
+        hawking.pg(),
+        &[
+            json!({ "sql": grafana::get_schema("flows") }),
+            json!({ "sql": grafana::get_schema("public.flows") }),
+            json!({ "sql": grafana::get_schema("other.flows") }),
+            json!({ "sql": "SET search_path = other" }),
+            json!({ "sql": grafana::show_tables(None) }),
+            json!({ "sql": grafana::get_schema("flows") }),
+        ],
+    );
+    for (i, what) in [(0, "flows"), (1, "public.flows")] {
+        let r = ok(&frontend[i], what);
+        let got: Vec<(String, String)> = texts(&r)
+            .into_iter()
+            .map(|row| (row[0].clone().unwrap(), row[1].clone().unwrap()))
+            .collect();
+        assert_eq!(
+            got.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>(),
+            flow_columns,
+            "{what}"
+        );
+        let type_of = |c: &str| got.iter().find(|(n, _)| n == c).unwrap().1.clone();
+        assert_eq!(type_of("flow_start"), "timestamp with time zone");
+        assert_eq!(type_of("bytes"), "bigint");
+        assert_eq!(type_of("dst_port"), "integer");
+        assert_eq!(type_of("protocol"), "smallint");
+        assert_eq!(type_of("src_ip"), "text");
+    }
+    assert!(
+        rows(&ok(&frontend[2], "other.flows")).is_empty(),
+        "no schema other"
+    );
+    // With `public` off the search path, its tables are offered qualified and a bare name
+    // finds no columns: the answer follows the connection's setting, as on PostgreSQL.
+    ok(&frontend[3], "SET search_path");
+    let qualified: Vec<String> = store_tables.iter().map(|t| format!("public.{t}")).collect();
+    let listed: Vec<String> = texts(&ok(&frontend[4], "tables off the path"))
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect();
+    assert_eq!(listed, qualified);
+    assert!(rows(&ok(&frontend[5], "bare name off the path")).is_empty());
+
+    // The backend schema API (pgx, extended protocol with parameters, binary results).
+    let backend = run_sql(
+        "asyncpg",
+        hawking.pg(),
+        &[
+            json!({ "sql": grafana::SCHEMA_API_SCHEMAS }),
+            json!({ "sql": grafana::SCHEMA_API_TABLES, "params": ["public"] }),
+            json!({ "sql": grafana::SCHEMA_API_COLUMNS, "params": ["public", "flows"] }),
+            json!({ "sql": grafana::schema_api_column_values("public", "flows", &["src_namespace", "protocol"]) }),
+        ],
+    );
+    let first = |r: &Value| -> Vec<String> {
+        rows(r)
+            .iter()
+            .map(|row| row[0]["value"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        first(&ok(&backend[0], "schemas")),
+        vec!["public".to_string()]
+    );
+    assert_eq!(first(&ok(&backend[1], "tables")), store_tables);
+    let columns: Vec<ColumnInfo> = rows(&ok(&backend[2], "columns"))
+        .iter()
+        .map(|r| {
+            let text = |i: usize| r[i]["value"].as_str().unwrap().to_string();
+            (
+                text(0),
+                text(1),
+                text(2),
+                r[3]["value"].as_i64(),
+                r[4]["value"].as_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        columns.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
+        flow_columns
+    );
+    let info = |c: &str| columns.iter().find(|x| x.0 == c).unwrap().clone();
+    let expect = |c: &str, data_type: &str, udt: &str, p: Option<i64>, s: Option<i64>| {
+        assert_eq!(
+            info(c),
+            (c.to_string(), data_type.to_string(), udt.to_string(), p, s)
+        )
+    };
+    expect(
+        "flow_start",
+        "timestamp with time zone",
+        "timestamptz",
+        None,
+        None,
+    );
+    expect("bytes", "bigint", "int8", Some(64), Some(0));
+    expect("src_ip", "text", "text", None, None);
+    expect("protocol", "smallint", "int2", Some(16), Some(0));
+    // Every column's udt_name is one Grafana maps to a type (not its string fallback for
+    // numbers and times).
+    for c in &columns {
+        assert!(!c.2.is_empty() && !c.2.contains('('), "{c:?}");
+    }
+    let values = ok(&backend[3], "column values");
+    let values = rows(&values);
+    let of = |col: &str| -> Vec<String> {
+        values
+            .iter()
+            .filter(|r| r[0]["value"] == col)
+            .map(|r| r[1]["value"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let distinct = |col: &str| -> Vec<String> {
+        crate::support::sql(
+            &data,
+            &format!("SELECT DISTINCT {col}::text AS v, {col} FROM flows WHERE {col} IS NOT NULL ORDER BY {col}"),
+        )
+        .iter()
+        .map(|r| r["v"].as_str().unwrap().to_string())
+        .collect()
+    };
+    for col in ["src_namespace", "protocol"] {
+        let expected = distinct(col);
+        assert!(!expected.is_empty(), "{col}");
+        assert_eq!(of(col), expected, "{col}");
+    }
     hawking.stop();
 }
 

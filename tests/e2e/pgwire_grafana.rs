@@ -194,3 +194,41 @@ fn macros_expand_as_grafana_expands_them() {
          AND t >= 1795165200 AND t <= 1795172400 GROUP BY 1, floor(extract(epoch from flow_start)/3600)*3600 AS \"time\", $x"
     );
 }
+
+/// The backend schema API (schema.go `querySchemas`), over the extended protocol as pgx
+/// sends it.
+pub const SCHEMA_API_SCHEMAS: &str = "SELECT schema_name FROM information_schema.schemata
+		 WHERE schema_name NOT LIKE 'pg_%' AND schema_name != 'information_schema'
+		 ORDER BY schema_name";
+
+/// schema.go `queryTables`: `$1` is the schema.
+pub const SCHEMA_API_TABLES: &str = "SELECT table_name FROM information_schema.tables
+		 WHERE table_schema = $1 AND table_type IN ('BASE TABLE', 'VIEW')
+		 ORDER BY table_name";
+
+/// schema.go `queryColumns`: `$1` the schema, `$2` the table.
+pub const SCHEMA_API_COLUMNS: &str =
+    "SELECT column_name, data_type, udt_name, numeric_precision, numeric_scale
+		 FROM information_schema.columns
+		 WHERE table_schema = $1 AND table_name = $2
+		 ORDER BY ordinal_position";
+
+/// schema.go `ColumnValues`: up to 100 distinct values of each column, one UNION ALL arm
+/// per column.
+pub fn schema_api_column_values(schema: &str, table: &str, columns: &[&str]) -> String {
+    let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let qualified = format!("{}.{}", ident(schema), ident(table));
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let col = ident(c);
+            format!(
+                "SELECT '{}' AS col_name, {col}::text AS val FROM (SELECT DISTINCT {col} FROM {qualified} \
+                 WHERE {col} IS NOT NULL ORDER BY {col} LIMIT 100) sub_{i}",
+                c.replace('\'', "''")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}

@@ -10,12 +10,17 @@
 //!   runs; DDL, DML, COPY, cursors and changes of engine settings are refused;
 //! - a deadline per statement that covers producing the rows, not only planning;
 //! - the settings clients ask for on connect (`SHOW`, `current_setting`, `version()`),
-//!   answered consistently, and timestamps in PostgreSQL's own text style.
+//!   answered consistently, and timestamps in PostgreSQL's own text style;
+//! - PostgreSQL's `information_schema` (type names, `udt_name`) and Grafana's search-path
+//!   test answered from the connection's `search_path`, so Grafana's query builder lists
+//!   tables and columns as it does against PostgreSQL.
 
 mod auth;
 mod config;
 mod guard;
+mod information_schema;
 mod metrics;
+mod search_path;
 mod server;
 mod service;
 mod settings;

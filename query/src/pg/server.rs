@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 
 use super::auth::{Authenticator, LoginHandler, Md5Users, ScramUsers};
 use super::guard::Guard;
+use super::information_schema;
 use super::metrics::PgMetrics;
 use super::service::{Errors, LimitedParser, LimitedService, Limits};
 use super::settings::{self, Settings};
@@ -237,12 +238,15 @@ async fn connection_handlers(shared: &Shared) -> Result<ConnectionHandlers, supe
         .default_catalog
         .clone();
     setup_pg_catalog(&ctx, &catalog, shared.roles.clone()).map_err(|e| *e)?;
+    information_schema::install(&ctx)?;
     let settings = Settings::new(shared.query_timeout);
     // After pg_catalog: `session_user` answers with the logged-in user, not "postgres".
     settings::register(&ctx, &settings);
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
         // First: nothing passes that it has not classified (`BEGIN READ WRITE` included).
-        Arc::new(Guard { settings }),
+        Arc::new(Guard {
+            settings: settings.clone(),
+        }),
         // Transactions are no-ops (the data is read-only); after a failed statement in one,
         // everything is refused until ROLLBACK.
         Arc::new(TransactionStatementHook),
@@ -252,12 +256,14 @@ async fn connection_handlers(shared: &Shared) -> Result<ConnectionHandlers, supe
     let parser = Arc::new(LimitedParser {
         inner: ExtendedQueryHandler::query_parser(&*inner),
         limits: shared.limits.clone(),
+        settings: settings.clone(),
     });
     Ok(ConnectionHandlers {
         service: Arc::new(LimitedService {
             inner,
             parser,
             limits: shared.limits.clone(),
+            settings,
         }),
         login: Arc::new(shared.authenticator.for_connection()),
         cancel: shared.cancel.clone(),

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use super::guard::{STATEMENT_TIMEOUT_KEY, user_error};
 use super::metrics::PgMetrics;
+use super::settings::Settings;
 
 /// Limits shared by every connection.
 #[derive(Clone)]
@@ -262,12 +263,21 @@ fn trim_fraction(value: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// `sql` with Grafana's search-path test answered for this connection (see
+/// [`super::search_path`]).
+fn resolve_search_path<'a>(sql: &'a str, settings: &Settings) -> std::borrow::Cow<'a, str> {
+    let path = settings.get("search_path").unwrap_or_default();
+    let user = settings.get("session_authorization").unwrap_or_default();
+    super::search_path::resolve(sql, &path, &user)
+}
+
 /// A connection's query service: datafusion-postgres's (with the read-only guard among its
 /// hooks) inside the limits.
 pub(crate) struct LimitedService {
     pub inner: Arc<DfSessionService>,
     pub parser: Arc<LimitedParser>,
     pub limits: Limits,
+    pub settings: Arc<Settings>,
 }
 
 #[async_trait]
@@ -281,9 +291,10 @@ impl SimpleQueryHandler for LimitedService {
     {
         let deadline = self.limits.deadline(client);
         let running = self.limits.running();
+        let query = resolve_search_path(query, &self.settings);
         let responses = tokio::time::timeout_at(
             deadline,
-            SimpleQueryHandler::do_query(&*self.inner, client, query),
+            SimpleQueryHandler::do_query(&*self.inner, client, &query),
         )
         .await
         .map_err(|_| self.limits.timed_out())??;
@@ -349,6 +360,7 @@ impl ExtendedQueryHandler for LimitedService {
 pub(crate) struct LimitedParser {
     pub inner: Arc<DfParser>,
     pub limits: Limits,
+    pub settings: Arc<Settings>,
 }
 
 #[async_trait]
@@ -364,9 +376,10 @@ impl QueryParser for LimitedParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        let sql = resolve_search_path(sql, &self.settings);
         tokio::time::timeout_at(
             self.limits.deadline(client),
-            self.inner.parse_sql(client, sql, types),
+            self.inner.parse_sql(client, &sql, types),
         )
         .await
         .map_err(|_| self.limits.timed_out())?
