@@ -205,7 +205,8 @@ async fn build_stage(
     };
     let nat_config = &enricher.nat;
     let keep_closed = Duration::from_secs(nat_config.keep_closed_secs);
-    let mut nat = NatIndex::new(nat_config.clock_skew_ms as i64 * 1000);
+    let mut nat =
+        NatIndex::new(nat_config.clock_skew_ms as i64 * 1000).with_trust(nat_config.trust());
     let stored = load_translations(data_dir, keep_closed)
         .await
         .context("reading the stored NAT translations")?;

@@ -259,6 +259,9 @@ pub fn follow(args: &NatAgentConfig, stop: &AtomicBool) -> Result<AgentStats, Na
             pending.clear();
             oldest = None;
         }
+        // A quiet node still says it is alive: the collector tells a NAT with nothing to
+        // report from one whose reports are lost, and stops trusting the second.
+        out.send_templates_if_due();
     }
     out.send(&pending);
     Ok(out.stats)
@@ -310,6 +313,32 @@ impl Exporter {
             let per_datagram = (MAX_DATAGRAM - OVERHEAD - 100) / nat_event_record_len(ipv6);
             for chunk in family.chunks(per_datagram.max(1)) {
                 self.send_chunk(chunk, ipv6);
+            }
+        }
+    }
+
+    /// The templates alone, when none went out for a template interval (the agent's
+    /// heartbeat while conntrack is quiet).
+    fn send_templates_if_due(&mut self) {
+        if self
+            .templates_sent
+            .is_some_and(|t| t.elapsed() < self.template_interval)
+        {
+            return;
+        }
+        let clock = ExporterClock {
+            boot_ms: self.boot_ms,
+            export_ms: unix_ms(),
+        };
+        let mut b = PacketBuilder::new(Version::Ipfix, clock, self.sequence, self.domain);
+        b.template(&nat_event_template(TEMPLATE_V4, false))
+            .template(&nat_event_template(TEMPLATE_V6, true));
+        self.templates_sent = Some(Instant::now());
+        match self.socket.send(&b.finish()) {
+            Ok(_) => self.stats.datagrams += 1,
+            Err(e) => {
+                self.stats.send_errors += 1;
+                tracing::debug!(error = %e, "sending NAT templates failed");
             }
         }
     }

@@ -40,15 +40,21 @@ impl ClusterSelector {
 
     /// The clusters for a flow: those whose rules name its exporter, else every cluster.
     pub fn clusters_for(&self, exporter: u128, domain: u32, out: &mut Vec<u16>) {
+        self.listing(exporter, domain, out);
+        if out.is_empty() {
+            out.extend_from_slice(&self.all);
+        }
+    }
+
+    /// The clusters whose rules name `exporter` (and `domain`): none for an exporter no
+    /// cluster lists. What a NAT reports counts only from a NAT some cluster lists.
+    pub fn listing(&self, exporter: u128, domain: u32, out: &mut Vec<u16>) {
         out.clear();
         for (range, dom, cluster) in &self.rules {
             if range.contains(exporter) && dom.is_none_or(|d| d == domain) && !out.contains(cluster)
             {
                 out.push(*cluster);
             }
-        }
-        if out.is_empty() {
-            out.extend_from_slice(&self.all);
         }
     }
 }
@@ -177,7 +183,21 @@ pub fn resolve_through_nat(
     end: i64,
     protocol: u8,
 ) -> Resolved {
-    let found = nat.lookup(protocol, addr, port, remote, remote_port, start, end);
+    let found = nat.lookup(
+        clusters,
+        protocol,
+        addr,
+        port,
+        remote,
+        remote_port,
+        start,
+        end,
+    );
+    if found.is_uncertain() {
+        // The NAT may have translated this flow without Hawking hearing of it: the address
+        // cannot speak for itself (it would name the node for a pod's traffic).
+        return Resolved::plain(Attribution::Unknown, NO_CLUSTER);
+    }
     resolve_translated(
         history,
         clusters,

@@ -38,13 +38,46 @@ pub struct NatConfig {
     /// Seconds a closed translation is kept in memory for late flows (long active timeouts,
     /// the grace period). Everything stays in `nat_history`. Default 7200.
     pub keep_closed_secs: u64,
+    /// Seconds a NAT's last sign of life (an event, or its event templates, which
+    /// `hawking nat-agent` re-sends every `--template-interval`) vouches for it. A flow
+    /// through its outside addresses at a time it was silent longer, with no translation
+    /// covering it, is `unknown` rather than the node: the translation may be among what
+    /// was lost. Set above the NAT's template refresh interval; 0 trusts silence. Default 600.
+    pub silent_after_secs: u64,
+    /// Seconds an open TCP translation lasts when its delete never comes (conntrack's
+    /// established timeout). Flows on its 5-tuple after that are `unknown`. 0: forever.
+    /// Default 432000.
+    pub idle_close_tcp_secs: u64,
+    /// The same for UDP (conntrack's UDP stream timeout). Default 120.
+    pub idle_close_udp_secs: u64,
+    /// The same for other protocols with ports (SCTP, DCCP, UDP-Lite). Default 600.
+    pub idle_close_other_secs: u64,
 }
 
 impl Default for NatConfig {
     fn default() -> Self {
+        let trust = crate::nat::NatTrust::default();
+        let secs = |us: i64| (us / 1_000_000) as u64;
         NatConfig {
             clock_skew_ms: 1000,
             keep_closed_secs: 7200,
+            silent_after_secs: secs(trust.silent_after),
+            idle_close_tcp_secs: secs(trust.idle_tcp),
+            idle_close_udp_secs: secs(trust.idle_udp),
+            idle_close_other_secs: secs(trust.idle_other),
+        }
+    }
+}
+
+impl NatConfig {
+    /// The index's rules for silence and lost deletes.
+    pub fn trust(&self) -> crate::nat::NatTrust {
+        let us = |secs: u64| (secs as i64).saturating_mul(1_000_000);
+        crate::nat::NatTrust {
+            silent_after: us(self.silent_after_secs),
+            idle_tcp: us(self.idle_close_tcp_secs),
+            idle_udp: us(self.idle_close_udp_secs),
+            idle_other: us(self.idle_close_other_secs),
         }
     }
 }

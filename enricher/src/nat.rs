@@ -31,6 +31,10 @@ pub const MAX_MATCHES: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct NatKey {
+    /// The cluster of the NAT that reported it ([`ANY_CLUSTER`] when its exporter is listed
+    /// by several): clusters may reuse node addresses, and one cluster's translations must
+    /// not explain another's flows.
+    cluster: u16,
     outside_ip: u128,
     /// 0 when the mapping holds for every remote end.
     remote_ip: u128,
@@ -60,13 +64,24 @@ pub struct Translation {
 pub struct NatMatch {
     matches: [Translation; MAX_MATCHES],
     n: u8,
+    /// No translation covers the endpoint, but one may have without the index knowing: the
+    /// NAT behind the address was silent then, or the translation of this very 5-tuple was
+    /// closed by the idle bound rather than by a delete. The endpoint is then `unknown`,
+    /// never the address itself.
+    uncertain: bool,
 }
 
 impl NatMatch {
     const NONE: NatMatch = NatMatch {
         matches: [EMPTY; MAX_MATCHES],
         n: 0,
+        uncertain: false,
     };
+
+    /// Whether, with no translation found, the endpoint's owner cannot be told.
+    pub fn is_uncertain(&self) -> bool {
+        self.n == 0 && self.uncertain
+    }
 
     pub fn translations(&self) -> &[Translation] {
         &self.matches[..self.n as usize]
@@ -90,6 +105,94 @@ pub struct NatCounters {
     pub unmatched_deletes: u64,
     /// Events of protocols without ports (ignored).
     pub portless: u64,
+    /// Open translations closed by the idle bound: their delete never came.
+    pub idle_closed: u64,
+}
+
+/// When the index stops trusting what it was told. Zero durations switch a rule off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatTrust {
+    /// How long a NAT's last sign of life (an event, its templates) vouches for it, µs: at a
+    /// time further from any sign of life, a flow through its outside addresses that no
+    /// translation covers is `unknown` (the translation may be among what was not heard).
+    pub silent_after: i64,
+    /// How long an open translation of TCP, UDP and other protocols lasts without its
+    /// delete, µs (conntrack's defaults: an established TCP connection 5 days, a UDP stream
+    /// 120 s, anything else 600 s).
+    pub idle_tcp: i64,
+    pub idle_udp: i64,
+    pub idle_other: i64,
+}
+
+impl Default for NatTrust {
+    fn default() -> Self {
+        const S: i64 = 1_000_000;
+        NatTrust {
+            silent_after: 600 * S,
+            idle_tcp: 432_000 * S,
+            idle_udp: 120 * S,
+            idle_other: 600 * S,
+        }
+    }
+}
+
+impl NatTrust {
+    /// Trusts everything it is told, forever: for indexes loaded to answer one question
+    /// about the past from stored translations, where liveness was not recorded.
+    pub const STORED: NatTrust = NatTrust {
+        silent_after: 0,
+        idle_tcp: 0,
+        idle_udp: 0,
+        idle_other: 0,
+    };
+
+    fn idle_bound(&self, protocol: u8) -> i64 {
+        match protocol {
+            6 => self.idle_tcp,
+            17 => self.idle_udp,
+            _ => self.idle_other,
+        }
+    }
+}
+
+/// When a NAT was heard from: merged intervals of its signs of life, µs.
+#[derive(Clone, Debug, Default)]
+struct Liveness {
+    /// Sorted, disjoint: `(first, last)` sign of life of each stretch without a silence
+    /// longer than the bound.
+    heard: Vec<(i64, i64)>,
+}
+
+impl Liveness {
+    fn note(&mut self, at: i64, bound: i64) {
+        let i = self.heard.partition_point(|(first, _)| *first <= at);
+        // Joins the stretch before when within the bound of its last sign, and the one
+        // after when within the bound of its first.
+        let joins_prev = i > 0 && at <= self.heard[i - 1].1.saturating_add(bound);
+        let joins_next = i < self.heard.len() && self.heard[i].0 <= at.saturating_add(bound);
+        match (joins_prev, joins_next) {
+            (true, true) => {
+                self.heard[i - 1].1 = self.heard[i].1.max(at);
+                self.heard.remove(i);
+            }
+            (true, false) => self.heard[i - 1].1 = self.heard[i - 1].1.max(at),
+            (false, true) => self.heard[i].0 = at,
+            (false, false) => self.heard.insert(i, (at, at)),
+        }
+    }
+
+    /// Whether `at` lies within `bound` after a sign of life (or before the first one
+    /// of a stretch by at most the bound: what a NAT announces is up to `bound` old).
+    fn vouches(&self, at: i64, bound: i64) -> bool {
+        let i = self
+            .heard
+            .partition_point(|(first, _)| *first <= at.saturating_add(bound));
+        i > 0 && at <= self.heard[i - 1].1.saturating_add(bound)
+    }
+
+    fn forget_before(&mut self, before: i64) {
+        self.heard.retain(|(_, last)| *last >= before);
+    }
 }
 
 /// The source-NAT translations of every NAT Hawking hears from.
@@ -99,6 +202,13 @@ pub struct NatIndex {
     sessions: FxHashMap<NatKey, SmallVec<[Translation; 1]>>,
     /// Outside addresses with any translation: other addresses skip the map.
     outside: FxHashSet<u128>,
+    /// The NATs (exporter addresses) that reported translations of each outside address.
+    nats_of: FxHashMap<u128, SmallVec<[u128; 1]>>,
+    /// When each NAT was heard from.
+    liveness: FxHashMap<u128, Liveness>,
+    /// Outside 5-tuples whose last translation the idle bound closed, with when.
+    idle_closed: FxHashMap<NatKey, i64>,
+    trust: NatTrust,
     /// How far apart the NAT's and the flow exporter's clocks may be, µs.
     skew: i64,
     next_id: i64,
@@ -123,12 +233,77 @@ impl NatIndex {
         NatIndex {
             sessions: FxHashMap::default(),
             outside: FxHashSet::default(),
+            nats_of: FxHashMap::default(),
+            liveness: FxHashMap::default(),
+            idle_closed: FxHashMap::default(),
+            trust: NatTrust::default(),
             skew: skew_us.max(0),
             next_id: 1,
             latest: i64::MIN,
             counters: NatCounters::default(),
             changed: Vec::new(),
             cluster_names: Vec::new(),
+        }
+    }
+
+    /// The index with `trust` as its rules for silence and lost deletes.
+    pub fn with_trust(mut self, trust: NatTrust) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// Notes that the NAT `exporter` was alive at `at` (µs): it sent events or announced its
+    /// event templates.
+    pub fn heard_from(&mut self, exporter: u128, at: i64) {
+        if self.trust.silent_after > 0 {
+            self.liveness
+                .entry(exporter)
+                .or_default()
+                .note(at, self.trust.silent_after);
+        }
+    }
+
+    fn note_outside(&mut self, outside_ip: u128, exporter: u128) {
+        self.outside.insert(outside_ip);
+        let nats = self.nats_of.entry(outside_ip).or_default();
+        if !nats.contains(&exporter) {
+            nats.push(exporter);
+        }
+    }
+
+    /// Whether some NAT reporting `ip` as an outside address was silent at `at`.
+    fn silent_at(&self, ip: u128, at: i64) -> bool {
+        let bound = self.trust.silent_after;
+        bound > 0
+            && self.nats_of.get(&ip).is_some_and(|nats| {
+                nats.iter()
+                    .any(|n| self.liveness.get(n).is_none_or(|l| !l.vouches(at, bound)))
+            })
+    }
+
+    /// Closes open translations older than their protocol's idle bound at the index's
+    /// clock (the latest event): their delete was lost. Flows on such a 5-tuple after it
+    /// closed are `unknown`, since the session may in truth go on.
+    pub fn close_idle(&mut self) {
+        if self.latest == i64::MIN {
+            return;
+        }
+        let latest = self.latest;
+        let trust = self.trust;
+        for (key, list) in self.sessions.iter_mut() {
+            let bound = trust.idle_bound(key.protocol);
+            if bound <= 0 {
+                continue;
+            }
+            if let Some(t) = list.last_mut().filter(|t| t.to == OPEN) {
+                let ends = t.from.saturating_add(bound);
+                if ends < latest {
+                    t.to = ends;
+                    self.counters.idle_closed += 1;
+                    self.changed.push((*key, *t));
+                    self.idle_closed.insert(*key, ends);
+                }
+            }
         }
     }
 
@@ -162,8 +337,9 @@ impl NatIndex {
         self.counters
     }
 
-    fn key(e: &NatEvent) -> NatKey {
+    fn key(e: &NatEvent, cluster: u16) -> NatKey {
         NatKey {
+            cluster,
             outside_ip: e.outside_ip,
             remote_ip: e.remote_ip,
             outside_port: e.outside_port,
@@ -182,7 +358,8 @@ impl NatIndex {
             return;
         }
         self.latest = self.latest.max(e.at);
-        let key = Self::key(e);
+        self.heard_from(e.exporter, e.at);
+        let key = Self::key(e, cluster);
         let list = self.sessions.entry(key).or_default();
         match kind {
             NatEventKind::Create => {
@@ -215,7 +392,8 @@ impl NatIndex {
                 // Events arrive nearly in order; keep each list sorted by start.
                 let at = list.partition_point(|x| x.from <= t.from);
                 list.insert(at, t);
-                self.outside.insert(e.outside_ip);
+                self.idle_closed.remove(&key);
+                self.note_outside(e.outside_ip, e.exporter);
                 self.counters.opened += 1;
                 self.changed.push((key, t));
             }
@@ -241,12 +419,15 @@ impl NatIndex {
     }
 
     /// The translations that cover a flow endpoint `ip:port` talking to `remote:remote_port`
-    /// between `start` and `end`: first those naming that remote end, else those for every
-    /// remote end.
+    /// between `start` and `end`, among those of the flow's `clusters` and of NATs no one
+    /// cluster owns: first those naming that remote end, else those for every remote end.
+    /// None found at a time the NAT was silent, or on a 5-tuple the idle bound closed, is
+    /// [`NatMatch::is_uncertain`].
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn lookup(
         &self,
+        clusters: &[u16],
         protocol: u8,
         ip: u128,
         port: u16,
@@ -258,20 +439,32 @@ impl NatIndex {
         if self.outside.is_empty() || !self.outside.contains(&ip) {
             return NatMatch::NONE;
         }
-        let mut key = NatKey {
-            outside_ip: ip,
-            remote_ip,
-            outside_port: port,
-            remote_port,
-            protocol,
-        };
-        let found = self.covering(&key, start, end);
-        if !found.is_empty() {
-            return found;
+        let mut found = NatMatch::NONE;
+        let mut n = 0usize;
+        let mut idle_closed = false;
+        for remote in [(remote_ip, remote_port), (0, 0)] {
+            for &cluster in clusters.iter().chain(&[ANY_CLUSTER]) {
+                let key = NatKey {
+                    cluster,
+                    outside_ip: ip,
+                    remote_ip: remote.0,
+                    outside_port: port,
+                    remote_port: remote.1,
+                    protocol,
+                };
+                self.covering(&key, start, end, &mut found, &mut n);
+                idle_closed |= self
+                    .idle_closed
+                    .get(&key)
+                    .is_some_and(|closed| start > *closed);
+            }
+            if n > 0 {
+                break;
+            }
         }
-        key.remote_ip = 0;
-        key.remote_port = 0;
-        self.covering(&key, start, end)
+        found.n = n.min(MAX_MATCHES) as u8;
+        found.uncertain = n == 0 && (idle_closed || self.silent_at(ip, start));
+        found
     }
 
     /// Like [`NatIndex::lookup`] for an endpoint whose remote end is not known (forensics:
@@ -292,12 +485,7 @@ impl NatIndex {
             .keys()
             .filter(|k| k.outside_ip == ip && k.outside_port == port && k.protocol == protocol)
         {
-            for t in self.covering(key, start, end).translations() {
-                if n < MAX_MATCHES {
-                    out.matches[n] = *t;
-                }
-                n += 1;
-            }
+            self.covering(key, start, end, &mut out, &mut n);
         }
         out.n = n.min(MAX_MATCHES) as u8;
         out
@@ -313,25 +501,23 @@ impl NatIndex {
         })
     }
 
-    fn covering(&self, key: &NatKey, start: i64, end: i64) -> NatMatch {
+    /// Adds the translations of `key` that cover `start..end` to `found` (`n` counts them,
+    /// also past [`MAX_MATCHES`]).
+    fn covering(&self, key: &NatKey, start: i64, end: i64, found: &mut NatMatch, n: &mut usize) {
         let Some(list) = self.sessions.get(key) else {
-            return NatMatch::NONE;
+            return;
         };
-        let mut found = NatMatch::NONE;
-        let mut n = 0usize;
         // Translations starting after the flow's end (plus skew) cannot cover it.
         let upto = list.partition_point(|t| t.from <= end.saturating_add(self.skew));
         for t in list[..upto].iter().rev() {
             if t.to.saturating_add(self.skew) < start {
                 continue;
             }
-            if n < MAX_MATCHES {
-                found.matches[n] = *t;
+            if *n < MAX_MATCHES {
+                found.matches[*n] = *t;
             }
-            n += 1;
+            *n += 1;
         }
-        found.n = n.min(MAX_MATCHES) as u8;
-        found
     }
 
     /// Forgets translations that closed more than `keep` µs before the latest event: flows
@@ -349,6 +535,12 @@ impl NatIndex {
             !list.is_empty()
         });
         self.outside = self.sessions.keys().map(|k| k.outside_ip).collect();
+        let outside = &self.outside;
+        self.nats_of.retain(|ip, _| outside.contains(ip));
+        self.idle_closed.retain(|_, closed| *closed >= before);
+        for l in self.liveness.values_mut() {
+            l.forget_before(before.saturating_sub(self.trust.silent_after));
+        }
     }
 
     /// Rows for `nat_history_log` describing every translation opened or closed since the
@@ -389,7 +581,9 @@ impl NatIndex {
         let mut loaded = 0;
         for b in batches {
             for r in nat_rows(b)? {
+                let cluster = r.cluster.as_deref().map_or(ANY_CLUSTER, &cluster_id);
                 let key = NatKey {
+                    cluster,
                     outside_ip: r.outside_ip,
                     remote_ip: r.remote.map_or(0, |x| x.0),
                     outside_port: r.outside_port,
@@ -402,13 +596,18 @@ impl NatIndex {
                     to: r.valid_to.unwrap_or(OPEN),
                     inside_ip: r.inside_ip,
                     inside_port: r.inside_port,
-                    cluster: r.cluster.as_deref().map_or(ANY_CLUSTER, &cluster_id),
+                    cluster,
                     exporter: r.exporter,
                 };
                 let list = self.sessions.entry(key).or_default();
                 let at = list.partition_point(|x| x.from <= t.from);
                 list.insert(at, t);
-                self.outside.insert(key.outside_ip);
+                self.note_outside(key.outside_ip, r.exporter);
+                // What was stored shows the NAT alive then.
+                self.heard_from(r.exporter, t.from);
+                if let Some(to) = r.valid_to {
+                    self.heard_from(r.exporter, to);
+                }
                 self.next_id = self.next_id.max(t.id + 1);
                 self.latest = self.latest.max(t.from).max(r.valid_to.unwrap_or(t.from));
                 loaded += 1;
@@ -595,7 +794,7 @@ mod tests {
             0,
         );
         let pod = vec![(v4_to_u128(0x0a04_0005), 40000)];
-        let at = |start, end| inside_of(nat.lookup(6, NODE, 61000, REMOTE, 443, start, end));
+        let at = |start, end| inside_of(nat.lookup(&[0], 6, NODE, 61000, REMOTE, 443, start, end));
         assert_eq!(at(150 * S, 160 * S), pod);
         // Within the clock skew of its ends.
         assert_eq!(at(99 * S + 1, 99 * S + 2), pod);
@@ -604,15 +803,15 @@ mod tests {
         assert_eq!(at(10 * S, 20 * S), vec![], "long before it opened");
         // Other remote ends, ports or protocols are other sessions.
         assert_eq!(
-            inside_of(nat.lookup(6, NODE, 61000, REMOTE, 80, 150 * S, 160 * S)),
+            inside_of(nat.lookup(&[0], 6, NODE, 61000, REMOTE, 80, 150 * S, 160 * S)),
             vec![]
         );
         assert_eq!(
-            inside_of(nat.lookup(17, NODE, 61000, REMOTE, 443, 150 * S, 160 * S)),
+            inside_of(nat.lookup(&[0], 17, NODE, 61000, REMOTE, 443, 150 * S, 160 * S)),
             vec![]
         );
         assert_eq!(
-            inside_of(nat.lookup(6, NODE, 61001, REMOTE, 443, 150 * S, 160 * S)),
+            inside_of(nat.lookup(&[0], 6, NODE, 61001, REMOTE, 443, 150 * S, 160 * S)),
             vec![]
         );
     }
@@ -624,7 +823,7 @@ mod tests {
         nat.apply(&event(NatEventKind::Create, 100 * S, a, 40000, 61000), 0);
         nat.apply(&event(NatEventKind::Delete, 200 * S, a, 40000, 61000), 0);
         nat.apply(&event(NatEventKind::Create, 205 * S, b, 50000, 61000), 0);
-        let at = |nat: &NatIndex, t| inside_of(nat.lookup(6, NODE, 61000, REMOTE, 443, t, t));
+        let at = |nat: &NatIndex, t| inside_of(nat.lookup(&[0], 6, NODE, 61000, REMOTE, 443, t, t));
         assert_eq!(at(&nat, 150 * S), vec![(v4_to_u128(a), 40000)]);
         assert_eq!(at(&nat, 210 * S), vec![(v4_to_u128(b), 50000)]);
         // Reused within the skew: a flow then could be either session's.
@@ -649,7 +848,7 @@ mod tests {
             (c.opened, c.duplicates, c.superseded, c.unmatched_deletes),
             (2, 1, 1, 1)
         );
-        let at = |t| inside_of(nat.lookup(6, NODE, 61000, REMOTE, 443, t, t));
+        let at = |t| inside_of(nat.lookup(&[0], 6, NODE, 61000, REMOTE, 443, t, t));
         assert_eq!(at(149 * S), vec![(v4_to_u128(a), 40000)]);
         assert_eq!(at(151 * S), vec![(v4_to_u128(b), 50000)]);
     }
@@ -661,6 +860,7 @@ mod tests {
         (e.remote_ip, e.remote_port) = (0, 0);
         nat.apply(&e, 0);
         let found = nat.lookup(
+            &[0],
             6,
             NODE,
             61000,
@@ -703,14 +903,14 @@ mod tests {
         for t in [150 * S, 250 * S, 500 * S] {
             for port in [61000, 61001] {
                 let (mine, theirs) = (
-                    nat.lookup(6, NODE, port, REMOTE, 443, t, t),
-                    loaded.lookup(6, NODE, port, REMOTE, 443, t, t),
+                    nat.lookup(&[0], 6, NODE, port, REMOTE, 443, t, t),
+                    loaded.lookup(&[0], 6, NODE, port, REMOTE, 443, t, t),
                 );
                 assert_eq!(inside_of(mine), inside_of(theirs), "port {port} at {t}");
             }
         }
         let matches = loaded
-            .lookup(6, NODE, 61000, REMOTE, 443, 150 * S, 150 * S)
+            .lookup(&[0], 6, NODE, 61000, REMOTE, 443, 150 * S, 150 * S)
             .translations()
             .to_vec();
         assert_eq!((matches[0].id, matches[0].cluster), (1, 0));
@@ -720,7 +920,7 @@ mod tests {
             0,
         );
         let matches = loaded
-            .lookup(6, NODE, 61002, REMOTE, 443, 601 * S, 601 * S)
+            .lookup(&[0], 6, NODE, 61002, REMOTE, 443, 601 * S, 601 * S)
             .translations()
             .to_vec();
         assert_eq!(matches[0].id, 3);
@@ -743,7 +943,9 @@ mod tests {
         );
         nat.prune_ended_before(250 * S);
         assert_eq!(nat.translation_count(), 1);
-        assert!(inside_of(nat.lookup(6, NODE, 61001, REMOTE, 443, 900 * S, 900 * S)).len() == 1);
+        assert!(
+            inside_of(nat.lookup(&[0], 6, NODE, 61001, REMOTE, 443, 900 * S, 900 * S)).len() == 1
+        );
     }
 
     #[test]
@@ -752,7 +954,7 @@ mod tests {
         let (a, b) = (0x0a04_0005, 0x0a04_0006);
         nat.apply(&event(NatEventKind::Create, 200 * S, a, 40000, 61000), 0);
         nat.apply(&event(NatEventKind::Create, 150 * S, b, 50000, 61000), 0);
-        let at = |t| inside_of(nat.lookup(6, NODE, 61000, REMOTE, 443, t, t));
+        let at = |t| inside_of(nat.lookup(&[0], 6, NODE, 61000, REMOTE, 443, t, t));
         assert_eq!(at(300 * S), vec![(v4_to_u128(a), 40000)]);
         assert_eq!(at(170 * S), vec![(v4_to_u128(b), 50000)]);
     }
@@ -765,5 +967,133 @@ mod tests {
         nat.apply(&ping, 0);
         assert!(nat.is_empty());
         assert_eq!(nat.counters().portless, 1);
+    }
+
+    #[test]
+    fn clusters_reusing_a_node_address_keep_their_translations_apart() {
+        let mut nat = NatIndex::new(S);
+        let (a, b) = (0x0a04_0005, 0x0a04_0006);
+        nat.apply(&event(NatEventKind::Create, 100 * S, a, 40000, 61000), 0);
+        nat.apply(&event(NatEventKind::Create, 100 * S, b, 50000, 61000), 1);
+        let at = |clusters: &[u16]| {
+            inside_of(nat.lookup(clusters, 6, NODE, 61000, REMOTE, 443, 150 * S, 150 * S))
+        };
+        assert_eq!(at(&[0]), vec![(v4_to_u128(a), 40000)]);
+        assert_eq!(at(&[1]), vec![(v4_to_u128(b), 50000)]);
+        // A flow whose exporter no cluster lists could be either's.
+        assert_eq!(at(&[0, 1]).len(), 2);
+        assert_eq!(nat.translation_count(), 2, "neither superseded the other");
+    }
+
+    #[test]
+    fn a_flow_while_its_nat_was_silent_is_uncertain() {
+        let trust = NatTrust {
+            silent_after: 60 * S,
+            ..NatTrust::default()
+        };
+        let mut nat = NatIndex::new(S).with_trust(trust);
+        let exporter = v4_to_u128(0xc0a8_050a);
+        nat.apply(
+            &event(NatEventKind::Create, 100 * S, 0x0a04_0005, 40000, 61000),
+            0,
+        );
+        nat.apply(
+            &event(NatEventKind::Delete, 110 * S, 0x0a04_0005, 40000, 61000),
+            0,
+        );
+        // Heard every 30 s until 200 s, then nothing until 500 s.
+        for t in [130, 160, 190, 200, 500] {
+            nat.heard_from(exporter, t * S);
+        }
+        let other_port = |t: i64| nat.lookup(&[0], 6, NODE, 62000, REMOTE, 443, t * S, t * S);
+        // No translation while the NAT talked: the address speaks for itself.
+        assert!(!other_port(150).is_uncertain());
+        assert!(
+            !other_port(250).is_uncertain(),
+            "within the bound of its last word"
+        );
+        assert!(other_port(300).is_uncertain(), "silent for 100 s then");
+        assert!(other_port(420).is_uncertain());
+        assert!(
+            !other_port(490).is_uncertain(),
+            "its next word was only 10 s later"
+        );
+        assert!(other_port(900).is_uncertain(), "silent since 500 s");
+        // A covering translation is an answer whatever the NAT's silence.
+        assert!(
+            !nat.lookup(&[0], 6, NODE, 61000, REMOTE, 443, 105 * S, 105 * S)
+                .is_uncertain()
+        );
+        // Addresses no NAT reported are not its business.
+        assert!(
+            !nat.lookup(&[0], 6, REMOTE, 1, NODE, 2, 900 * S, 900 * S)
+                .is_uncertain()
+        );
+        // Silence tolerated: a bound of 0.
+        let mut trusting = NatIndex::new(S).with_trust(NatTrust::STORED);
+        trusting.apply(
+            &event(NatEventKind::Create, 100 * S, 0x0a04_0005, 40000, 61000),
+            0,
+        );
+        assert!(
+            !trusting
+                .lookup(&[0], 6, NODE, 62000, REMOTE, 443, 900 * S, 900 * S)
+                .is_uncertain()
+        );
+    }
+
+    #[test]
+    fn an_open_translation_whose_delete_was_lost_closes_after_its_idle_bound() {
+        let trust = NatTrust {
+            silent_after: 0,
+            idle_udp: 120 * S,
+            ..NatTrust::default()
+        };
+        let mut nat = NatIndex::new(0).with_trust(trust);
+        let udp = |kind, at, inside, port| NatEvent {
+            protocol: 17,
+            ..event(kind, at, inside, port, 61000)
+        };
+        nat.apply(&udp(NatEventKind::Create, 100 * S, 0x0a04_0005, 40000), 0);
+        // A TCP session opened at the same time stays: its bound is days.
+        nat.apply(
+            &event(NatEventKind::Create, 100 * S, 0x0a04_0006, 40000, 61000),
+            0,
+        );
+        nat.close_idle();
+        assert_eq!(nat.counters().idle_closed, 0, "nothing is idle yet");
+        // The index's clock moves with events (here another NAT session, much later).
+        nat.apply(
+            &event(NatEventKind::Create, 400 * S, 0x0a04_0007, 1, 63000),
+            0,
+        );
+        nat.close_idle();
+        assert_eq!(nat.counters().idle_closed, 1);
+        let at =
+            |nat: &NatIndex, t: i64| nat.lookup(&[0], 17, NODE, 61000, REMOTE, 443, t * S, t * S);
+        assert_eq!(
+            inside_of(at(&nat, 150)),
+            vec![(v4_to_u128(0x0a04_0005), 40000)]
+        );
+        assert!(
+            at(&nat, 300).is_uncertain(),
+            "after the guessed end: the session may go on"
+        );
+        let tcp = nat.lookup(&[0], 6, NODE, 61000, REMOTE, 443, 300 * S, 300 * S);
+        assert_eq!(inside_of(tcp).len(), 1);
+        // The closing is recorded in nat_history like a delete.
+        let rows = nat.take_rows(500 * S).unwrap();
+        let closed = nat_rows(&rows)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.valid_to == Some(220 * S))
+            .count();
+        assert_eq!(closed, 1);
+        // A new create on the 5-tuple is a fresh answer.
+        nat.apply(&udp(NatEventKind::Create, 450 * S, 0x0a04_0008, 41000), 0);
+        assert_eq!(
+            inside_of(at(&nat, 460)),
+            vec![(v4_to_u128(0x0a04_0008), 41000)]
+        );
     }
 }

@@ -8,14 +8,14 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use hawking_schemas::OwnerKind;
 use hawking_schemas::flow::{FlowOrigin, FlowRecord, SourceKind};
 use hawking_schemas::ip::parse_ip;
-use hawking_schemas::nat::{NatEvent, NatEventKind};
+use hawking_schemas::nat::{NatAlive, NatEvent, NatEventKind};
 use hawking_schemas::observation::{Event, Observation, ObservedObject, Resource};
 use hawking_schemas::pipeline::{SourceBatch, Table};
 use hawking_schemas::telemetry::Telemetry;
 
 use crate::config::{ClusterConfig, EnricherConfig};
 use crate::keeper::{HistoryKeeper, Mode};
-use crate::nat::NatIndex;
+use crate::nat::{NatIndex, NatTrust};
 use crate::stage::{Clusters, EnrichmentStage, StageConfig};
 use crate::watch_state::HistoryState;
 
@@ -48,6 +48,10 @@ fn web_pod() -> ObservedObject {
 }
 
 fn stage(grace: Duration) -> EnrichmentStage {
+    stage_with(grace, NatIndex::default(), &Telemetry::detached())
+}
+
+fn stage_with(grace: Duration, nat: NatIndex, telemetry: &Telemetry) -> EnrichmentStage {
     let config = EnricherConfig {
         clusters: vec![ClusterConfig {
             name: "prod".into(),
@@ -58,6 +62,15 @@ fn stage(grace: Duration) -> EnrichmentStage {
         }],
         ..Default::default()
     };
+    stage_of(config, grace, nat, telemetry)
+}
+
+fn stage_of(
+    config: EnricherConfig,
+    grace: Duration,
+    nat: NatIndex,
+    telemetry: &Telemetry,
+) -> EnrichmentStage {
     let mut keeper = HistoryKeeper::new(Mode::Live);
     let selector = config.apply(keeper.history_mut()).unwrap();
     let clusters = Clusters {
@@ -69,13 +82,13 @@ fn stage(grace: Duration) -> EnrichmentStage {
     };
     EnrichmentStage::new(
         Some(clusters),
-        NatIndex::default(),
+        nat,
         StageConfig {
             grace,
             max_held_flows: 0,
             nat_keep_closed: Duration::from_secs(7200),
         },
-        &Telemetry::detached(),
+        telemetry,
     )
     .unwrap()
 }
@@ -194,4 +207,197 @@ fn closing_releases_everything_held_at_once() {
         .map(|(_, r)| r.num_rows())
         .sum();
     assert_eq!(flows, 2);
+}
+
+/// The attributions of the flows a stage releases when closing.
+fn attributions(stage: &mut EnrichmentStage, column: &str) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    stage.release(Instant::now(), true, &mut out).unwrap();
+    out.iter()
+        .filter(|(t, _)| *t == Table::Flows)
+        .flat_map(|(_, rows)| (0..rows.num_rows()).map(|i| text(rows, column, i)))
+        .collect()
+}
+
+fn dropped(telemetry: &Telemetry, reason: &str) -> u64 {
+    use prometheus::Encoder;
+    let mut text = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&telemetry.registry().gather(), &mut text)
+        .unwrap();
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.starts_with("hawking_component_dropped_events_total{")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn translations_from_a_nat_no_cluster_lists_are_dropped_and_counted() {
+    let telemetry = Telemetry::detached();
+    let mut stage = stage_with(Duration::ZERO, NatIndex::default(), &telemetry);
+    let mut b = batch();
+    // The same translation, from an address outside the cluster's `exporters`.
+    b.nat_events[0].exporter = ip("203.0.113.9");
+    stage.accept(b, Instant::now());
+    let src = attributions(&mut stage, "src_attribution");
+    // node-1's address then speaks for itself (no cluster holds it): never the pod.
+    assert_eq!(src[0].as_deref(), Some("external"));
+    assert_eq!(dropped(&telemetry, "nat_event_from_unlisted_exporter"), 1);
+}
+
+#[test]
+fn a_flow_through_a_nat_that_went_silent_is_unknown_not_the_node() {
+    let trust = NatTrust {
+        silent_after: 120_000_000,
+        ..NatTrust::default()
+    };
+    let mut stage = stage_with(
+        Duration::ZERO,
+        NatIndex::new(1_000_000).with_trust(trust),
+        &Telemetry::detached(),
+    );
+    let mut b = batch();
+    let origin = FlowOrigin {
+        received_at: T0 + 70_000_000,
+        exporter: ip("127.0.0.1"),
+        observation_domain: 0,
+        source_kind: SourceKind::Ipfix,
+    };
+    // Another connection through node-1 with no translation: while the NAT talks (its
+    // templates at T0 + 100 s), the node's own traffic; 10 minutes later, with nothing
+    // heard since, it may be a pod's whose translation was lost.
+    b.nat_alive.push(NatAlive {
+        exporter: ip("127.0.0.1"),
+        observation_domain: 0,
+        at: T0 + 100_000_000,
+    });
+    b.flows.push(
+        &origin,
+        &flow(
+            "192.168.10.11",
+            62000,
+            "93.184.216.34",
+            443,
+            T0 + 150_000_000,
+        ),
+    );
+    b.flows.push(
+        &origin,
+        &flow(
+            "192.168.10.11",
+            62001,
+            "93.184.216.34",
+            443,
+            T0 + 700_000_000,
+        ),
+    );
+    // A sign of life from a NAT no cluster lists vouches for nothing.
+    b.nat_alive.push(NatAlive {
+        exporter: ip("203.0.113.9"),
+        observation_domain: 0,
+        at: T0 + 700_000_000,
+    });
+    stage.accept(b, Instant::now());
+    let src = attributions(&mut stage, "src_attribution");
+    assert_eq!(src[0].as_deref(), Some("snat"), "the translated connection");
+    assert_eq!(
+        src[2].as_deref(),
+        Some("external"),
+        "node-1's own, while its NAT talked"
+    );
+    assert_eq!(
+        src[3].as_deref(),
+        Some("unknown"),
+        "while its NAT was silent"
+    );
+}
+
+#[test]
+fn clusters_whose_nodes_share_an_address_attribute_through_their_own_translations() {
+    // Two clusters built from one template: the same pod range and node addresses; each
+    // cluster's node agent and firewall export from its own addresses.
+    let cluster = |name: &str, exporters: &str| ClusterConfig {
+        name: name.into(),
+        watch: Some(false),
+        exporters: vec![exporters.parse().unwrap()],
+        pod_cidrs: vec!["10.4.0.0/16".parse().unwrap()],
+        ..Default::default()
+    };
+    let config = EnricherConfig {
+        clusters: vec![
+            cluster("prod", "127.0.1.0/24"),
+            cluster("staging", "127.0.2.0/24"),
+        ],
+        ..Default::default()
+    };
+    let mut stage = stage_of(
+        config,
+        Duration::ZERO,
+        NatIndex::default(),
+        &Telemetry::detached(),
+    );
+    let mut b = SourceBatch::default();
+    let pod = |name: &str, uid: &str, addr: &str| ObservedObject {
+        name: name.into(),
+        uid: uid.into(),
+        addrs: vec![ip(addr)],
+        ..web_pod()
+    };
+    for (c, p) in [
+        (
+            "prod",
+            pod(
+                "web-prod",
+                "00000000-0000-4000-8000-00000000000a",
+                "10.4.1.10",
+            ),
+        ),
+        (
+            "staging",
+            pod(
+                "web-staging",
+                "00000000-0000-4000-8000-00000000000b",
+                "10.4.1.20",
+            ),
+        ),
+    ] {
+        b.observations.push(Observation {
+            cluster: c.into(),
+            at: T0,
+            event: Event::Upsert(p),
+        });
+    }
+    let translation = |nat: &str, inside: &str| NatEvent {
+        exporter: ip(nat),
+        inside_ip: ip(inside),
+        ..batch().nat_events[0]
+    };
+    b.nat_events.push(translation("127.0.1.1", "10.4.1.10"));
+    b.nat_events.push(translation("127.0.2.1", "10.4.1.20"));
+    let at = T0 + 61_000_000;
+    for firewall in ["127.0.1.2", "127.0.2.2"] {
+        let origin = FlowOrigin {
+            received_at: T0 + 70_000_000,
+            exporter: ip(firewall),
+            observation_domain: 0,
+            source_kind: SourceKind::Ipfix,
+        };
+        b.flows.push(
+            &origin,
+            &flow("192.168.10.11", 61000, "93.184.216.34", 443, at),
+        );
+    }
+    stage.accept(b, Instant::now());
+    assert_eq!(
+        attributions(&mut stage, "src_pod"),
+        [
+            Some("web-prod".to_string()),
+            Some("web-staging".to_string())
+        ]
+    );
 }

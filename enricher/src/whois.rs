@@ -9,7 +9,7 @@ use hawking_schemas::columns::ColumnError;
 use crate::attribute::{Resolved, resolve_endpoint, resolve_translated};
 use crate::history::{Interval, IpHistory};
 use crate::keeper::{HistoryKeeper, Mode};
-use crate::nat::{ANY_CLUSTER, NatIndex, Translation, nat_rows};
+use crate::nat::{ANY_CLUSTER, NatIndex, NatTrust, Translation, nat_rows};
 
 /// One question for the history: who held `addr` at `at` (in `cluster`, or in every
 /// cluster the history knows), optionally with the port and protocol it used then.
@@ -65,7 +65,7 @@ pub fn answer(query: WhoisQuery, rows: &WhoisRows) -> Result<WhoisAnswer, Column
         Some(name) => history.find_cluster(name).into_iter().collect(),
         None => (0..history.clusters().len() as u16).collect(),
     };
-    let mut nat = NatIndex::default();
+    let mut nat = NatIndex::default().with_trust(NatTrust::STORED);
     nat.load(&rows.translations, |name| {
         history.find_cluster(name).unwrap_or(ANY_CLUSTER)
     })?;

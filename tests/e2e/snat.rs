@@ -101,8 +101,10 @@ fn config(dir: &Path) -> std::path::PathBuf {
     let config = dir.join("hawking.toml");
     std::fs::write(
         &config,
+        // The NAT and the firewall export from loopback: a cluster lists its NATs, or their
+        // translations are dropped.
         "[enricher]\ngrace_secs = 0.5\n\n[[enricher.clusters]]\nname = \"demo\"\nwatch = false\n\
-         pod_cidrs = [\"10.4.0.0/16\"]\n",
+         pod_cidrs = [\"10.4.0.0/16\"]\nexporters = [\"127.0.0.0/8\"]\n",
     )
     .unwrap();
     config
@@ -360,7 +362,7 @@ fn a_masquerading_node_reported_by_nat_agent_attributes_outside_flows_to_its_pod
         &config,
         format!(
             "[enricher]\ngrace_secs = 0.5\n\n[[enricher.clusters]]\nname = \"lab\"\n\
-             api_url = \"{}\"\n",
+             api_url = \"{}\"\nexporters = [\"127.0.0.0/8\"]\n",
             api.url
         ),
     )

@@ -104,6 +104,7 @@ impl StageMetrics {
                 now.unmatched_deletes - before.unmatched_deletes,
             ),
             ("portless", now.portless - before.portless),
+            ("idle_closed", now.idle_closed - before.idle_closed),
         ] {
             self.nat_event(effect, n);
         }

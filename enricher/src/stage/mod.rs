@@ -118,8 +118,7 @@ impl EnrichmentStage {
         let SourceBatch {
             flows,
             nat_events,
-            // What a NAT's silence means for its flows is not decided yet: see NatIndex.
-            nat_alive: _,
+            nat_alive,
             observations,
         } = batch;
         if !observations.is_empty() {
@@ -133,6 +132,14 @@ impl EnrichmentStage {
                 None => self
                     .component
                     .dropped(observations.len() as u64, "observation_without_cluster"),
+            }
+        }
+        for alive in &nat_alive {
+            if self
+                .nat_cluster(alive.exporter, alive.observation_domain)
+                .is_some()
+            {
+                self.nat.heard_from(alive.exporter, alive.at);
             }
         }
         self.apply_nat(&nat_events);
@@ -154,21 +161,27 @@ impl EnrichmentStage {
                 self.metrics.nat_event("from_the_future", 1);
                 continue;
             }
-            let cluster = match &self.clusters {
-                Some(c) => {
-                    c.selector.clusters_for(
-                        event.exporter,
-                        event.observation_domain,
-                        &mut self.scratch_clusters,
-                    );
-                    match self.scratch_clusters.as_slice() {
-                        [one] => *one,
-                        _ => ANY_CLUSTER,
-                    }
-                }
-                None => ANY_CLUSTER,
+            let Some(cluster) = self.nat_cluster(event.exporter, event.observation_domain) else {
+                // A translation explains flows only when it comes from a NAT a cluster
+                // trusts: anyone who can send a datagram could otherwise re-attribute them.
+                self.component
+                    .dropped(1, "nat_event_from_unlisted_exporter");
+                continue;
             };
             self.nat.apply(event, cluster);
+        }
+    }
+
+    /// The cluster whose translations a NAT's events are (or [`ANY_CLUSTER`] when several
+    /// clusters list it); `None` when no cluster lists the NAT's exporter.
+    fn nat_cluster(&mut self, exporter: u128, domain: u32) -> Option<u16> {
+        let c = self.clusters.as_ref()?;
+        c.selector
+            .listing(exporter, domain, &mut self.scratch_clusters);
+        match self.scratch_clusters.as_slice() {
+            [] => None,
+            [one] => Some(*one),
+            _ => Some(ANY_CLUSTER),
         }
     }
 
@@ -230,6 +243,7 @@ impl EnrichmentStage {
     /// and forgets translations closed long enough ago. With `stopping`, opens the gap that
     /// lasts until the next start is in sync.
     pub fn heartbeat(&mut self, stopping: bool) {
+        self.nat.close_idle();
         self.nat
             .prune_closed(self.config.nat_keep_closed.as_micros() as i64);
         let counters = self.nat.counters();
