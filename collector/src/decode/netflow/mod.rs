@@ -10,6 +10,7 @@
 //! more than the whole per-flow budget; its output remains the reference the decoder is
 //! tested against.
 
+pub mod frame;
 pub mod metrics;
 pub mod pending;
 pub mod resolve;
@@ -138,6 +139,11 @@ pub struct ExporterCounters {
     /// create/delete with both addresses (dropped).
     pub nat_events: u64,
     pub nat_events_dropped: u64,
+    /// Flow records dropped because no address could be read: neither address fields with
+    /// an address nor a readable packet section. Never stored with an invented address.
+    pub flows_dropped_no_address: u64,
+    /// Packet sections (IE 315/313) whose headers ended early or were not IP.
+    pub frame_sections_unreadable: u64,
 }
 
 /// The decoder. One per listener thread; not shared.
@@ -206,6 +212,7 @@ impl NetflowDecoder {
             metrics.add(exporter, &c);
             component.dropped(c.sets_dropped_missing_template, "missing_template");
             component.dropped(c.nat_events_dropped, "unusable_nat_event");
+            component.dropped(c.flows_dropped_no_address, "no_address");
             for (reason, n) in &c.decode_errors {
                 component.errors_of(*n, "decode", &format_args!("exporter {exporter}: {reason}"));
             }
@@ -709,6 +716,11 @@ fn decode_flows(
     }
     let mut by_export = 0u64;
     t.decode_set(body, |raw| {
+        counters.frame_sections_unreadable += raw.frame.is_some_and(|f| f.is_err()) as u64;
+        if raw.flow_addresses().is_none() {
+            counters.flows_dropped_no_address += 1;
+            return;
+        }
         let (record, source) = resolve_flow(raw, base, sampling);
         by_export += (source == TimeSource::ExportTime) as u64;
         out.flows.push(origin, &record);
