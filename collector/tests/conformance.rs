@@ -1,0 +1,486 @@
+//! Conformance against an independent decoder: every NetFlow v5/v9/IPFIX capture in
+//! `../shared/real-exports/` (real exporters' datagrams, see its SOURCES.md) is fed to Hawking's
+//! decoder the way `hawking serve` receives it — one decoder, datagrams keyed by the exporter's
+//! source address and port, the template capture before the data capture — and every flow and
+//! NAT session event is compared with tshark's decode of the same record in
+//! `pcap_expected.tsv`. Nothing expected is written here: it all comes from that file (and,
+//! where the file has no column for a value, from tshark itself when it is installed).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use hawking_collector::NetflowDecoder;
+use hawking_schemas::ip::ip_to_u128;
+use hawking_schemas::pipeline::SourceBatch;
+use pcap_file::pcap::PcapReader;
+
+/// The shared folder of real exports, beside the repository (it exists in CI).
+fn real_exports() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/real-exports");
+    dir.join("pcap_expected.tsv").is_file().then_some(dir)
+}
+
+/// One row of `pcap_expected.tsv`; empty cells are `None` (tshark had no such field).
+#[derive(Clone, Debug)]
+struct Expected {
+    frame: u32,
+    exporter: IpAddr,
+    domain: Option<u32>,
+    sampling_rate: Option<u32>,
+    in_if: Option<u32>,
+    out_if: Option<u32>,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+    proto: Option<u8>,
+    sport: Option<u16>,
+    dport: Option<u16>,
+    bytes: Option<u64>,
+    packets: Option<u64>,
+}
+
+fn cell<T: std::str::FromStr>(cols: &[&str], i: usize) -> Option<T> {
+    cols.get(i)
+        .filter(|c| !c.is_empty())
+        .and_then(|c| c.parse().ok())
+}
+
+/// Rows by capture group, NetFlow/IPFIX only (sFlow is another decoder's business).
+fn expected(dir: &Path) -> BTreeMap<String, Vec<Expected>> {
+    let text = std::fs::read_to_string(dir.join("pcap_expected.tsv")).expect("read tsv");
+    let mut groups: BTreeMap<String, Vec<Expected>> = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let c: Vec<&str> = line.split('\t').collect();
+        if !matches!(c[2], "netflow_v5" | "netflow_v9" | "ipfix") {
+            continue;
+        }
+        groups.entry(c[0].to_string()).or_default().push(Expected {
+            frame: cell(&c, 1).expect("frame"),
+            exporter: cell(&c, 3).expect("exporter"),
+            domain: cell(&c, 4),
+            sampling_rate: cell(&c, 6),
+            in_if: cell(&c, 7),
+            out_if: cell(&c, 8),
+            src: cell(&c, 9),
+            dst: cell(&c, 10),
+            proto: cell(&c, 11),
+            sport: cell(&c, 12),
+            dport: cell(&c, 13),
+            bytes: cell(&c, 14),
+            packets: cell(&c, 15),
+        });
+    }
+    groups
+}
+
+/// The capture files of a group, template capture first: `dir/x-data.pcap (+x-template.pcap)`.
+fn group_files(dir: &Path, group: &str) -> Vec<PathBuf> {
+    let (data, template) = match group.split_once(" (+") {
+        Some((data, rest)) => (data, Some(rest.trim_end_matches(')'))),
+        None => (group, None),
+    };
+    let data = dir.join(data);
+    let mut files = Vec::new();
+    if let Some(t) = template {
+        files.push(data.parent().expect("in a folder").join(t));
+    }
+    files.push(data);
+    files
+}
+
+/// The UDP datagrams of a capture: (frame number, sender, payload).
+fn datagrams(path: &Path) -> Vec<(u32, SocketAddr, Vec<u8>)> {
+    let mut reader = PcapReader::new(File::open(path).expect("open pcap")).expect("pcap header");
+    let mut out = Vec::new();
+    let mut frame = 0;
+    while let Some(pkt) = reader.next_packet() {
+        frame += 1;
+        let pkt = pkt.expect("pcap record");
+        let Ok(sliced) = SlicedPacket::from_ethernet(&pkt.data) else {
+            continue;
+        };
+        let ip = match &sliced.net {
+            Some(NetSlice::Ipv4(v4)) => IpAddr::V4(v4.header().source_addr()),
+            Some(NetSlice::Ipv6(v6)) => IpAddr::V6(v6.header().source_addr()),
+            _ => continue,
+        };
+        if let Some(TransportSlice::Udp(udp)) = &sliced.transport {
+            out.push((
+                frame,
+                SocketAddr::new(ip, udp.source_port()),
+                udp.payload().to_vec(),
+            ));
+        }
+    }
+    out
+}
+
+/// What Hawking produced for one record, in tshark's terms.
+#[derive(Clone, Debug, PartialEq)]
+struct Got {
+    exporter: u128,
+    domain: u32,
+    src: u128,
+    dst: u128,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    /// Flows only: scaled counters, the rate that scaled them, interfaces.
+    flow: Option<(u64, u64, u32, u32, u32)>,
+}
+
+/// Why an expected row and a decoded record differ, or `None` when every value tshark gave
+/// is Hawking's.
+fn differs(e: &Expected, g: &Got, group_rate: Option<u32>) -> Option<String> {
+    let ip = |a: Option<IpAddr>| a.map(ip_to_u128);
+    let mut why = Vec::new();
+    if ip_to_u128(e.exporter) != g.exporter {
+        why.push("exporter");
+    }
+    if e.domain.is_some_and(|d| d != g.domain) {
+        why.push("domain");
+    }
+    if ip(e.src) != Some(g.src) || ip(e.dst) != Some(g.dst) {
+        why.push("addresses");
+    }
+    if e.proto.is_some_and(|p| p != g.proto) {
+        why.push("proto");
+    }
+    if e.sport.is_some_and(|p| p != g.sport) || e.dport.is_some_and(|p| p != g.dport) {
+        why.push("ports");
+    }
+    match g.flow {
+        Some((bytes, packets, rate, in_if, out_if)) => {
+            // tshark shows the exporter's (sampled) counters; Hawking stores estimates scaled
+            // by the rate in force, so the stored value is tshark's times that rate.
+            if e.bytes
+                .is_some_and(|b| b.checked_mul(rate as u64) != Some(bytes))
+                || e.packets
+                    .is_some_and(|p| p.checked_mul(rate as u64) != Some(packets))
+            {
+                why.push("counters");
+            }
+            if e.sampling_rate.or(group_rate).unwrap_or(1) != rate {
+                why.push("sampling_rate");
+            }
+            if e.in_if.is_some_and(|i| i != in_if) || e.out_if.is_some_and(|o| o != out_if) {
+                why.push("interfaces");
+            }
+        }
+        None => {
+            if e.bytes.is_some() || e.packets.is_some() {
+                why.push("a NAT event where tshark saw a flow");
+            }
+        }
+    }
+    (!why.is_empty()).then(|| format!("{} differ: tshark {e:?}, Hawking {g:?}", why.join(", ")))
+}
+
+/// Rate of the group's sampling options that tshark's table has no column for (RFC 5476
+/// packet interval/space, RFC 7014 population/size), read by tshark itself. `None` when
+/// tshark is absent or the group announces none.
+fn tshark_packet_sampling(files: &[PathBuf]) -> Option<u32> {
+    let mut rates = Vec::new();
+    for f in files {
+        let out = Command::new("tshark")
+            .arg("-r")
+            .arg(f)
+            .args(["-d", "udp.port==9991,cflow", "-d", "udp.port==9992,cflow"])
+            .args([
+                "-d",
+                "udp.port==9990,cflow",
+                "-T",
+                "fields",
+                "-E",
+                "occurrence=f",
+            ])
+            .args(["-e", "cflow.sampling_packet_interval"])
+            .args(["-e", "cflow.sampling_packet_space"])
+            .args([
+                "-e",
+                "cflow.sampling_size",
+                "-e",
+                "cflow.sampling_population",
+            ])
+            .output()
+            .ok()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: Vec<Option<u64>> = line.split('\t').map(|c| c.parse().ok()).collect();
+            let get = |i: usize| v.get(i).copied().flatten();
+            let rate = match (get(0), get(1), get(2), get(3)) {
+                (_, _, Some(size), Some(population)) if size > 0 => population / size,
+                (Some(interval), space, _, _) if interval > 0 => {
+                    (interval + space.unwrap_or(0)) / interval
+                }
+                _ => continue,
+            };
+            rates.push(rate as u32);
+        }
+    }
+    rates.dedup();
+    (rates.len() == 1).then(|| rates[0])
+}
+
+/// Hawking's records that tshark reads too once told the MPLS payload is an Ethernet
+/// pseudowire with a control word (`-d mpls.label==L,pwethcw` for every label of the
+/// capture): the records its heuristic left without addresses. Without tshark the claim is
+/// narrowed to records with the interfaces of an addressless row, and said so.
+fn pseudowire_reads(files: &[PathBuf], rows: &[Expected], got: &[Got], tshark: bool) -> Vec<Got> {
+    let addressless: Vec<&Expected> = rows
+        .iter()
+        .filter(|r| r.src.is_none() && r.in_if.is_some())
+        .collect();
+    if addressless.is_empty() {
+        return Vec::new();
+    }
+    let fits_a_row = |g: &Got| {
+        g.flow.is_some_and(|(.., in_if, out_if)| {
+            addressless
+                .iter()
+                .any(|r| r.in_if == Some(in_if) && r.out_if.is_none_or(|o| o == out_if))
+        })
+    };
+    // Records tshark's table has (with addresses) are not candidates.
+    let in_table = |g: &Got| {
+        rows.iter()
+            .any(|r| r.src.map(ip_to_u128) == Some(g.src) && r.dst.map(ip_to_u128) == Some(g.dst))
+    };
+    let candidates = got.iter().filter(|g| fits_a_row(g) && !in_table(g));
+    if !tshark {
+        eprintln!(
+            "tshark is not installed: records read behind an MPLS control word are accepted by their interfaces only"
+        );
+        return candidates.cloned().collect();
+    }
+    let fields = |f: &Path, extra: &[String], names: &[&str]| -> Vec<Vec<String>> {
+        let mut cmd = Command::new("tshark");
+        // Two passes: the template comes before the data in the file, but -2 is what reads
+        // data+templates orders too.
+        cmd.arg("-2")
+            .arg("-r")
+            .arg(f)
+            .args(extra)
+            .args(["-T", "fields"]);
+        for n in names {
+            cmd.args(["-e", n]);
+        }
+        let out = cmd.output().map(|o| o.stdout).unwrap_or_default();
+        String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect()
+    };
+    // tshark reads one file, and the data needs its template: one capture of both, in order.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let merged = dir.path().join("group.pcap");
+    {
+        let first = PcapReader::new(File::open(&files[0]).expect("open")).expect("pcap");
+        let mut w = pcap_file::pcap::PcapWriter::with_header(
+            File::create(&merged).expect("create"),
+            first.header(),
+        )
+        .expect("pcap writer");
+        for f in files {
+            let mut r = PcapReader::new(File::open(f).expect("open")).expect("pcap");
+            while let Some(pkt) = r.next_packet() {
+                w.write_packet(&pkt.expect("pcap record")).expect("write");
+            }
+        }
+    }
+    let mut confirmed = Vec::new();
+    for f in [merged.as_path()] {
+        let mut labels: Vec<String> = fields(f, &[], &["mpls.label"])
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c.split(',').map(str::to_string).collect::<Vec<_>>())
+            .filter(|l| !l.is_empty())
+            .collect();
+        labels.sort();
+        labels.dedup();
+        if labels.is_empty() {
+            continue;
+        }
+        let decode_as: Vec<String> = labels
+            .iter()
+            .flat_map(|l| ["-d".to_string(), format!("mpls.label=={l},pwethcw")])
+            .collect();
+        let names = [
+            "ip.src",
+            "ip.dst",
+            "tcp.srcport",
+            "tcp.dstport",
+            "udp.srcport",
+            "udp.dstport",
+        ];
+        for line in fields(f, &decode_as, &names) {
+            let list = |i: usize| -> Vec<&str> {
+                line.get(i).map_or(Vec::new(), |c| c.split(',').collect())
+            };
+            let pairs = |a: Vec<&str>, b: Vec<&str>| -> Vec<(String, String)> {
+                a.iter()
+                    .zip(b.iter())
+                    .map(|(x, y)| (x.to_string(), y.to_string()))
+                    .collect()
+            };
+            let addrs = pairs(list(0), list(1));
+            let mut ports = pairs(list(2), list(3));
+            ports.extend(pairs(list(4), list(5)));
+            for g in candidates.clone() {
+                let ip = |v: u128| hawking_schemas::ip::u128_to_ip(v).to_string();
+                if addrs.contains(&(ip(g.src), ip(g.dst)))
+                    && ports.contains(&(g.sport.to_string(), g.dport.to_string()))
+                {
+                    confirmed.push(g.clone());
+                }
+            }
+        }
+    }
+    confirmed
+}
+
+fn tshark_installed() -> bool {
+    Command::new("tshark").arg("-v").output().is_ok()
+}
+
+#[test]
+fn every_netflow_and_ipfix_capture_decodes_as_tshark_does() {
+    let Some(dir) = real_exports() else {
+        eprintln!("../shared/real-exports is absent: no conformance check against real captures");
+        return;
+    };
+    let tshark = tshark_installed();
+    if !tshark {
+        eprintln!(
+            "tshark is not installed: sampling rates announced by packet interval are not checked"
+        );
+    }
+    let groups = expected(&dir);
+    assert!(
+        groups.len() >= 20,
+        "the table lists the NetFlow/IPFIX groups"
+    );
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for (group, rows) in &groups {
+        let files = group_files(&dir, group);
+        let mut decoder = NetflowDecoder::new(Default::default()).expect("default config");
+        let mut out = SourceBatch::default();
+        for f in &files {
+            for (_, from, payload) in datagrams(f) {
+                decoder.decode(from, &payload, 1_800_000_000_000_000, &mut out);
+            }
+        }
+        let counters: HashMap<IpAddr, _> = decoder.drain_counters().collect();
+        let mut got: Vec<Got> = (0..out.flows.len())
+            .map(|i| {
+                let r = out.flows.record(i);
+                Got {
+                    exporter: out.flows.exporter[i],
+                    domain: out.flows.observation_domain[i],
+                    src: r.src_ip,
+                    dst: r.dst_ip,
+                    proto: r.protocol,
+                    sport: r.src_port,
+                    dport: r.dst_port,
+                    flow: Some((r.bytes, r.packets, r.sampling_rate, r.in_if, r.out_if)),
+                }
+            })
+            .collect();
+        got.extend(out.nat_events.iter().map(|n| Got {
+            exporter: n.exporter,
+            domain: n.observation_domain,
+            src: n.inside_ip,
+            dst: n.remote_ip,
+            proto: n.protocol,
+            sport: n.inside_port,
+            dport: n.remote_port,
+            flow: None,
+        }));
+        // The rate a group's flows are scaled by when their own rows carry none: the one rate
+        // its options records announce in tshark's table, else (packet-interval sampling,
+        // which the table has no column for) what tshark reads from the options.
+        let mut announced: Vec<u32> = rows
+            .iter()
+            .filter(|r| r.src.is_none() && r.in_if.is_none())
+            .filter_map(|r| r.sampling_rate)
+            .collect();
+        announced.dedup();
+        let group_rate = match announced[..] {
+            [rate] => Some(rate),
+            _ if tshark => tshark_packet_sampling(&files),
+            _ => None,
+        };
+        // Rows without addresses: an options record (no interfaces either), or a flow whose
+        // sampled frame tshark could not read an IP header from. Hawking stores neither: the
+        // latter must be counted as dropped for having no address.
+        let addressless_flows = rows
+            .iter()
+            .filter(|r| r.src.is_none() && r.in_if.is_some())
+            .count() as u64;
+        let dropped: u64 = counters.values().map(|c| c.flows_dropped_no_address).sum();
+        let mut explained = 0;
+        for g in pseudowire_reads(&files, rows, &got, tshark) {
+            // Allowance, one record per addressless row: Hawking read the frame behind an
+            // MPLS pseudowire control word (RFC 4448) that tshark's heuristic took for the
+            // inner Ethernet header (destination 00:00:00:00:02:00, type 0x0000).
+            if explained < addressless_flows {
+                explained += 1;
+                got.retain(|x| x != &g);
+            }
+        }
+        if dropped + explained != addressless_flows {
+            failures.push(format!(
+                "{group}: tshark read no address in {addressless_flows} flow records; Hawking dropped {dropped} for it and read {explained} behind a pseudowire control word"
+            ));
+        }
+        let mut unmatched = Vec::new();
+        for row in rows.iter().filter(|r| r.src.is_some()) {
+            compared += 1;
+            match got
+                .iter()
+                .position(|g| differs(row, g, group_rate).is_none())
+            {
+                Some(i) => {
+                    got.swap_remove(i);
+                }
+                None => unmatched.push(row),
+            }
+        }
+        // Report each unmatched row against the closest remaining record (same addresses
+        // when there is one), so the difference is named.
+        for row in unmatched {
+            let near = got
+                .iter()
+                .find(|g| {
+                    row.src.map(ip_to_u128) == Some(g.src) && row.dst.map(ip_to_u128) == Some(g.dst)
+                })
+                .or(got.first());
+            failures.push(match near {
+                Some(g) => format!(
+                    "{group} frame {}: {}",
+                    row.frame,
+                    differs(row, g, group_rate).unwrap_or_default()
+                ),
+                None => format!(
+                    "{group} frame {}: Hawking has no record for {row:?}",
+                    row.frame
+                ),
+            });
+        }
+        for g in got {
+            failures.push(format!(
+                "{group}: Hawking decoded a record tshark did not: {g:?}"
+            ));
+        }
+    }
+    assert!(compared > 200, "records compared: {compared}");
+    assert!(
+        failures.is_empty(),
+        "{} differences from tshark:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
