@@ -273,23 +273,8 @@ fn pseudowire_reads(files: &[PathBuf], rows: &[Expected], got: &[Got], tshark: b
             .map(|l| l.split('\t').map(str::to_string).collect())
             .collect()
     };
-    // tshark reads one file, and the data needs its template: one capture of both, in order.
     let dir = tempfile::tempdir().expect("tempdir");
-    let merged = dir.path().join("group.pcap");
-    {
-        let first = PcapReader::new(File::open(&files[0]).expect("open")).expect("pcap");
-        let mut w = pcap_file::pcap::PcapWriter::with_header(
-            File::create(&merged).expect("create"),
-            first.header(),
-        )
-        .expect("pcap writer");
-        for f in files {
-            let mut r = PcapReader::new(File::open(f).expect("open")).expect("pcap");
-            while let Some(pkt) = r.next_packet() {
-                w.write_packet(&pkt.expect("pcap record")).expect("write");
-            }
-        }
-    }
+    let merged = merge(files, dir.path());
     let mut confirmed = Vec::new();
     for f in [merged.as_path()] {
         let mut labels: Vec<String> = fields(f, &[], &["mpls.label"])
@@ -339,6 +324,24 @@ fn pseudowire_reads(files: &[PathBuf], rows: &[Expected], got: &[Got], tshark: b
         }
     }
     confirmed
+}
+
+/// tshark reads one file, and data needs its template: the group's captures as one, in order.
+fn merge(files: &[PathBuf], dir: &Path) -> PathBuf {
+    let merged = dir.join("group.pcap");
+    let first = PcapReader::new(File::open(&files[0]).expect("open")).expect("pcap");
+    let mut w = pcap_file::pcap::PcapWriter::with_header(
+        File::create(&merged).expect("create"),
+        first.header(),
+    )
+    .expect("pcap writer");
+    for f in files {
+        let mut r = PcapReader::new(File::open(f).expect("open")).expect("pcap");
+        while let Some(pkt) = r.next_packet() {
+            w.write_packet(&pkt.expect("pcap record")).expect("write");
+        }
+    }
+    merged
 }
 
 fn tshark_installed() -> bool {
@@ -483,4 +486,133 @@ fn every_netflow_and_ipfix_capture_decodes_as_tshark_does() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// NAT session events (RFC 8158) as tshark reads them: every record of the capture that
+/// carries natEvent, with its pre- and post-NAT tuple, event type and observation time.
+fn tshark_nat_records(merged: &Path) -> Vec<serde_json::Value> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(m) if m.contains_key("cflow.nat_event") => {
+                out.push(v.clone())
+            }
+            serde_json::Value::Object(m) => m.values().for_each(|v| walk(v, out)),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let out = Command::new("tshark")
+        .arg("-2")
+        .arg("-r")
+        .arg(merged)
+        .args(["-T", "json"])
+        .output()
+        .expect("run tshark");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("tshark json");
+    let mut records = Vec::new();
+    walk(&json, &mut records);
+    records
+}
+
+#[test]
+fn nat_session_events_carry_tshark_post_nat_tuple_type_and_time() {
+    let Some(dir) = real_exports() else {
+        eprintln!("../shared/real-exports is absent: no NAT conformance check");
+        return;
+    };
+    if !tshark_installed() {
+        eprintln!(
+            "tshark is not installed: post-NAT fields are checked only through pcap_expected.tsv's pre-NAT tuple"
+        );
+        return;
+    }
+    let mut checked = 0;
+    for group in expected(&dir).keys() {
+        let files = group_files(&dir, group);
+        let mut decoder = NetflowDecoder::new(Default::default()).expect("default config");
+        let mut out = SourceBatch::default();
+        for f in &files {
+            for (_, from, payload) in datagrams(f) {
+                decoder.decode(from, &payload, 1_800_000_000_000_000, &mut out);
+            }
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let merged = merge(&files, tmp.path());
+        let records = tshark_nat_records(&merged);
+        if records.is_empty() && out.nat_events.is_empty() {
+            continue;
+        }
+        let text =
+            |r: &serde_json::Value, k: &str| r.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let num = |r: &serde_json::Value, k: &str| text(r, k).and_then(|v| v.parse::<u64>().ok());
+        let addr = |r: &serde_json::Value, k: &str| {
+            text(r, k)
+                .and_then(|v| v.parse::<IpAddr>().ok())
+                .map(ip_to_u128)
+        };
+        let mut got = out.nat_events.clone();
+        for r in &records {
+            checked += 1;
+            // RFC 8158 table 1: session create and delete events (NAT44, NAT64, NAT44 BIB,
+            // NAT64 BIB, ...); the other events name no session.
+            let kind = match num(r, "cflow.nat_event") {
+                Some(1 | 4 | 6 | 8 | 10) => Some(hawking_schemas::nat::NatEventKind::Create),
+                Some(2 | 5 | 7 | 9 | 11) => Some(hawking_schemas::nat::NatEventKind::Delete),
+                _ => None,
+            };
+            let at = text(r, "cflow.observation_time_milliseconds").map(|t| {
+                jiff::fmt::strtime::parse("%b %e, %Y %H:%M:%S%.f UTC", t.trim())
+                    .and_then(|tm| tm.to_datetime())
+                    .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::UTC))
+                    .map(|z| z.timestamp().as_microsecond())
+                    .expect("tshark's time format")
+            });
+            let inside_port = num(r, "cflow.srcport").unwrap_or(0) as u16;
+            let want = (
+                kind,
+                at,
+                num(r, "cflow.protocol").unwrap_or(0) as u8,
+                addr(r, "cflow.srcaddr").or_else(|| addr(r, "cflow.srcaddrv6")),
+                inside_port,
+                addr(r, "cflow.post_natsource_ipv4_address")
+                    .or_else(|| addr(r, "cflow.post_nat_source_ipv6_address")),
+                num(r, "cflow.post_naptsource_transport_port").map_or(inside_port, |p| p as u16),
+                addr(r, "cflow.post_natdestination_ipv4_address")
+                    .or_else(|| addr(r, "cflow.dstaddr"))
+                    .unwrap_or(0),
+                num(r, "cflow.post_naptdestination_transport_port")
+                    .or_else(|| num(r, "cflow.dstport"))
+                    .unwrap_or(0) as u16,
+            );
+            let found = got.iter().position(|e| {
+                (
+                    e.kind,
+                    Some(e.at),
+                    e.protocol,
+                    Some(e.inside_ip),
+                    e.inside_port,
+                    Some(e.outside_ip),
+                    e.outside_port,
+                    e.remote_ip,
+                    e.remote_port,
+                ) == (
+                    want.0, want.1, want.2, want.3, want.4, want.5, want.6, want.7, want.8,
+                )
+            });
+            match found {
+                Some(i) => {
+                    got.swap_remove(i);
+                }
+                None => panic!(
+                    "{group}: no NAT event for tshark's {r}, want {want:?}; Hawking has {got:?}"
+                ),
+            }
+        }
+        assert!(
+            got.is_empty(),
+            "{group}: NAT events tshark did not see: {got:?}"
+        );
+    }
+    eprintln!("{checked} NAT session events compared with tshark");
+    assert!(checked > 0, "the captures hold NAT session events");
 }
