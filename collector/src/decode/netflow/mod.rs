@@ -37,7 +37,9 @@ use serde::{Deserialize, Serialize};
 
 use metrics::NetflowMetrics;
 use pending::{PendingSet, PendingSets};
-use resolve::{SamplingTable, TimeBase, TimeSource, resolve_flow, resolve_nat_event};
+use resolve::{
+    SamplingTable, TimeBase, TimeSource, resolve_flow, resolve_nat_event, translation_in_flow,
+};
 use state::{StateError, TemplateState};
 use template::{CompiledTemplate, FieldSpec, RawRecord, Target, TemplateLayout};
 use wire::{Header, RawSet, Sets, Version, WireError};
@@ -135,8 +137,9 @@ pub struct ExporterCounters {
     pub flows_timed_by_export: u64,
     pub templates_learned: u64,
     pub options_records: u64,
-    /// NAT session events decoded (RFC 8158 records), and those that were not a
-    /// create/delete with both addresses (dropped).
+    /// NAT session events decoded (RFC 8158 records, and translations shown by flow records
+    /// that carry both tuples), and those that were not a create/delete with both addresses
+    /// (dropped).
     pub nat_events: u64,
     pub nat_events_dropped: u64,
     /// Flow records dropped because no address could be read: neither address fields with
@@ -724,6 +727,12 @@ fn decode_flows(
         let (record, source) = resolve_flow(raw, base, sampling);
         by_export += (source == TimeSource::ExportTime) as u64;
         out.flows.push(origin, &record);
+        if raw.post_src_ip.is_some()
+            && let Some(event) = translation_in_flow(raw, &record, origin)
+        {
+            counters.nat_events += 1;
+            out.nat_events.push(event);
+        }
     })?;
     Ok(by_export)
 }

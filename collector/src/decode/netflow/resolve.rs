@@ -228,6 +228,48 @@ pub fn resolve_nat_event(raw: &RawRecord, base: &TimeBase, origin: &FlowOrigin) 
     }
 }
 
+/// The translation a flow record shows when it carries both tuples: firewalls (Cisco ASA's
+/// NSEL, and others exporting postNAT*/postNAPT* beside the 5-tuple) report the pre-NAT
+/// source in 8/7 and the post-NAT source in 225/227 on the flow itself, and no separate
+/// session event. The flow is evidence the mapping held from its start, so it becomes a
+/// create event then: the firewall's own flows (and anyone else's seen outside it) map back
+/// through it. No delete is derived: a flow record does not say when the session ended, and
+/// a later translation of the same outside address and port supersedes this one. Records
+/// whose source was not translated (destination NAT only, or the same tuple) show none.
+pub fn translation_in_flow(
+    raw: &RawRecord,
+    flow: &FlowRecord,
+    origin: &FlowOrigin,
+) -> Option<NatEvent> {
+    let outside_ip = raw
+        .post_src_ip
+        .filter(|ip| !super::template::is_unspecified(*ip))?;
+    let outside_port = raw
+        .get(Target::PostNaptSrcPort)
+        .map_or(flow.src_port, |p| p as u16);
+    if (outside_ip, outside_port) == (flow.src_ip, flow.src_port) {
+        return None;
+    }
+    Some(NatEvent {
+        at: flow.flow_start,
+        kind: Some(hawking_schemas::nat::NatEventKind::Create),
+        exporter: origin.exporter,
+        observation_domain: origin.observation_domain,
+        protocol: flow.protocol,
+        inside_ip: flow.src_ip,
+        inside_port: flow.src_port,
+        outside_ip,
+        outside_port,
+        remote_ip: raw
+            .post_dst_ip
+            .filter(|ip| !super::template::is_unspecified(*ip))
+            .unwrap_or(flow.dst_ip),
+        remote_port: raw
+            .get(Target::PostNaptDstPort)
+            .map_or(flow.dst_port, |p| p as u16),
+    })
+}
+
 /// The record's start time from whichever start element it carries.
 #[inline]
 fn start_us(raw: &RawRecord, base: &TimeBase) -> Option<i64> {

@@ -406,7 +406,7 @@ impl Default for RawRecord {
 /// `::` or `0.0.0.0`: what an exporter writes in the address fields of the family a record
 /// does not use.
 #[inline]
-fn is_unspecified(ip: u128) -> bool {
+pub(crate) fn is_unspecified(ip: u128) -> bool {
     ip == 0 || ip == hawking_schemas::ip::v4_to_u128(0)
 }
 
