@@ -134,7 +134,17 @@ struct Got {
 
 /// Why an expected row and a decoded record differ, or `None` when every value tshark gave
 /// is Hawking's.
-fn differs(e: &Expected, g: &Got, group_rate: Option<u32>) -> Option<String> {
+/// The sampling rate a group's flows must show when their own rows state none.
+#[derive(Clone, Copy, Debug)]
+enum GroupRate {
+    /// This rate (1 when nothing is announced).
+    Known(Option<u32>),
+    /// Announced in options the table has no column for, and tshark is not here to read
+    /// them: the rate is not checked (the counters still are, against it).
+    Unchecked,
+}
+
+fn differs(e: &Expected, g: &Got, group_rate: GroupRate) -> Option<String> {
     let ip = |a: Option<IpAddr>| a.map(ip_to_u128);
     let mut why = Vec::new();
     if ip_to_u128(e.exporter) != g.exporter {
@@ -163,7 +173,12 @@ fn differs(e: &Expected, g: &Got, group_rate: Option<u32>) -> Option<String> {
             {
                 why.push("counters");
             }
-            if e.sampling_rate.or(group_rate).unwrap_or(1) != rate {
+            let want = match (e.sampling_rate, group_rate) {
+                (Some(r), _) => Some(r),
+                (None, GroupRate::Known(r)) => Some(r.unwrap_or(1)),
+                (None, GroupRate::Unchecked) => None,
+            };
+            if want.is_some_and(|w| w != rate) {
                 why.push("sampling_rate");
             }
             if e.in_if.is_some_and(|i| i != in_if) || e.out_if.is_some_and(|o| o != out_if) {
@@ -411,10 +426,19 @@ fn every_netflow_and_ipfix_capture_decodes_as_tshark_does() {
             .filter_map(|r| r.sampling_rate)
             .collect();
         announced.dedup();
+        let options_without_rate = rows
+            .iter()
+            .any(|r| r.src.is_none() && r.in_if.is_none() && r.sampling_rate.is_none());
         let group_rate = match announced[..] {
-            [rate] => Some(rate),
-            _ if tshark => tshark_packet_sampling(&files),
-            _ => None,
+            [rate] => GroupRate::Known(Some(rate)),
+            _ if tshark => GroupRate::Known(tshark_packet_sampling(&files)),
+            _ if options_without_rate => {
+                eprintln!(
+                    "{group}: sampling options the table has no column for, and no tshark: rate not checked"
+                );
+                GroupRate::Unchecked
+            }
+            _ => GroupRate::Known(None),
         };
         // Rows without addresses: an options record (no interfaces either), or a flow whose
         // sampled frame tshark could not read an IP header from. Hawking stores neither: the
