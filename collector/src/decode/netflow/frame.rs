@@ -187,4 +187,37 @@ mod tests {
         arp.extend_from_slice(&[0; 28]);
         assert_eq!(from_frame(&arp), Err(FrameError::NotIp));
     }
+
+    #[test]
+    fn random_and_mutated_sections_never_panic() {
+        // A small LCG: deterministic, no dependency. Sections start from real shapes (plain,
+        // MPLS with control word) and get bytes flipped and cut, or are noise outright.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize
+        };
+        let mut mpls = vec![3; 12];
+        mpls.extend_from_slice(&[0x88, 0x47, 0, 0, 0, 0xff, 0, 0, 0, 0]);
+        mpls.extend_from_slice(&frame(80));
+        let seeds = [frame(80), mpls];
+        for i in 0..20_000 {
+            let mut f = if i % 4 == 0 {
+                (0..next() % 200).map(|_| next() as u8).collect()
+            } else {
+                seeds[i % 2].clone()
+            };
+            for _ in 0..next() % 6 {
+                if !f.is_empty() {
+                    let at = next() % f.len();
+                    f[at] = next() as u8;
+                }
+            }
+            f.truncate(next() % (f.len() + 1));
+            let _ = from_frame(&f);
+            let _ = from_ip_packet(&f);
+        }
+    }
 }
