@@ -412,11 +412,15 @@ pub(crate) fn is_unspecified(ip: u128) -> bool {
 
 /// Keeps the first specified address: templates carrying both IPv4 and IPv6 fields fill the
 /// unused family with zeros, and those zeros must not win over the real address, wherever
-/// they sit in the template.
+/// they sit in the template. Between two unspecified values `::` wins, so a record whose
+/// every address field is zero has no address whatever the field order; `0.0.0.0` survives
+/// only from an IPv4-only template, where it is what the packet said (DHCP discovery).
 #[inline]
 fn set_address(slot: &mut Option<u128>, ip: u128) {
-    if slot.is_none_or(is_unspecified) {
-        *slot = Some(ip);
+    match *slot {
+        None => *slot = Some(ip),
+        Some(old) if is_unspecified(old) && (!is_unspecified(ip) || ip == 0) => *slot = Some(ip),
+        Some(_) => {}
     }
 }
 
@@ -637,11 +641,27 @@ mod tests {
         t.decode_set(&rec, |r| got = r.flow_addresses()).unwrap();
         let v4 = hawking_schemas::ip::v4_to_u128;
         assert_eq!(got, Some((v4(0x0a000001), v4(0x0a000002))));
-        // Every address field zero and nothing else to read from: no address, not `::`.
+        // Every address field zero and nothing else to read from: no address, not `::` nor
+        // `0.0.0.0`, for either endpoint (the source has IPv6 first, the destination IPv4).
         let zeros = vec![0u8; 40];
-        let mut got = Some((1, 1));
-        t.decode_set(&zeros, |r| got = r.flow_addresses()).unwrap();
-        assert_eq!(got, None);
+        let mut got = (Some(1), Some(1), Some((1, 1)));
+        t.decode_set(&zeros, |r| got = (r.src_ip, r.dst_ip, r.flow_addresses()))
+            .unwrap();
+        assert_eq!(got, (Some(0), Some(0), None));
+        // An IPv4-only template's 0.0.0.0 is what the packet said.
+        let layout = TemplateLayout {
+            template_id: 257,
+            scope_fields: 0,
+            options: false,
+            fields: vec![spec(8, 4), spec(12, 4)],
+        };
+        let t = CompiledTemplate::compile(layout, Version::Ipfix).unwrap();
+        let mut got = None;
+        t.decode_set(&[0, 0, 0, 0, 255, 255, 255, 255], |r| {
+            got = r.flow_addresses()
+        })
+        .unwrap();
+        assert_eq!(got, Some((v4(0), v4(0xffff_ffff))));
     }
 
     #[test]
