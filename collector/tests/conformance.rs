@@ -640,3 +640,144 @@ fn nat_session_events_carry_tshark_post_nat_tuple_type_and_time() {
     eprintln!("{checked} NAT session events compared with tshark");
     assert!(checked > 0, "the captures hold NAT session events");
 }
+
+/// Sampling announced in one capture applies to the flows of the next from the same exporter
+/// (akvorado keeps a router's options and data apart: `X-options-*.pcap`, `X-*.pcap`). Each
+/// flow must be scaled by the rate its sampler ID was announced with, as tshark reads both.
+#[test]
+fn sampler_rates_announced_before_the_data_scale_each_flow_as_tshark_reads_them() {
+    let Some(dir) = real_exports() else {
+        eprintln!("../shared/real-exports is absent: no sampling conformance check");
+        return;
+    };
+    if !tshark_installed() {
+        eprintln!("tshark is not installed: per-sampler rates across captures are not checked");
+        return;
+    }
+    let groups = expected(&dir);
+    let mut checked = 0;
+    let mut pairs = 0;
+    for options_group in groups.keys().filter(|g| g.contains("options-data")) {
+        // "…/X-options-data.pcap (+X-options-template.pcap)" pairs with "…/X-data.pcap
+        // (+X-template.pcap)", or "…/options-data…" with "…/data.pcap (+template.pcap)".
+        let data_group = options_group
+            .replace("-options-", "-")
+            .replace("/options-", "/")
+            .replace("(+options-", "(+");
+        let Some(rows) = groups.get(&data_group) else {
+            continue;
+        };
+        pairs += 1;
+        let mut files = group_files(&dir, options_group);
+        files.extend(group_files(&dir, &data_group));
+        let mut decoder = NetflowDecoder::new(Default::default()).expect("default config");
+        let mut out = SourceBatch::default();
+        for f in &files {
+            for (_, from, payload) in datagrams(f) {
+                decoder.decode(from, &payload, 1_800_000_000_000_000, &mut out);
+            }
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let merged = merge(&files, tmp.path());
+        let cmd = Command::new("tshark")
+            .arg("-2")
+            .arg("-r")
+            .arg(&merged)
+            .args(["-T", "json"])
+            .output()
+            .expect("run tshark");
+        let json: serde_json::Value = serde_json::from_slice(&cmd.stdout).expect("tshark json");
+        fn records(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        if k.starts_with("Flow ") {
+                            out.push(v.clone());
+                        } else {
+                            records(v, out);
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| records(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        records(&json, &mut all);
+        let num = |r: &serde_json::Value, k: &str| {
+            r.get(k)
+                .and_then(|v| v.as_str())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let rates: HashMap<u64, u64> = all
+            .iter()
+            .filter(|r| r.get("cflow.octets").is_none())
+            .filter_map(|r| {
+                let rate = num(r, "cflow.sampling_interval")
+                    .or_else(|| num(r, "cflow.sampler_random_interval"))?;
+                Some((num(r, "cflow.sampler_id")?, rate))
+            })
+            .collect();
+        assert!(
+            !rates.is_empty(),
+            "{options_group}: tshark reads sampler rates"
+        );
+        // tshark's flows with the rate of their sampler, against Hawking's (scaled) ones.
+        let mut got: Vec<(u128, u128, u64, u64, u32)> = (0..out.flows.len())
+            .map(|i| {
+                let r = out.flows.record(i);
+                (r.src_ip, r.dst_ip, r.bytes, r.packets, r.sampling_rate)
+            })
+            .collect();
+        let flows: Vec<_> = all
+            .iter()
+            .filter(|r| r.get("cflow.octets").is_some())
+            .collect();
+        assert_eq!(
+            flows.len(),
+            rows.iter().filter(|r| r.src.is_some()).count(),
+            "{data_group}: tshark's JSON and table agree on the flows"
+        );
+        for r in flows {
+            let addr = |v4: &str, v6: &str| {
+                r.get(v4)
+                    .or_else(|| r.get(v6))
+                    .and_then(|v| v.as_str())
+                    .and_then(|v| v.parse::<IpAddr>().ok())
+                    .map(ip_to_u128)
+            };
+            let rate = num(r, "cflow.sampler_id")
+                .and_then(|id| rates.get(&id).copied())
+                .unwrap_or(1);
+            let want = (
+                addr("cflow.srcaddr", "cflow.srcaddrv6").expect("source"),
+                addr("cflow.dstaddr", "cflow.dstaddrv6").expect("destination"),
+                num(r, "cflow.octets").expect("octets") * rate,
+                num(r, "cflow.packets").expect("packets") * rate,
+                rate as u32,
+            );
+            match got.iter().position(|g| *g == want) {
+                Some(i) => {
+                    got.swap_remove(i);
+                    checked += 1;
+                }
+                None => panic!(
+                    "{data_group}: no flow {want:?} (sampler rates {rates:?}); Hawking has {got:?}"
+                ),
+            }
+        }
+        assert!(
+            got.is_empty(),
+            "{data_group}: flows tshark did not see: {got:?}"
+        );
+    }
+    eprintln!("{checked} flows checked against the rate of their sampler");
+    assert!(
+        pairs >= 2,
+        "both option captures pair with their data: {pairs}"
+    );
+    assert!(
+        checked > 0,
+        "the captures hold sampled flows with announced rates"
+    );
+}
