@@ -128,6 +128,11 @@ impl NetflowMetrics {
                 .with_label_values(&[ex.as_str(), "missing_template"])
                 .inc_by(c.sets_dropped_missing_template);
         }
+        if c.frame_sections_unreadable > 0 {
+            self.decode_errors
+                .with_label_values(&[ex.as_str(), "unreadable_packet_section"])
+                .inc_by(c.frame_sections_unreadable);
+        }
         if c.flows_timed_by_export > 0 {
             self.flows_timed_by_export
                 .with_label_values(l)

@@ -10,6 +10,7 @@
 //! more than the whole per-flow budget; its output remains the reference the decoder is
 //! tested against.
 
+pub mod frame;
 pub mod metrics;
 pub mod pending;
 pub mod resolve;
@@ -36,7 +37,9 @@ use serde::{Deserialize, Serialize};
 
 use metrics::NetflowMetrics;
 use pending::{PendingSet, PendingSets};
-use resolve::{SamplingTable, TimeBase, TimeSource, resolve_flow, resolve_nat_event};
+use resolve::{
+    SamplingTable, TimeBase, TimeSource, resolve_flow, resolve_nat_event, translation_in_flow,
+};
 use state::{StateError, TemplateState};
 use template::{CompiledTemplate, FieldSpec, RawRecord, Target, TemplateLayout};
 use wire::{Header, RawSet, Sets, Version, WireError};
@@ -134,10 +137,16 @@ pub struct ExporterCounters {
     pub flows_timed_by_export: u64,
     pub templates_learned: u64,
     pub options_records: u64,
-    /// NAT session events decoded (RFC 8158 records), and those that were not a
-    /// create/delete with both addresses (dropped).
+    /// NAT session events decoded (RFC 8158 records, and translations shown by flow records
+    /// that carry both tuples), and those that were not a create/delete with both addresses
+    /// (dropped).
     pub nat_events: u64,
     pub nat_events_dropped: u64,
+    /// Flow records dropped because no address could be read: neither address fields with
+    /// an address nor a readable packet section. Never stored with an invented address.
+    pub flows_dropped_no_address: u64,
+    /// Packet sections (IE 315/313) whose headers ended early or were not IP.
+    pub frame_sections_unreadable: u64,
 }
 
 /// The decoder. One per listener thread; not shared.
@@ -206,6 +215,7 @@ impl NetflowDecoder {
             metrics.add(exporter, &c);
             component.dropped(c.sets_dropped_missing_template, "missing_template");
             component.dropped(c.nat_events_dropped, "unusable_nat_event");
+            component.dropped(c.flows_dropped_no_address, "no_address");
             for (reason, n) in &c.decode_errors {
                 component.errors_of(*n, "decode", &format_args!("exporter {exporter}: {reason}"));
             }
@@ -709,9 +719,20 @@ fn decode_flows(
     }
     let mut by_export = 0u64;
     t.decode_set(body, |raw| {
+        counters.frame_sections_unreadable += raw.frame.is_some_and(|f| f.is_err()) as u64;
+        if raw.flow_addresses().is_none() {
+            counters.flows_dropped_no_address += 1;
+            return;
+        }
         let (record, source) = resolve_flow(raw, base, sampling);
         by_export += (source == TimeSource::ExportTime) as u64;
         out.flows.push(origin, &record);
+        if raw.post_src_ip.is_some()
+            && let Some(event) = translation_in_flow(raw, &record, origin)
+        {
+            counters.nat_events += 1;
+            out.nat_events.push(event);
+        }
     })?;
     Ok(by_export)
 }

@@ -104,3 +104,80 @@ fn other_nat_events_are_counted_and_dropped() {
     let counters: Vec<_> = decoder.drain_counters().collect();
     assert_eq!(counters[0].1.nat_events_dropped, 1);
 }
+
+/// An NSEL-style flow template: the 5-tuple, counters and times, and the post-NAT tuple.
+fn firewall_flow_packet(post_src: [u8; 4], post_sport: u16) -> Vec<u8> {
+    use super::template::{FieldSpec, TemplateLayout};
+    let f = |id, length| FieldSpec {
+        id,
+        length,
+        enterprise: None,
+    };
+    let t = TemplateLayout {
+        template_id: 263,
+        scope_fields: 0,
+        options: false,
+        fields: vec![
+            f(8, 4),
+            f(12, 4),
+            f(7, 2),
+            f(11, 2),
+            f(4, 1),
+            f(1, 8),
+            f(2, 8),
+            f(152, 8),
+            f(153, 8),
+            f(225, 4),
+            f(226, 4),
+            f(227, 2),
+            f(228, 2),
+        ],
+    };
+    let mut rec = Vec::new();
+    rec.extend_from_slice(&[10, 4, 3, 7, 93, 184, 216, 34]);
+    rec.extend_from_slice(&40_000u16.to_be_bytes());
+    rec.extend_from_slice(&443u16.to_be_bytes());
+    rec.push(6);
+    rec.extend_from_slice(&1_500u64.to_be_bytes());
+    rec.extend_from_slice(&3u64.to_be_bytes());
+    rec.extend_from_slice(&1_795_168_790_123u64.to_be_bytes());
+    rec.extend_from_slice(&1_795_168_799_000u64.to_be_bytes());
+    rec.extend_from_slice(&post_src);
+    rec.extend_from_slice(&[93, 184, 216, 34]);
+    rec.extend_from_slice(&post_sport.to_be_bytes());
+    rec.extend_from_slice(&443u16.to_be_bytes());
+    let mut b = PacketBuilder::new(Version::Ipfix, CLOCK, 1, 3);
+    b.template(&t).raw_set(263, &rec);
+    b.finish()
+}
+
+#[test]
+fn a_firewall_flow_with_both_tuples_also_yields_its_translation() {
+    let (out, mut decoder) = decode(&[firewall_flow_packet([198, 51, 100, 1], 61_000)]);
+    assert_eq!(out.flows.len(), 1, "the record stays a flow");
+    let flow = out.flows.record(0);
+    assert_eq!(
+        (flow.src_ip, flow.src_port, flow.bytes),
+        (v4_to_u128(0x0a04_0307), 40_000, 1_500)
+    );
+    let mut want = event(NatEventKind::Create, 1_795_168_790_123, 40_000, 61_000);
+    want.outside_ip = v4_to_u128(0xc633_6401);
+    assert_eq!(
+        out.nat_events,
+        [want],
+        "the translation in force from the flow's start"
+    );
+    let counters: Vec<_> = decoder.drain_counters().collect();
+    assert_eq!((counters[0].1.flows, counters[0].1.nat_events), (1, 1));
+}
+
+#[test]
+fn flows_whose_source_was_not_translated_yield_no_translation() {
+    // Post-NAT source equal to the pre-NAT one (only the destination could be translated),
+    // and a post-NAT source left zero by the exporter.
+    for (post, port) in [([10, 4, 3, 7], 40_000), ([0, 0, 0, 0], 0)] {
+        let (out, _) = decode(&[firewall_flow_packet(post, port)]);
+        assert_eq!(out.flows.len(), 1);
+        assert!(out.nat_events.is_empty(), "{post:?}: {:?}", out.nat_events);
+    }
+}

@@ -62,7 +62,17 @@ impl SamplingTable {
 
 /// The sampling rate ("1 in N") a record or an options record states, if any.
 fn rate_in(raw: &RawRecord) -> Option<u32> {
-    let rate = if let Some(n) = raw.get(Target::SamplingInterval) {
+    let rate = if let (Some(size), Some(population)) = (
+        raw.get(Target::SamplingSize),
+        raw.get(Target::SamplingPopulation),
+    ) {
+        // Random n-out-of-N (RFC 7014 §6.5.2.3): `size` packets out of every `population`.
+        // Checked first: exporters send a samplingPacketInterval of 1 beside it.
+        if size == 0 {
+            return None;
+        }
+        population / size
+    } else if let Some(n) = raw.get(Target::SamplingInterval) {
         n
     } else if let Some(n) = raw.get(Target::SamplerRandomInterval) {
         n
@@ -142,8 +152,8 @@ pub fn resolve_flow(
         .or_else(|| raw.get(Target::PostPackets))
         .unwrap_or(0);
 
-    let protocol = raw.get(Target::Protocol).unwrap_or(0) as u8;
-    let mut dst_port = raw.get(Target::DstPort).unwrap_or(0) as u16;
+    let protocol = raw.get_or_frame(Target::Protocol).unwrap_or(0) as u8;
+    let mut dst_port = raw.get_or_frame(Target::DstPort).unwrap_or(0) as u16;
     if (protocol == 1 || protocol == 58) && dst_port == 0 {
         // ICMP type and code go where NetFlow v5 and nfdump keep them: type << 8 | code in the
         // destination port.
@@ -154,20 +164,29 @@ pub fn resolve_flow(
         }
     }
 
+    // Callers drop records without addresses before resolving them (counted as no_address).
+    let (src_ip, dst_ip) = raw.flow_addresses().unwrap_or((0, 0));
     let record = FlowRecord {
         flow_start,
         flow_end,
-        src_ip: raw.src_ip.unwrap_or(0),
-        dst_ip: raw.dst_ip.unwrap_or(0),
-        src_port: raw.get(Target::SrcPort).unwrap_or(0) as u16,
+        src_ip,
+        dst_ip,
+        src_port: raw.get_or_frame(Target::SrcPort).unwrap_or(0) as u16,
         dst_port,
         protocol,
         tcp_flags: raw.get(Target::TcpFlags).unwrap_or(0) as u8,
         bytes: bytes.saturating_mul(rate as u64),
         packets: packets.saturating_mul(rate as u64),
         sampling_rate: rate,
-        in_if: raw.get(Target::InIf).unwrap_or(0) as u32,
-        out_if: raw.get(Target::OutIf).unwrap_or(0) as u32,
+        // The physical port stands in for the interface when the exporter names only that.
+        in_if: raw
+            .get(Target::InIf)
+            .or_else(|| raw.get(Target::InPhysIf))
+            .unwrap_or(0) as u32,
+        out_if: raw
+            .get(Target::OutIf)
+            .or_else(|| raw.get(Target::OutPhysIf))
+            .unwrap_or(0) as u32,
     };
     (record, source)
 }
@@ -207,6 +226,48 @@ pub fn resolve_nat_event(raw: &RawRecord, base: &TimeBase, origin: &FlowOrigin) 
             .or_else(|| raw.get(Target::DstPort))
             .unwrap_or(0) as u16,
     }
+}
+
+/// The translation a flow record shows when it carries both tuples: firewalls (Cisco ASA's
+/// NSEL, and others exporting postNAT*/postNAPT* beside the 5-tuple) report the pre-NAT
+/// source in 8/7 and the post-NAT source in 225/227 on the flow itself, and no separate
+/// session event. The flow is evidence the mapping held from its start, so it becomes a
+/// create event then: the firewall's own flows (and anyone else's seen outside it) map back
+/// through it. No delete is derived: a flow record does not say when the session ended, and
+/// a later translation of the same outside address and port supersedes this one. Records
+/// whose source was not translated (destination NAT only, or the same tuple) show none.
+pub fn translation_in_flow(
+    raw: &RawRecord,
+    flow: &FlowRecord,
+    origin: &FlowOrigin,
+) -> Option<NatEvent> {
+    let outside_ip = raw
+        .post_src_ip
+        .filter(|ip| !super::template::is_unspecified(*ip))?;
+    let outside_port = raw
+        .get(Target::PostNaptSrcPort)
+        .map_or(flow.src_port, |p| p as u16);
+    if (outside_ip, outside_port) == (flow.src_ip, flow.src_port) {
+        return None;
+    }
+    Some(NatEvent {
+        at: flow.flow_start,
+        kind: Some(hawking_schemas::nat::NatEventKind::Create),
+        exporter: origin.exporter,
+        observation_domain: origin.observation_domain,
+        protocol: flow.protocol,
+        inside_ip: flow.src_ip,
+        inside_port: flow.src_port,
+        outside_ip,
+        outside_port,
+        remote_ip: raw
+            .post_dst_ip
+            .filter(|ip| !super::template::is_unspecified(*ip))
+            .unwrap_or(flow.dst_ip),
+        remote_port: raw
+            .get(Target::PostNaptDstPort)
+            .map_or(flow.dst_port, |p| p as u16),
+    })
 }
 
 /// The record's start time from whichever start element it carries.
@@ -441,5 +502,49 @@ mod tests {
             .with(Target::PacketsTotal, 3);
         let (r, _) = resolve_flow(&raw, &base(), &SamplingTable::default());
         assert_eq!((r.bytes, r.packets), (5, 3));
+    }
+
+    #[test]
+    fn physical_ports_stand_in_for_missing_interfaces() {
+        let raw = RawRecord::default()
+            .with(Target::InPhysIf, 1_342_177_291)
+            .with(Target::OutPhysIf, 7);
+        let (r, _) = resolve_flow(&raw, &base(), &SamplingTable::default());
+        assert_eq!((r.in_if, r.out_if), (1_342_177_291, 7));
+        let (r, _) = resolve_flow(
+            &raw.with(Target::InIf, 3).with(Target::OutIf, 4),
+            &base(),
+            &SamplingTable::default(),
+        );
+        assert_eq!((r.in_if, r.out_if), (3, 4), "the logical interface wins");
+    }
+
+    #[test]
+    fn random_n_out_of_n_sampling_is_population_over_size() {
+        // As Cisco announces it: samplingPacketInterval 1 beside size 1 of population 256.
+        let mut table = SamplingTable::default();
+        assert!(
+            table.learn(
+                &RawRecord::default()
+                    .with(Target::SelectorId, 1)
+                    .with(Target::SamplingPacketInterval, 1)
+                    .with(Target::SamplingSize, 1)
+                    .with(Target::SamplingPopulation, 256)
+            )
+        );
+        let flow = RawRecord::default()
+            .with(Target::SelectorId, 1)
+            .with(Target::Bytes, 72)
+            .with(Target::Packets, 1);
+        let (r, _) = resolve_flow(&flow, &base(), &table);
+        assert_eq!((r.sampling_rate, r.bytes, r.packets), (256, 72 * 256, 256));
+        assert!(
+            !SamplingTable::default().learn(
+                &RawRecord::default()
+                    .with(Target::SamplingSize, 0)
+                    .with(Target::SamplingPopulation, 256)
+            ),
+            "a zero size states no rate"
+        );
     }
 }

@@ -4,7 +4,18 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::frame::{FrameError, FrameTuple};
 use super::wire::{Version, be_uint};
+
+#[inline]
+fn v4(field: &[u8]) -> u128 {
+    hawking_schemas::ip::v4_to_u128(be_uint(field) as u32)
+}
+
+#[inline]
+fn v6(field: &[u8]) -> u128 {
+    u128::from_be_bytes(field.try_into().unwrap_or([0; 16]))
+}
 
 /// One field specifier of a template as it came over the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +113,14 @@ pub enum Target {
     PostNaptDstPort,
     /// observationTimeMilliseconds (323): when a NAT event happened.
     ObservationTimeMs,
+    /// ingressPhysicalInterface (252): the port, where ingressInterface (10) is absent.
+    InPhysIf,
+    /// egressPhysicalInterface (253)
+    OutPhysIf,
+    /// samplingSize (309): n packets selected out of every samplingPopulation (RFC 7014).
+    SamplingSize,
+    /// samplingPopulation (310)
+    SamplingPopulation,
     SrcV4,
     DstV4,
     SrcV6,
@@ -114,6 +133,10 @@ pub enum Target {
     PostSrcV6,
     /// postNATDestinationIPv6Address (282)
     PostDstV6,
+    /// dataLinkFrameSection (315): the sampled frame's first bytes (RFC 7133).
+    FrameSection,
+    /// ipHeaderPacketSection (313): the sampled IP packet's first bytes.
+    IpSection,
     /// Present in the template but not needed: skipped.
     Skip,
 }
@@ -176,6 +199,12 @@ impl Target {
             281 => PostSrcV6,
             282 => PostDstV6,
             323 => ObservationTimeMs,
+            252 => InPhysIf,
+            253 => OutPhysIf,
+            309 => SamplingSize,
+            310 => SamplingPopulation,
+            313 => IpSection,
+            315 => FrameSection,
             _ => Skip,
         };
         let fits = match t {
@@ -183,7 +212,8 @@ impl Target {
             SrcV6 | DstV6 | PostSrcV6 | PostDstV6 => width == 16,
             StartUsNtp | EndUsNtp | StartNsNtp | EndNsNtp => width == 8,
             SamplingProbability => width == 4 || width == 8,
-            Skip => true,
+            // Usually variable-length; any length is a (possibly empty) section.
+            FrameSection | IpSection | Skip => true,
             _ => (1..=8).contains(&width),
         };
         if fits { t } else { Skip }
@@ -229,7 +259,8 @@ impl CompiledTemplate {
             // never read them as information elements.
             let v9_scope =
                 version == Version::V9 && layout.options && i < layout.scope_fields as usize;
-            let target = if f.enterprise.is_some() || v9_scope || f.length == VARIABLE_LENGTH {
+            // Variable-length fields other than packet sections fall out in `Target::of`.
+            let target = if f.enterprise.is_some() || v9_scope {
                 Target::Skip
             } else {
                 Target::of(f.id, f.length)
@@ -354,6 +385,8 @@ pub struct RawRecord {
     /// Post-NAT addresses (NAT event records).
     pub post_src_ip: Option<u128>,
     pub post_dst_ip: Option<u128>,
+    /// What the record's packet section (IE 315 or 313) said, when it carried one.
+    pub frame: Option<Result<FrameTuple, FrameError>>,
 }
 
 impl Default for RawRecord {
@@ -365,7 +398,29 @@ impl Default for RawRecord {
             dst_ip: None,
             post_src_ip: None,
             post_dst_ip: None,
+            frame: None,
         }
+    }
+}
+
+/// `::` or `0.0.0.0`: what an exporter writes in the address fields of the family a record
+/// does not use.
+#[inline]
+pub(crate) fn is_unspecified(ip: u128) -> bool {
+    ip == 0 || ip == hawking_schemas::ip::v4_to_u128(0)
+}
+
+/// Keeps the first specified address: templates carrying both IPv4 and IPv6 fields fill the
+/// unused family with zeros, and those zeros must not win over the real address, wherever
+/// they sit in the template. Between two unspecified values `::` wins, so a record whose
+/// every address field is zero has no address whatever the field order; `0.0.0.0` survives
+/// only from an IPv4-only template, where it is what the packet said (DHCP discovery).
+#[inline]
+fn set_address(slot: &mut Option<u128>, ip: u128) {
+    match *slot {
+        None => *slot = Some(ip),
+        Some(old) if is_unspecified(old) && (!is_unspecified(ip) || ip == 0) => *slot = Some(ip),
+        Some(_) => {}
     }
 }
 
@@ -377,35 +432,27 @@ impl RawRecord {
         self.dst_ip = None;
         self.post_src_ip = None;
         self.post_dst_ip = None;
+        self.frame = None;
     }
 
     #[inline]
     fn set(&mut self, target: Target, field: &[u8]) {
         match target {
-            Target::SrcV4 => {
-                self.src_ip = Some(hawking_schemas::ip::v4_to_u128(be_uint(field) as u32))
+            Target::SrcV4 => set_address(&mut self.src_ip, v4(field)),
+            Target::DstV4 => set_address(&mut self.dst_ip, v4(field)),
+            Target::SrcV6 => set_address(&mut self.src_ip, v6(field)),
+            Target::DstV6 => set_address(&mut self.dst_ip, v6(field)),
+            Target::PostSrcV4 => set_address(&mut self.post_src_ip, v4(field)),
+            Target::PostDstV4 => set_address(&mut self.post_dst_ip, v4(field)),
+            Target::PostSrcV6 => set_address(&mut self.post_src_ip, v6(field)),
+            Target::PostDstV6 => set_address(&mut self.post_dst_ip, v6(field)),
+            Target::FrameSection if self.frame.is_none() => {
+                self.frame = Some(super::frame::from_frame(field))
             }
-            Target::DstV4 => {
-                self.dst_ip = Some(hawking_schemas::ip::v4_to_u128(be_uint(field) as u32))
+            Target::IpSection if self.frame.is_none() => {
+                self.frame = Some(super::frame::from_ip_packet(field))
             }
-            Target::SrcV6 => {
-                self.src_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16])))
-            }
-            Target::DstV6 => {
-                self.dst_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16])))
-            }
-            Target::PostSrcV4 => {
-                self.post_src_ip = Some(hawking_schemas::ip::v4_to_u128(be_uint(field) as u32))
-            }
-            Target::PostDstV4 => {
-                self.post_dst_ip = Some(hawking_schemas::ip::v4_to_u128(be_uint(field) as u32))
-            }
-            Target::PostSrcV6 => {
-                self.post_src_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16])))
-            }
-            Target::PostDstV6 => {
-                self.post_dst_ip = Some(u128::from_be_bytes(field.try_into().unwrap_or([0; 16])))
-            }
+            Target::FrameSection | Target::IpSection => {}
             Target::Skip => {}
             Target::SamplingProbability => {
                 let p = if field.len() == 4 {
@@ -435,6 +482,40 @@ impl RawRecord {
     pub fn get(&self, target: Target) -> Option<u64> {
         let i = target as usize;
         (i < SCALAR_TARGETS && self.present & (1 << i) != 0).then(|| self.values[i])
+    }
+
+    /// The flow's source and destination: the address fields when they hold an address, else
+    /// what the packet section's headers say. `None` when neither gives one: such a record
+    /// cannot be attributed, and an invented address would be worse than none.
+    #[inline]
+    pub fn flow_addresses(&self) -> Option<(u128, u128)> {
+        let frame = self.frame.and_then(Result::ok);
+        let pick = |field: Option<u128>, from_frame: Option<u128>| {
+            field
+                .filter(|ip| !is_unspecified(*ip))
+                .or(from_frame)
+                .or(field)
+                .filter(|ip| *ip != 0)
+        };
+        Some((
+            pick(self.src_ip, frame.map(|f| f.src))?,
+            pick(self.dst_ip, frame.map(|f| f.dst))?,
+        ))
+    }
+
+    /// A scalar target, or for protocol and ports, the packet section's value when the
+    /// record has no such field.
+    #[inline]
+    pub fn get_or_frame(&self, target: Target) -> Option<u64> {
+        self.get(target).or_else(|| {
+            let f = self.frame?.ok()?;
+            match target {
+                Target::Protocol => Some(f.protocol as u64),
+                Target::SrcPort => f.src_port.map(u64::from),
+                Target::DstPort => f.dst_port.map(u64::from),
+                _ => None,
+            }
+        })
     }
 
     /// Test and builder helper: sets a scalar target.
@@ -540,5 +621,90 @@ mod tests {
         })
         .unwrap();
         assert_eq!(got, Some((None, Some(100))));
+    }
+
+    #[test]
+    fn unused_address_family_zeros_never_win_and_no_address_is_none() {
+        // physicalinterfaces.pcap's shape: IPv4 and IPv6 fields, the unused family zero, in
+        // either order.
+        let layout = TemplateLayout {
+            template_id: 256,
+            scope_fields: 0,
+            options: false,
+            fields: vec![spec(27, 16), spec(8, 4), spec(12, 4), spec(28, 16)],
+        };
+        let t = CompiledTemplate::compile(layout, Version::Ipfix).unwrap();
+        let mut rec = vec![0u8; 16];
+        rec.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+        rec.extend_from_slice(&[0u8; 16]);
+        let mut got = None;
+        t.decode_set(&rec, |r| got = r.flow_addresses()).unwrap();
+        let v4 = hawking_schemas::ip::v4_to_u128;
+        assert_eq!(got, Some((v4(0x0a000001), v4(0x0a000002))));
+        // Every address field zero and nothing else to read from: no address, not `::` nor
+        // `0.0.0.0`, for either endpoint (the source has IPv6 first, the destination IPv4).
+        let zeros = vec![0u8; 40];
+        let mut got = (Some(1), Some(1), Some((1, 1)));
+        t.decode_set(&zeros, |r| got = (r.src_ip, r.dst_ip, r.flow_addresses()))
+            .unwrap();
+        assert_eq!(got, (Some(0), Some(0), None));
+        // An IPv4-only template's 0.0.0.0 is what the packet said.
+        let layout = TemplateLayout {
+            template_id: 257,
+            scope_fields: 0,
+            options: false,
+            fields: vec![spec(8, 4), spec(12, 4)],
+        };
+        let t = CompiledTemplate::compile(layout, Version::Ipfix).unwrap();
+        let mut got = None;
+        t.decode_set(&[0, 0, 0, 0, 255, 255, 255, 255], |r| {
+            got = r.flow_addresses()
+        })
+        .unwrap();
+        assert_eq!(got, Some((v4(0), v4(0xffff_ffff))));
+    }
+
+    #[test]
+    fn packet_sections_fill_the_tuple_the_fields_leave_out() {
+        let layout = TemplateLayout {
+            template_id: 384,
+            scope_fields: 0,
+            options: false,
+            fields: vec![spec(10, 4), spec(315, VARIABLE_LENGTH)],
+        };
+        let t = CompiledTemplate::compile(layout, Version::Ipfix).unwrap();
+        let mut frame = vec![2; 12];
+        frame.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 60, 0, 0, 0, 0, 64, 17, 0, 0]);
+        frame.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2, 0x14, 0xe9, 0, 53]);
+        let mut body = vec![0, 0, 2, 0x46, frame.len() as u8];
+        body.extend_from_slice(&frame);
+        // A second record whose section is cut inside the IP header.
+        body.extend_from_slice(&[0, 0, 0, 1, 20]);
+        body.extend_from_slice(&frame[..20]);
+        let mut seen = vec![];
+        t.decode_set(&body, |r| {
+            seen.push((
+                r.flow_addresses(),
+                r.get_or_frame(Target::SrcPort),
+                r.get_or_frame(Target::DstPort),
+                r.get_or_frame(Target::Protocol),
+                r.frame.is_some_and(|f| f.is_err()),
+            ))
+        })
+        .unwrap();
+        let v4 = hawking_schemas::ip::v4_to_u128;
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    Some((v4(0x0a000001), v4(0x0a000002))),
+                    Some(5353),
+                    Some(53),
+                    Some(17),
+                    false
+                ),
+                (None, None, None, None, true),
+            ]
+        );
     }
 }
