@@ -41,6 +41,19 @@ enum Command {
         command: history::HistoryCommand,
     },
     /// Send synthetic NetFlow v5/v9/IPFIX packets (load generation and benchmarks).
+    ///
+    /// The traffic: each exporter (its own socket and observation domain) announces one
+    /// IPv4 flow template (v9: FIRST/LAST_SWITCHED uptimes; IPFIX: flowStart/EndMilliseconds)
+    /// every --template-every packets and sends data packets of --records-per-packet records.
+    /// Every record is drawn afresh before each send: the source one of 4,096 cluster hosts
+    /// in 10.0.0.0/12 (10.0.0.0 | i × 251 mod 0xfffff), the destination another cluster host
+    /// (half the flows) or one of 20,000 remote addresses; source port 32768–60767;
+    /// destination port one of 443, 80, 53, 8080, 5432, 6443, 9090, 3306, 6379, 123; TCP
+    /// three times in four, else UDP; 40–100,039 bytes and 1–100 packets; ending up to 30 s
+    /// before the exporter clock and lasting up to 60 s. The exporter clock follows the wall
+    /// clock (--clock-start, --clock-speed) and stamps every header. Records are rewritten
+    /// in place in pre-encoded packets, so nothing repeats and encoding costs little;
+    /// --repeat re-sends the encoded pool unchanged instead (the older load).
     Flowgen(flowgen::FlowgenArgs),
     /// On a node: follow conntrack and send every source-NAT translation to a collector as
     /// IPFIX NAT session events (RFC 8158), so flows seen outside the node map back to pods.

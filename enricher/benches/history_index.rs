@@ -21,9 +21,9 @@ use hawking_enricher::attribute::resolve_endpoint;
 use hawking_enricher::{
     ClusterSelector, IpHistory, NatIndex, OPEN, OwnerSpec, attribute_batch, attribution_columns,
 };
-use hawking_schemas::OwnerKind;
 use hawking_schemas::flow::{FlowBatch, FlowOrigin, FlowRecord, SourceKind};
 use hawking_schemas::ip::v4_to_u128;
+use hawking_schemas::{Attribution, OwnerKind};
 use support::{Rng, arg, smoke_test};
 
 /// Counts bytes currently allocated through the global allocator.
@@ -219,16 +219,30 @@ fn main() {
     let mut rng = Rng(7);
     let no_nat = NatIndex::default();
     let (nat, nat_flows) = snat(&built, c, n_flows, &mut rng);
+    // The source endpoints each shape must attribute through a translation: none without
+    // one, and in the SNAT shape exactly every third flow (see `snat`). Checked on every run,
+    // so a change that quietly falls back to plain lookups cannot pass for a fast SNAT path.
     let batches = shapes
         .into_iter()
-        .map(|(shape, window)| (shape, flows(&built, n_flows, window, &mut rng), &no_nat))
+        .map(|(shape, window)| (shape, flows(&built, n_flows, window, &mut rng), &no_nat, 0))
         .chain([(
             "live, a third of the flows seen outside their node (200,000 SNAT translations)",
             nat_flows,
             &nat,
+            n_flows.div_ceil(3),
         )]);
-    for (shape, batch, nat) in batches {
+    for (shape, batch, nat, through_snat) in batches {
         let m = measure(h, nat, c, &batch, rounds);
+        assert_eq!(
+            m.snat,
+            (through_snat, 0),
+            "{shape}: (source, destination) endpoints attributed `snat`"
+        );
+        println!(
+            "| {shape}: source endpoints attributed `snat` | {} of {} | {through_snat} |",
+            m.snat.0,
+            batch.len()
+        );
         println!(
             "| {shape}: lookup per endpoint, one at a time (best of {rounds}; {:.0}% held) | {:.0} ns | ≤ 200 ns |",
             100.0 * m.held as f64 / (2 * batch.len()) as f64,
@@ -287,6 +301,8 @@ fn snat(b: &Built, cluster: u16, n: usize, rng: &mut Rng) -> (NatIndex, FlowBatc
 struct Measured {
     lookup: f64,
     held: usize,
+    /// (source, destination) endpoints `attribute_batch` attributed through a translation.
+    snat: (usize, usize),
     attribute: f64,
     with_columns: f64,
 }
@@ -297,6 +313,7 @@ fn measure(h: &IpHistory, nat: &NatIndex, c: u16, batch: &FlowBatch, rounds: usi
     let mut m = Measured {
         lookup: f64::MAX,
         held: 0,
+        snat: (0, 0),
         attribute: f64::MAX,
         with_columns: f64::MAX,
     };
@@ -330,6 +347,12 @@ fn measure(h: &IpHistory, nat: &NatIndex, c: u16, batch: &FlowBatch, rounds: usi
         let t_all = t.elapsed().as_secs_f64();
         assert_eq!(cols[0].len(), batch.len());
         black_box(cols);
+        let snat = |side: &[hawking_enricher::attribute::Resolved]| {
+            side.iter()
+                .filter(|r| r.attribution == Attribution::Snat)
+                .count()
+        };
+        m.snat = (snat(&attributed.src), snat(&attributed.dst));
         m.attribute = m.attribute.min(t_attr);
         m.with_columns = m.with_columns.min(t_all);
     }

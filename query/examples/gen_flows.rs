@@ -1,6 +1,8 @@
 //! Writes a day of realistic attributed flows into a store, through the same writer and
-//! column tuning `hawking serve` uses, laid out as compaction leaves a closed hour: one
-//! time-ordered file per hour partition. For the query benchmark
+//! column tuning `hawking serve` uses, laid out as a compaction of closed hours would leave
+//! them: one time-ordered file per hour partition. `hawking serve` does not write this layout
+//! (no compaction yet: one file per hour partition per commit); the query benchmark on what
+//! serve writes is `tests/bench/query_served_store.py`. For the query benchmark
 //! (`tests/bench/query_top_workloads.sh`).
 //!
 //! ```sh

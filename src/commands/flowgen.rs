@@ -1,17 +1,23 @@
-//! `hawking flowgen`: a NetFlow v5/v9/IPFIX load generator. Pre-encodes a pool of packets
-//! per exporter (each exporter is its own socket, so its own template scope), then replays
-//! them at a target flow rate with `sendmmsg`, patching sequence numbers as it goes.
+//! `hawking flowgen`: a NetFlow v5/v9/IPFIX load generator. Encodes a pool of packets per
+//! exporter (each exporter is its own socket, so its own template scope) and sends them at a
+//! target flow rate with `sendmmsg`. Before each send the packet's records are drawn afresh
+//! and written over the encoded ones in place (addresses, ports, protocol, counters, times),
+//! with the header's export time and sequence number: no record repeats, and the structure
+//! (headers, set lengths, template) is encoded once. `--repeat` restores the older load: the
+//! pool re-sent unchanged but for sequence numbers.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use hawking_collector::decode::netflow::template::TemplateLayout;
 use hawking_collector::decode::netflow::wire::Version;
 use hawking_collector::export::{
     ExporterClock, PacketBuilder, TimeEncoding, encode_v5, flow_template,
 };
 use hawking_schemas::flow::FlowRecord;
-use hawking_schemas::ip::v4_to_u128;
+use hawking_schemas::ip::{as_v4, v4_to_u128};
+use hawking_schemas::time::{now_micros, parse_time};
 
 #[derive(clap::Args, Debug)]
 pub struct FlowgenArgs {
@@ -36,9 +42,23 @@ pub struct FlowgenArgs {
     /// Re-send templates every this many packets per exporter (v9/IPFIX).
     #[arg(long, default_value_t = 20)]
     template_every: u64,
-    /// Distinct packets pre-encoded per exporter.
+    /// With --repeat, the distinct packets encoded per exporter. Without it, one burst (32
+    /// packets) per exporter is encoded and its records redrawn before every send.
     #[arg(long, default_value_t = 2048)]
     pool: usize,
+    /// Re-send the pool unchanged but for sequence numbers (flowgen's load before
+    /// 2026-12-02, which older BENCHMARKS.md figures used): each record repeats
+    /// flows / (pool × records per packet × exporters) times and flow times stay those of
+    /// the start.
+    #[arg(long)]
+    repeat: bool,
+    /// Exporter clock at the start of the run (RFC 3339 or `now`); flow times follow it.
+    #[arg(long, default_value = "now")]
+    clock_start: String,
+    /// Exporter seconds per real second: 1440 sends a day of flow times in one minute, so a
+    /// store written by `hawking serve` covers a day (one file per hour touched per commit).
+    #[arg(long, default_value_t = 1.0)]
+    clock_speed: f64,
     /// Seed for the synthetic flows.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -54,6 +74,26 @@ struct Exporter {
     sequence: u32,
 }
 
+/// The exporter clock: `start_ms` at the first send, then `speed` exporter ms per real ms.
+#[derive(Clone, Copy)]
+struct Clock {
+    start_ms: i64,
+    boot_ms: i64,
+    speed: f64,
+}
+
+impl Clock {
+    /// The clock `elapsed` into the run, export time in whole seconds (v9 and IPFIX headers
+    /// carry seconds: flow times relative to it then round-trip exactly).
+    fn at(&self, elapsed: Duration) -> ExporterClock {
+        let ms = self.start_ms + (elapsed.as_secs_f64() * 1000.0 * self.speed) as i64;
+        ExporterClock {
+            boot_ms: self.boot_ms,
+            export_ms: ms / 1000 * 1000,
+        }
+    }
+}
+
 pub fn run(args: FlowgenArgs) -> anyhow::Result<()> {
     let version = match args.protocol.as_str() {
         "v5" => Version::V5,
@@ -64,49 +104,59 @@ pub fn run(args: FlowgenArgs) -> anyhow::Result<()> {
     let per_packet = args
         .records_per_packet
         .clamp(1, if version == Version::V5 { 30 } else { 60 });
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
-    let clock = ExporterClock {
-        boot_ms: now_ms / 1000 * 1000 - 86_400_000,
-        export_ms: now_ms / 1000 * 1000,
+    anyhow::ensure!(
+        args.clock_speed.is_finite() && args.clock_speed > 0.0,
+        "--clock-speed must be positive"
+    );
+    let start_ms = parse_time(&args.clock_start)?.div_euclid(1000);
+    let now_ms = now_micros() / 1000;
+    let clock = Clock {
+        start_ms,
+        // A day before the earlier of now and the clock's start: uptimes stay positive.
+        boot_ms: start_ms.min(now_ms) / 1000 * 1000 - 86_400_000,
+        speed: args.clock_speed,
     };
+    let first = clock.at(Duration::ZERO);
     let bind = if args.to.is_ipv6() {
         "[::]:0"
     } else {
         "0.0.0.0:0"
     };
+    let times = if version == Version::Ipfix {
+        TimeEncoding::Milliseconds
+    } else {
+        TimeEncoding::SysUpTime
+    };
     let mut rng = args.seed.max(1);
+    let mut layout = None;
     let mut exporters: Vec<Exporter> = (0..args.exporters.max(1))
         .map(|e| -> anyhow::Result<Exporter> {
             let socket = UdpSocket::bind(bind).context("binding sender socket")?;
             socket
                 .connect(args.to)
                 .with_context(|| format!("connecting to {}", args.to))?;
-            let times = if version == Version::Ipfix {
-                TimeEncoding::Milliseconds
-            } else {
-                TimeEncoding::SysUpTime
-            };
             let t = flow_template(256 + e as u16, false, times);
+            layout.get_or_insert_with(|| RecordLayout::new(version, &t));
             let template = if version == Version::V5 {
                 Vec::new()
             } else {
-                let mut b = PacketBuilder::new(version, clock, 0, e as u32);
+                let mut b = PacketBuilder::new(version, first, 0, e as u32);
                 b.template(&t);
                 b.finish()
             };
-            let pool = (0..args.pool.max(BURST))
+            // Buffers are free again once `sendmmsg` returns (UDP copies them): rewriting
+            // one burst's worth keeps what is written in cache.
+            let pool_len = if args.repeat {
+                args.pool.max(BURST)
+            } else {
+                BURST
+            };
+            let pool = (0..pool_len)
                 .map(|i| {
                     let flows: Vec<FlowRecord> = (0..per_packet)
-                        .map(|_| synthetic_flow(&mut rng, clock))
+                        .map(|_| synthetic_flow(&mut rng, first))
                         .collect();
-                    match version {
-                        Version::V5 => encode_v5(clock, i as u32, 0, &flows),
-                        _ => {
-                            let mut b = PacketBuilder::new(version, clock, i as u32, e as u32);
-                            b.flows(&t, clock, &flows);
-                            b.finish()
-                        }
-                    }
+                    encode(version, &t, first, i as u32, e as u32, &flows)
                 })
                 .collect();
             Ok(Exporter {
@@ -117,6 +167,7 @@ pub fn run(args: FlowgenArgs) -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
+    let layout = layout.expect("at least one exporter");
 
     let packets_total = args.flows.div_ceil(per_packet as u64);
     let packet_rate = if args.rate == 0 {
@@ -141,14 +192,22 @@ pub fn run(args: FlowgenArgs) -> anyhow::Result<()> {
             }
             let n = BURST.min((packets_total - sent_packets) as usize);
             // Sequence numbers count packets (v9) or records (v5, IPFIX).
-            let (offset, step) = match version {
-                Version::V5 => (16, per_packet as u32),
-                Version::V9 => (12, 1),
-                Version::Ipfix => (8, per_packet as u32),
+            let step = match version {
+                Version::V9 => 1,
+                _ => per_packet as u32,
             };
+            // One clock reading per burst: flow times move with the (scaled) wall clock.
+            let now = clock.at(started.elapsed());
             for k in 0..n {
                 let idx = ((round as usize) * BURST + k) % exp.pool.len();
-                exp.pool[idx][offset..offset + 4].copy_from_slice(&exp.sequence.to_be_bytes());
+                let packet = &mut exp.pool[idx];
+                layout.set_sequence(packet, exp.sequence);
+                if !args.repeat {
+                    layout.set_clock(packet, now);
+                    for r in 0..per_packet {
+                        layout.write_record(packet, r, &synthetic_flow(&mut rng, now), now);
+                    }
+                }
                 exp.sequence = exp.sequence.wrapping_add(step);
                 burst.push(idx);
             }
@@ -172,6 +231,155 @@ pub fn run(args: FlowgenArgs) -> anyhow::Result<()> {
         flows as f64 / secs
     );
     Ok(())
+}
+
+/// One packet of `flows` as the exporter encodes it (v5, or v9/IPFIX data with template `t`).
+fn encode(
+    version: Version,
+    t: &TemplateLayout,
+    clock: ExporterClock,
+    sequence: u32,
+    domain: u32,
+    flows: &[FlowRecord],
+) -> Vec<u8> {
+    match version {
+        Version::V5 => encode_v5(clock, sequence, 0, flows),
+        _ => {
+            let mut b = PacketBuilder::new(version, clock, sequence, domain);
+            b.flows(t, clock, flows);
+            b.finish()
+        }
+    }
+}
+
+/// Where the fields flowgen varies sit in an encoded packet of one template, so a record
+/// can be rewritten in place (the encoder's output for the same record, byte for byte: the
+/// tests check it against `PacketBuilder`/`encode_v5`).
+#[derive(Clone, Copy, Debug)]
+struct RecordLayout {
+    version: Version,
+    /// Offset of the first record and the length of one.
+    first: usize,
+    stride: usize,
+    src: usize,
+    dst: usize,
+    src_port: usize,
+    dst_port: usize,
+    protocol: usize,
+    /// (offset, length) of the counters: 8 bytes each in the template, 4 in v5.
+    bytes: (usize, usize),
+    packets: (usize, usize),
+    /// Flow start and end: ms since boot in 4 bytes (v5, v9), or ms since the epoch in 8.
+    start: usize,
+    end: usize,
+    epoch_ms: bool,
+}
+
+impl RecordLayout {
+    fn new(version: Version, t: &TemplateLayout) -> Self {
+        if version == Version::V5 {
+            // RFC-less but fixed: the 24-byte header, then 48-byte records.
+            return RecordLayout {
+                version,
+                first: 24,
+                stride: 48,
+                src: 0,
+                dst: 4,
+                src_port: 32,
+                dst_port: 34,
+                protocol: 38,
+                bytes: (20, 4),
+                packets: (16, 4),
+                start: 24,
+                end: 28,
+                epoch_ms: false,
+            };
+        }
+        let header = if version == Version::V9 { 20 } else { 16 };
+        let mut l = RecordLayout {
+            version,
+            first: header + 4, // the data set's header
+            stride: 0,
+            src: 0,
+            dst: 0,
+            src_port: 0,
+            dst_port: 0,
+            protocol: 0,
+            bytes: (0, 0),
+            packets: (0, 0),
+            start: 0,
+            end: 0,
+            epoch_ms: false,
+        };
+        for f in &t.fields {
+            let at = l.stride;
+            match f.id {
+                8 => l.src = at,
+                12 => l.dst = at,
+                7 => l.src_port = at,
+                11 => l.dst_port = at,
+                4 => l.protocol = at,
+                1 => l.bytes = (at, f.length as usize),
+                2 => l.packets = (at, f.length as usize),
+                22 => l.start = at,
+                21 => l.end = at,
+                152 => (l.start, l.epoch_ms) = (at, true),
+                153 => l.end = at,
+                _ => {}
+            }
+            l.stride += f.length as usize;
+        }
+        l
+    }
+
+    fn set_sequence(&self, packet: &mut [u8], sequence: u32) {
+        let at = match self.version {
+            Version::V5 => 16,
+            Version::V9 => 12,
+            Version::Ipfix => 8,
+        };
+        packet[at..at + 4].copy_from_slice(&sequence.to_be_bytes());
+    }
+
+    /// The header's uptime and export time (v5's nanoseconds are 0: whole seconds).
+    fn set_clock(&self, packet: &mut [u8], clock: ExporterClock) {
+        let uptime = ((clock.export_ms - clock.boot_ms) as u32).to_be_bytes();
+        let secs = ((clock.export_ms / 1000) as u32).to_be_bytes();
+        match self.version {
+            Version::V5 | Version::V9 => {
+                packet[4..8].copy_from_slice(&uptime);
+                packet[8..12].copy_from_slice(&secs);
+            }
+            Version::Ipfix => packet[4..8].copy_from_slice(&secs),
+        }
+        if self.version == Version::V5 {
+            let nanos = (((clock.export_ms % 1000) * 1_000_000) as u32).to_be_bytes();
+            packet[12..16].copy_from_slice(&nanos);
+        }
+    }
+
+    /// Writes `r` over record `index` of `packet`.
+    fn write_record(&self, packet: &mut [u8], index: usize, r: &FlowRecord, clock: ExporterClock) {
+        let rec = &mut packet[self.first + index * self.stride..][..self.stride];
+        let put = |rec: &mut [u8], at: usize, len: usize, v: u64| {
+            rec[at..at + len].copy_from_slice(&v.to_be_bytes()[8 - len..]);
+        };
+        put(rec, self.src, 4, as_v4(r.src_ip).unwrap_or(0) as u64);
+        put(rec, self.dst, 4, as_v4(r.dst_ip).unwrap_or(0) as u64);
+        put(rec, self.src_port, 2, r.src_port as u64);
+        put(rec, self.dst_port, 2, r.dst_port as u64);
+        put(rec, self.protocol, 1, r.protocol as u64);
+        put(rec, self.bytes.0, self.bytes.1, r.bytes);
+        put(rec, self.packets.0, self.packets.1, r.packets);
+        let (start, end) = (r.flow_start.div_euclid(1000), r.flow_end.div_euclid(1000));
+        if self.epoch_ms {
+            put(rec, self.start, 8, start as u64);
+            put(rec, self.end, 8, end as u64);
+        } else {
+            put(rec, self.start, 4, (start - clock.boot_ms) as u32 as u64);
+            put(rec, self.end, 4, (end - clock.boot_ms) as u32 as u64);
+        }
+    }
 }
 
 /// A flow between addresses drawn from realistic pools: 4096 cluster hosts in 10.0.0.0/12 and
@@ -251,4 +459,70 @@ fn send_burst(socket: &UdpSocket, packets: &[&[u8]]) -> anyhow::Result<()> {
         done += n as usize;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLOCK: ExporterClock = ExporterClock {
+        boot_ms: 1_795_000_000_000,
+        export_ms: 1_795_168_800_000,
+    };
+
+    /// A packet rewritten in place is, byte for byte, what the encoder makes of the new
+    /// records with the new clock and sequence number.
+    #[test]
+    fn a_record_rewritten_in_place_is_the_encoders_record() {
+        for version in [Version::V5, Version::V9, Version::Ipfix] {
+            let times = if version == Version::Ipfix {
+                TimeEncoding::Milliseconds
+            } else {
+                TimeEncoding::SysUpTime
+            };
+            let t = flow_template(256, false, times);
+            let layout = RecordLayout::new(version, &t);
+            let mut rng = 7;
+            let old: Vec<FlowRecord> = (0..24).map(|_| synthetic_flow(&mut rng, CLOCK)).collect();
+            let mut packet = encode(version, &t, CLOCK, 0, 3, &old);
+            let later = ExporterClock {
+                boot_ms: CLOCK.boot_ms,
+                export_ms: CLOCK.export_ms + 3_600_000,
+            };
+            let new: Vec<FlowRecord> = (0..24).map(|_| synthetic_flow(&mut rng, later)).collect();
+            layout.set_sequence(&mut packet, 4242);
+            layout.set_clock(&mut packet, later);
+            for (i, r) in new.iter().enumerate() {
+                layout.write_record(&mut packet, i, r, later);
+            }
+            assert_eq!(
+                packet,
+                encode(version, &t, later, 4242, 3, &new),
+                "{version:?}"
+            );
+        }
+    }
+
+    /// The default load does not repeat: 500,000 draws are all different records (the pool
+    /// alone, re-sent, repeated each of its 4 × 2,048 × 24 records ~80 times in 16M flows).
+    #[test]
+    fn drawn_flows_do_not_repeat() {
+        let mut rng = 1;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..500_000 {
+            let r = synthetic_flow(&mut rng, CLOCK);
+            let key = (
+                r.src_ip,
+                r.dst_ip,
+                r.src_port,
+                r.dst_port,
+                r.protocol,
+                r.bytes,
+                r.packets,
+                r.flow_start,
+                r.flow_end,
+            );
+            assert!(seen.insert(key), "repeated: {r:?}");
+        }
+    }
 }

@@ -21,8 +21,12 @@ rusage: user + system, all threads, start to exit, including Hawking's final com
 from the same rusage. Flows stored are counted from what each collector wrote: `SELECT count(*)
 FROM flows` over Hawking's store, nfdump's count of nfcapd's files.
 
+Traffic: flowgen's default load, every record drawn afresh per send (see `hawking flowgen
+--help`); --flowgen-repeat sends its older load, a pre-encoded pool re-sent unchanged.
+
 Usage: netflow_ingest.py [--rates 250000,500000,...] [--seconds 4] [--protocols v9,ipfix]
                          [--modes storing,attributing] [--compare PATH_TO_OTHER_HAWKING]
+                         [--repeat N] [--flowgen-repeat]
 """
 import argparse
 import datetime
@@ -64,10 +68,11 @@ def pod_address(i):
     return ".".join(str((a >> s) & 0xFF) for s in (24, 16, 8, 0))
 
 
-def pods_recording(path):
+def pods_recording(path, started_at=None):
     """`kubectl get pods -A -o json` of 4,096 running pods at flowgen's cluster hosts, started a
-    day ago, spread over 40 namespaces, 400 deployments and 64 nodes."""
-    started = rfc3339(time.time() - 86400)
+    day ago (or at `started_at`, seconds since the epoch), spread over 40 namespaces, 400
+    deployments and 64 nodes."""
+    started = rfc3339(time.time() - 86400 if started_at is None else started_at)
     items = []
     for i in range(PODS):
         ns, deploy, node = f"ns-{i % 40}", f"app-{i % 400}", f"node-{i % 64}"
@@ -165,9 +170,13 @@ def run_nfcapd(mode, protocol, rate, flows, tmp):
     return sent, stored, cpu_of(rusage), rusage.ru_maxrss / 1024
 
 
+FLOWGEN_EXTRA = []
+
+
 def send(protocol, rate, flows, addr):
     out = subprocess.run([HAWKING, "flowgen", "--to", addr, "--protocol", protocol, "--rate", str(rate),
-                          "--flows", str(flows), "--exporters", "4", "--records-per-packet", "24"],
+                          "--flows", str(flows), "--exporters", "4", "--records-per-packet", "24"]
+                         + FLOWGEN_EXTRA,
                          capture_output=True, text=True, check=True).stdout
     return int(re.search(r"flows=(\d+)", out).group(1))
 
@@ -182,7 +191,12 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per collector and rate; the two Hawking binaries alternate which goes first, "
                          "and the row shows the run with the median CPU per flow")
+    ap.add_argument("--flowgen-repeat", action="store_true",
+                    help="send flowgen's older load (--repeat: its packet pool re-sent unchanged) "
+                         "instead of freshly drawn records, to compare with figures measured that way")
     args = ap.parse_args()
+    if args.flowgen_repeat:
+        FLOWGEN_EXTRA.append("--repeat")
     rates = [int(r) for r in args.rates.split(",")]
     collectors = [("nfcapd", run_nfcapd),
                   ("hawking", lambda *a: run_hawking(HAWKING, *a))]

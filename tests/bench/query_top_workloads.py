@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Query benchmark: top-10 workloads by bytes over a time window, on a generated day of
 flows (query/examples/gen_flows.rs), through `hawking sql`, through the PostgreSQL-wire
-endpoint (`hawking serve --pg`, when the binary has it) and with DuckDB on the same Parquet
-files, in the same run. Prints a markdown table and the pruning DataFusion did.
+endpoint (`hawking serve --pg`; a failure to start it is an error, --no-pg leaves it out)
+and with DuckDB on the same Parquet files, in the same run. Prints a markdown table and the pruning DataFusion did.
 
-    tests/bench/query_top_workloads.py STORE_DIR [--runs 5] [--hawking target/release/hawking]
+    tests/bench/query_top_workloads.py STORE_DIR [--runs 5] [--hawking target/release/hawking] [--no-pg]
+                                       [--day-start '2026-11-24 00:00:00']
 
 Run through tests/bench/query_top_workloads.sh, which builds and generates the store.
 """
 
 import argparse
+import datetime
 import os
 import re
 import socket
@@ -27,11 +29,17 @@ GROUP BY src_namespace, src_workload
 ORDER BY bytes DESC, src_namespace, src_workload
 LIMIT 10"""
 
-WINDOWS = {
-    "6 of 24 hours": (f"{DAY} 06:00:00", f"{DAY} 12:00:00"),
-    "5.5 hours (cuts an hour)": (f"{DAY} 06:30:00", f"{DAY} 12:00:00"),
-    "whole day": None,
-}
+
+
+def windows(day_start):
+    """The three windows, as hours 06-12 of the day starting at `day_start` (UTC text)."""
+    t0 = datetime.datetime.fromisoformat(day_start)
+    at = lambda hours: (t0 + datetime.timedelta(hours=hours)).strftime("%Y-%m-%d %H:%M:%S")
+    return {
+        "6 of 24 hours": (at(6), at(12)),
+        "5.5 hours (cuts an hour)": (at(6.5), at(12)),
+        "whole day": None,
+    }
 
 
 def hawking_query(window):
@@ -85,13 +93,16 @@ def free_port():
 
 
 def start_pg(hawking, store):
-    """Starts `hawking serve --pg` on a free port if this binary has the flag."""
+    """Starts `hawking serve --pg` on a free port and returns (process, port). An endpoint
+    that does not come up ends the benchmark: its rows must not silently go missing from the
+    table (pass --no-pg to leave them out on purpose)."""
     help_text = subprocess.run(
         [hawking, "serve", "--help"], capture_output=True, text=True
     ).stdout
     if "--pg" not in help_text:
-        return None, None
+        sys.exit(f"{hawking} serve has no --pg flag: cannot run the pg endpoint rows (--no-pg skips them)")
     port = free_port()
+    log_path = os.path.join(store, "bench-pg.log")
     config = os.path.join(store, "bench-pg.toml")
     with open(config, "w") as f:
         f.write('[pg]\nusers = [{ name = "bench", password = "bench" }]\n')
@@ -111,19 +122,26 @@ def start_pg(hawking, store):
             f"127.0.0.1:{port}",
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=open(log_path, "w"),
         text=True,
     )
     proc.stdout.readline()  # the start-up line
     deadline = time.time() + 20
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return proc, port
         except OSError:
             time.sleep(0.1)
-    proc.terminate()
-    return None, None
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=30)
+        why = "did not accept connections within 20 s"
+    else:
+        why = f"exited with status {proc.returncode}"
+    with open(log_path) as f:
+        log = f.read()[-4000:]
+    sys.exit(f"the pg endpoint (hawking serve --pg 127.0.0.1:{port}) {why}; its log ({log_path}):\n{log}")
 
 
 def explain_pruning(hawking, store, sql):
@@ -138,7 +156,8 @@ def explain_pruning(hawking, store, sql):
     scans = []
     for part in out.split("DataSourceExec:")[1:]:
         part = part.split("Exec:")[0] if "Exec:" in part else part
-        hours = sorted(set(re.findall(r"hour=(\d\d)", part)))
+        # Date and hour: a served store's day spans two dates.
+        hours = sorted(set(f"{d} {h}h" for d, h in re.findall(r"date=([\d-]+)/hour=(\d\d)", part)))
         metrics = {}
         for k in ["row_groups_pruned_statistics", "page_index_rows_pruned", "bytes_scanned"]:
             m = re.search(rf"{k}=([^,\]]+)", part)
@@ -156,6 +175,10 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--hawking", default="target/release/hawking")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--day-start", default=f"{DAY} 00:00:00",
+                    help="UTC start of the store's day (gen_flows writes 2026-11-24)")
+    ap.add_argument("--no-pg", action="store_true",
+                    help="leave out the pg endpoint rows (otherwise an endpoint that fails to start is an error)")
     args = ap.parse_args()
 
     import duckdb
@@ -178,7 +201,9 @@ def main():
         f"best and median of {args.runs} runs after a warm-up\n"
     )
 
-    pg_proc, pg_port = start_pg(args.hawking, store)
+    pg_proc, pg_port = (None, None) if args.no_pg else start_pg(args.hawking, store)
+    if args.no_pg:
+        print("pg endpoint rows left out (--no-pg)\n")
     pg = None
     if pg_proc is not None:
         import psycopg
@@ -195,7 +220,7 @@ def main():
     rows = []
     pruning = {}
     try:
-        for name, window in WINDOWS.items():
+        for name, window in windows(args.day_start).items():
             sql = hawking_query(window)
             results = {}
             t, hk = timed(lambda: run_hawking_sql(args.hawking, store, sql), args.runs)
@@ -239,9 +264,9 @@ def main():
     print("\nPruning (DataFusion EXPLAIN ANALYZE of the hawking sql query), per Parquet scan:")
     for name, scans in pruning.items():
         for hours, metrics in scans:
-            listed = f"hours {hours[0]}-{hours[-1]} ({len(hours)} of 24 partitions)" if hours else "no files"
+            listed = f"hours {hours[0]} to {hours[-1]} ({len(hours)} partitions)" if hours else "no files"
             if "..." in metrics.pop("_abbreviated", ""):
-                listed = f"hours {hours[0]}-{hours[-1]} (the plan abbreviates its file list)"
+                listed = f"hours {hours[0]} to {hours[-1]} (the plan abbreviates its file list)"
             print(f"- {name}: {listed}; " + ", ".join(f"{k}: {v}" for k, v in metrics.items()))
     if any(r[4] == "NO" for r in rows):
         print("\nresults differ between engines", file=sys.stderr)

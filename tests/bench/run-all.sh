@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
 # Every benchmark, release build, printing the tables recorded in BENCHMARKS.md.
+#
+#   tests/bench/run-all.sh [netflow_ingest.py args]
+#
+# COMPARE=/path/to/other/hawking also runs the ingest benchmark's before/after table (issue 16:
+# `--rates 500000,1000000 --repeat 3 --compare "$COMPARE"`), e.g. a release build of cbd5be4.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 echo "## Ingest path after decoding (cargo bench --bench store_encode)"
@@ -16,8 +21,18 @@ for args in "" "--max-lag-ms 15000 --grace-ms 20000" "--pods 12000" "--max-lag-m
   cargo bench -p hawking-enricher --bench attribution_accuracy -- $args 2>/dev/null
 done
 echo
-echo "## NetFlow ingest, Hawking beside nfcapd (tests/bench/netflow_ingest.py)"
+# With no arguments: v9 and IPFIX, storing and attributing, 250k to 4M flows/s, 4 s each
+# (the issue 2 table's rates, 4M flows/s included).
+echo "## NetFlow ingest, Hawking beside nfcapd (python3 tests/bench/netflow_ingest.py $*)"
 python3 tests/bench/netflow_ingest.py "$@"
+if [ -n "${COMPARE:-}" ]; then
+  echo
+  echo "## NetFlow ingest, this build beside $COMPARE (python3 tests/bench/netflow_ingest.py --rates 500000,1000000 --seconds 4 --repeat 3 --compare $COMPARE)"
+  python3 tests/bench/netflow_ingest.py --rates 500000,1000000 --seconds 4 --repeat 3 --compare "$COMPARE"
+fi
 echo
-echo "## Query: top-10 workloads on 100M flows beside DuckDB (tests/bench/query_top_workloads.sh)"
+echo "## Query: top-10 workloads on 100M flows beside DuckDB, gen_flows' one file per hour (tests/bench/query_top_workloads.sh)"
 KEEP=${KEEP:-0} tests/bench/query_top_workloads.sh
+echo
+echo "## Query: the same on a day of flows hawking serve stored itself (python3 tests/bench/query_served_store.py)"
+python3 tests/bench/query_served_store.py

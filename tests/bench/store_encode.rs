@@ -1,8 +1,15 @@
 //! Cost of the ingest path after decoding, per flow: building the Arrow batch (IP text
 //! columns) and encoding it as Parquet, for the writer settings Hawking uses and for the
 //! alternatives considered. Run: `cargo bench --bench store_encode` (release profile).
+//!
+//! Under `cargo test --all-targets` (cargo passes `--bench` only under `cargo bench`) it runs
+//! on 10,000 flows, one round. Either way every file written is read back and must hold
+//! exactly the rows written, value for value: a writer setting that loses or changes data
+//! cannot show up as a fast row.
 
 use std::time::Instant;
+
+use arrow::record_batch::RecordBatch;
 
 use hawking_query::WriterOptions;
 use hawking_query::store::writer::write_parquet;
@@ -48,10 +55,41 @@ fn synthetic(n: usize) -> FlowBatch {
     b
 }
 
+/// Whether this run is `cargo test` exercising the benchmark rather than `cargo bench`.
+fn smoke_test() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// Reads `path` back and checks it holds `written`'s rows, column by column.
+fn assert_round_trip(path: &std::path::Path, written: &RecordBatch, what: &str) {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+    let read = arrow::compute::concat_batches(&written.schema(), &batches).unwrap();
+    assert_eq!(
+        read.num_rows(),
+        written.num_rows(),
+        "{what}: rows read back"
+    );
+    for (i, field) in written.schema().fields().iter().enumerate() {
+        assert_eq!(
+            read.column(i).as_ref(),
+            written.column(i).as_ref(),
+            "{what}: column {} read back",
+            field.name()
+        );
+    }
+}
+
 fn main() {
-    let n = 1_000_000;
+    let small = smoke_test();
+    let n = if small { 10_000 } else { 1_000_000 };
     let batch = synthetic(n);
-    let rounds = 5;
+    let rounds = if small { 1 } else { 5 };
     let mut best_build = f64::MAX;
     let mut rb = None;
     for _ in 0..rounds {
@@ -60,6 +98,7 @@ fn main() {
         best_build = best_build.min(t.elapsed().as_secs_f64());
     }
     let rb = rb.unwrap();
+    assert_eq!(rb.num_rows(), n);
     println!("| stage | ns/flow | bytes/flow |");
     println!("|---|---|---|");
     println!(
@@ -102,7 +141,7 @@ fn main() {
         for r in 0..rounds {
             let path = dir.path().join(format!("{r}.parquet"));
             let t = Instant::now();
-            write_parquet(
+            let written = write_parquet(
                 &path,
                 flow_schema(),
                 std::slice::from_ref(&rb),
@@ -110,7 +149,12 @@ fn main() {
             )
             .unwrap();
             best = best.min(t.elapsed().as_secs_f64());
+            assert_eq!(written, n, "{name}: rows the writer reports");
             size = std::fs::metadata(&path).unwrap().len();
+            if r == 0 {
+                // Once per variant, outside the timing: the rounds write the same bytes.
+                assert_round_trip(&path, &rb, name);
+            }
         }
         println!(
             "| {name} | {:.0} | {:.1} |",

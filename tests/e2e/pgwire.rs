@@ -701,6 +701,14 @@ fn writes_and_file_access_are_refused_and_change_nothing() {
             &["0A000"],
         ),
     ];
+    // The server counts every failed statement once, by its SQLSTATE: 25006, 0A000, 42501
+    // and 55P02 as `refused`, anything else as `error` (CREATE EXTERNAL TABLE may come back
+    // as 42601, a syntax error, from the parser). Each attempt is sent by both clients, and
+    // psql's INSERT below is one more refusal: 2 × attempts + 1 failures in all.
+    let count_of = |outcome| hawking.metric("hawking_pg_statements_total", &[("outcome", outcome)]);
+    let (refused_before, errors_before) = (count_of("refused"), count_of("error"));
+    let refusal = |code: &str| ["25006", "0A000", "42501", "55P02"].contains(&code);
+    let (mut refusals, mut errors) = (0, 0);
     for client in ["psycopg", "asyncpg"] {
         let mut statements: Vec<Value> = attempts
             .iter()
@@ -716,6 +724,11 @@ fn writes_and_file_access_are_refused_and_change_nothing() {
             );
             let message = result["message"].as_str().unwrap_or("");
             assert!(!message.is_empty(), "{client}: {sql}: a message");
+            if refusal(code) {
+                refusals += 1;
+            } else {
+                errors += 1;
+            }
         }
         let rows_after = ok(results.last().unwrap(), "count after the attempts");
         assert_eq!(
@@ -738,9 +751,15 @@ fn writes_and_file_access_are_refused_and_change_nothing() {
         stderr(&refused)
     );
     assert!(!target.exists(), "COPY wrote nothing");
-    assert!(
-        hawking.metric("hawking_pg_statements_total", &[("outcome", "refused")])
-            >= attempts.len() as f64
+    refusals += 1; // psql's INSERT
+    assert_eq!(refusals + errors, 2 * attempts.len() + 1);
+    assert_eq!(
+        (
+            count_of("refused") - refused_before,
+            count_of("error") - errors_before
+        ),
+        (refusals as f64, errors as f64),
+        "each refused statement counted once as refused, each other failure once as error"
     );
     hawking.stop();
 }

@@ -412,9 +412,33 @@ fn a_masquerading_node_reported_by_nat_agent_attributes_outside_flows_to_its_pod
     wait_for_line(&mut capture, "listening on");
     let talks = node.pod_talks_to_ext(8443, 3);
     std::thread::sleep(Duration::from_millis(500));
-    // Close the translations: their destroy events end them in nat_history.
+    // Close the translations: their destroy events end them in nat_history. `conntrack -D`
+    // reports on stderr whatever happens, so what is checked is the table itself: the
+    // connections to port 8443 are in it before the flush and gone after it.
+    let to_8443 = |ns: &str| -> usize {
+        let listed = node.exec_ok(ns, &["conntrack", "-L"]);
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter(|l| l.contains(" dport=8443 "))
+            .count()
+    };
+    let before_flush = to_8443(&node.node);
+    assert!(
+        before_flush >= talks.len(),
+        "{before_flush} conntrack entries to port 8443 before the flush, {} connections made",
+        talks.len()
+    );
     let flushed = node.exec(&node.node, &["conntrack", "-D"]);
-    assert!(flushed.status.success() || !flushed.stderr.is_empty());
+    assert!(
+        flushed.status.success(),
+        "conntrack -D: {}",
+        String::from_utf8_lossy(&flushed.stderr)
+    );
+    assert_eq!(
+        to_8443(&node.node),
+        0,
+        "conntrack -D left entries to port 8443"
+    );
     std::thread::sleep(Duration::from_millis(2500));
     for child in [&mut capture, &mut agent] {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

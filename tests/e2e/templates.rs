@@ -167,10 +167,17 @@ fn data_whose_template_never_comes_is_dropped_and_counted() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("hawking.toml");
     std::fs::write(&config, "[netflow.decoder]\npending_max_age_secs = 0\n").unwrap();
-    let hawking = Hawking::start(
-        &tmp.path().join("data"),
-        &["--config", config.to_str().unwrap()],
-    );
+    let data = tmp.path().join("data");
+    let hawking = Hawking::start(&data, &["--config", config.to_str().unwrap()]);
+    // Another exporter sends the same template ID with its data: its flows are stored, so
+    // the store is there to be read and an empty answer for 127.0.0.6 means nothing of it
+    // (and its template, being another exporter's, must not decode 127.0.0.6's data).
+    let control = exporter_socket("127.0.0.4");
+    let tc = flow_template(301, false, TimeEncoding::Milliseconds);
+    let fc = flows(9, 5, false);
+    let mut p = PacketBuilder::new(Version::Ipfix, CLOCK, 0, 1);
+    p.template(&tc).flows(&tc, CLOCK, &fc);
+    send(&control, hawking.netflow, p.finish());
     let exporter = exporter_socket("127.0.0.6");
     let t = flow_template(301, false, TimeEncoding::Milliseconds);
     let mut p = PacketBuilder::new(Version::Ipfix, CLOCK, 1, 1);
@@ -186,7 +193,18 @@ fn data_whose_template_never_comes_is_dropped_and_counted() {
         &[("exporter", "127.0.0.6"), ("reason", "missing_template")],
         1.0,
     );
+    hawking.wait_metric("hawking_flows_total", &[("exporter", "127.0.0.4")], 5.0);
+    assert_eq!(
+        hawking.metric("hawking_flows_total", &[("exporter", "127.0.0.6")]),
+        0.0
+    );
     hawking.stop();
+    assert_eq!(stored(&data, "127.0.0.4"), expected(&fc, 1));
+    assert_eq!(
+        stored(&data, "127.0.0.6"),
+        vec![],
+        "nothing of the exporter whose template never came was stored"
+    );
 }
 
 #[test]
