@@ -691,7 +691,10 @@ fn piped_statements_run_in_order_and_errors_do_not_stop_the_script() {
         "CREATE VIEW v AS SELECT 3 AS d".to_string(),
         "SELECT d FROM v".to_string(),
     ];
-    let (out, stderr, ok) = sql_script(&tmp.path().join("data"), &script, "csv");
+    // Any store will do (these statements read no table that matters): an imported history.
+    let data = tmp.path().join("data");
+    crate::recorded_cluster::import(&data, "pods-watch.json");
+    let (out, stderr, ok) = sql_script(&data, &script, "csv");
     assert!(!ok, "a failed statement makes the exit status fail");
     assert!(stderr.contains("no_such_column"), "{stderr}");
     assert!(stderr.contains("1 of 5 statements failed"), "{stderr}");
@@ -732,6 +735,7 @@ fn at_a_terminal_the_prompt_keeps_history_and_survives_errors_and_ctrl_c() {
     require_tool("script");
     let tmp = tempfile::tempdir().unwrap();
     let history = tmp.path().join("history");
+    crate::recorded_cluster::import(&tmp.path().join("data"), "pods-watch.json");
     // `script` gives hawking sql a pseudo-terminal and feeds it what we type.
     let mut child = Command::new("script")
         .args(["-qec"])
