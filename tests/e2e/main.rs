@@ -2,6 +2,7 @@
 //! One test binary with modules, so the dependency stack links once.
 
 mod attribution;
+mod capture_replay;
 mod exporters;
 mod kube_api;
 mod kube_api_tests;

@@ -2,6 +2,7 @@
 //! captures and Kafka share the interface). A transport delivers messages with their sender's
 //! address and knows nothing of their format; a decoder ([`crate::decode`]) reads them.
 
+pub mod capture;
 pub mod udp;
 
 use std::net::SocketAddr;

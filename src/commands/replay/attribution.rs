@@ -10,11 +10,12 @@ use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use hawking_enricher::nat::{ANY_CLUSTER, NatTrust};
 use hawking_enricher::{
-    ClusterSelector, EnricherConfig, HistoryKeeper, Mode, NatIndex, attribute_batch,
-    attribution_columns,
+    ClusterSelector, Clusters, EnricherConfig, EnrichmentStage, HistoryKeeper, HistoryState, Mode,
+    NatIndex, StageConfig, attribute_batch, attribution_columns,
 };
 use hawking_schemas::FlowBatch;
 use hawking_schemas::flow::ENDPOINT_COLUMNS;
+use hawking_schemas::telemetry::Telemetry;
 
 /// The history, translations and cluster rules replay attributes with.
 pub struct Reattribution {
@@ -69,6 +70,32 @@ impl Reattribution {
             intervals,
             translations,
         })
+    }
+
+    /// An enrichment stage attributing with this history and these translations, for flows
+    /// decoded here and now (a capture's): it applies the NAT events that come with them,
+    /// as `hawking serve`'s stage does, and holds nothing back.
+    pub fn into_stage(
+        self,
+        nat_keep_closed: std::time::Duration,
+    ) -> anyhow::Result<EnrichmentStage> {
+        let clusters = Clusters {
+            keeper: self.keeper,
+            selector: self.selector,
+            watched: Vec::new(),
+            state: HistoryState::default(),
+            state_path: None,
+        };
+        Ok(EnrichmentStage::new(
+            Some(clusters),
+            self.nat,
+            StageConfig {
+                grace: std::time::Duration::ZERO,
+                max_held_flows: 0,
+                nat_keep_closed,
+            },
+            &Telemetry::detached(),
+        )?)
     }
 
     /// `rows` (stored flows, any text encoding) with their attribution columns replaced by

@@ -9,6 +9,7 @@
 //! hour a rewrite had not finished keeps its old files.
 
 mod attribution;
+mod capture;
 mod diff;
 mod progress;
 mod rewrite;
@@ -33,11 +34,20 @@ use rewrite::Selection;
 pub struct ReplayArgs {
     /// Replay the flows that started at or after this time: RFC 3339 (2026-11-20T10:05:00Z)
     /// or "2026-11-20 10:05:00" (UTC).
-    #[arg(long)]
-    from: String,
+    #[arg(long, required_unless_present = "capture")]
+    from: Option<String>,
     /// ... and before this time.
-    #[arg(long)]
-    to: String,
+    #[arg(long, required_unless_present = "capture")]
+    to: Option<String>,
+    /// Attribute the flows of this packet capture (pcap or pcapng) instead of stored ones:
+    /// the NetFlow/IPFIX exports inside it, on any UDP port, with their exporter's address
+    /// and the capture's timestamps.
+    #[arg(long, conflicts_with_all = ["from", "to", "predicate", "diff", "rewrite"])]
+    capture: Option<PathBuf>,
+    /// With --capture: the store whose history (and NAT translations) attribute the
+    /// capture's flows [default: none, flows unattributed].
+    #[arg(long, requires = "capture")]
+    history: Option<PathBuf>,
     /// Only the flows matching this SQL condition over the flows table's columns, e.g.
     /// "src_ip = '10.4.3.7'" or "cidr_contains('10.4.0.0/16', dst_ip)".
     #[arg(long = "where")]
@@ -89,18 +99,9 @@ fn interrupted() -> bool {
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    let from = parse_time(&args.from).context("--from")?;
-    let to = parse_time(&args.to).context("--to")?;
-    anyhow::ensure!(
-        from < to,
-        "--from {} is not before --to {}",
-        args.from,
-        args.to
-    );
     if args.format == Format::Parquet && args.out.is_none() {
         anyhow::bail!("--format parquet writes a file: give it with --out");
     }
-    hawking_query::store::require_store(&args.data).context("--data")?;
     let config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -112,6 +113,18 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(path) = &args.capture {
+        return runtime.block_on(capture::replay_capture(&args, path, &config));
+    }
+    // clap requires both when there is no --capture.
+    let (from_text, to_text) = (
+        args.from.as_deref().unwrap_or_default(),
+        args.to.as_deref().unwrap_or_default(),
+    );
+    let from = parse_time(from_text).context("--from")?;
+    let to = parse_time(to_text).context("--to")?;
+    anyhow::ensure!(from < to, "--from {from_text} is not before --to {to_text}");
+    hawking_query::store::require_store(&args.data).context("--data")?;
     runtime.block_on(replay(&args, from, to, &config))
 }
 
