@@ -1,6 +1,8 @@
 //! `hawking replay --capture FILE`: the NetFlow/IPFIX exports inside a packet capture,
 //! decoded and attributed offline, without a running server.
 //! - Real exporters' captures decode to the records tshark reads in them.
+//! - `--send` re-sends a capture's exports to a running `hawking serve`, which stores the
+//!   same flows.
 //! - A capture of an exporter sending to an odd port, next to a fragment and a frame cut
 //!   short by the snap length, attributes its flows with a store's history at the flows' own
 //!   time, and counts what it skipped.
@@ -51,46 +53,56 @@ fn replay(args: &[&str]) -> (Vec<Value>, String) {
 /// (src, dst, proto, sport, dport) of a record, as text ("" where tshark shows none).
 type Tuple = (String, String, String, String, String);
 
+/// The flow records tshark reads in `file`, sorted.
+fn tshark_flows(dir: &Path, file: &str) -> Vec<Tuple> {
+    let table = std::fs::read_to_string(dir.join("pcap_expected.tsv")).unwrap();
+    let mut expected: Vec<Tuple> = table
+        .lines()
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        // Records without addresses are options (sampling, interfaces), not flows.
+        .filter(|c| c[0] == file && !c[9].is_empty())
+        .map(|c| {
+            let t = |i: usize| c[i].to_string();
+            (t(9), t(10), t(11), t(12), t(13))
+        })
+        .collect();
+    assert!(!expected.is_empty(), "{file} has rows in pcap_expected.tsv");
+    expected.sort();
+    expected
+}
+
+/// The tuples of flow rows (JSON objects from replay or `hawking sql`), sorted.
+fn tuples(rows: &[Value]) -> Vec<Tuple> {
+    let mut got: Vec<Tuple> = rows
+        .iter()
+        .map(|r| {
+            let text = |k: &str| match &r[k] {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => String::new(),
+            };
+            (
+                text("src_ip"),
+                text("dst_ip"),
+                text("protocol"),
+                text("src_port"),
+                text("dst_port"),
+            )
+        })
+        .collect();
+    got.sort();
+    got
+}
+
 #[test]
 fn exports_inside_real_captures_come_out_as_tshark_reads_them() {
     let Some(dir) = real_exports() else { return };
-    let table = std::fs::read_to_string(dir.join("pcap_expected.tsv")).unwrap();
     for file in [
         "akvorado/netflow/data+templates.pcap",
         "akvorado/netflow/nfv5.pcap",
     ] {
-        let mut expected: Vec<Tuple> = table
-            .lines()
-            .map(|l| l.split('\t').collect::<Vec<_>>())
-            // Records without addresses are options (sampling, interfaces), not flows.
-            .filter(|c| c[0] == file && !c[9].is_empty())
-            .map(|c| {
-                let t = |i: usize| c[i].to_string();
-                (t(9), t(10), t(11), t(12), t(13))
-            })
-            .collect();
-        assert!(!expected.is_empty(), "{file} has rows in pcap_expected.tsv");
         let (rows, stderr) = replay(&["--capture", dir.join(file).to_str().unwrap()]);
-        let mut got: Vec<Tuple> = rows
-            .iter()
-            .map(|r| {
-                let text = |k: &str| match &r[k] {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    _ => String::new(),
-                };
-                (
-                    text("src_ip"),
-                    text("dst_ip"),
-                    text("protocol"),
-                    text("src_port"),
-                    text("dst_port"),
-                )
-            })
-            .collect();
-        expected.sort();
-        got.sort();
-        assert_eq!(got, expected, "{file}");
+        assert_eq!(tuples(&rows), tshark_flows(&dir, file), "{file}");
         // Nothing was attributed: no history was given.
         assert!(
             rows.iter().all(|r| r["src_attribution"].is_null()),
@@ -254,4 +266,40 @@ fn a_capture_is_attributed_with_a_stores_history_at_the_flows_own_time() {
         stderr.contains("--history") && stderr.contains("no Hawking store"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_capture_resent_to_a_running_collector_is_stored_as_tshark_reads_it() {
+    let Some(dir) = real_exports() else { return };
+    let file = "akvorado/netflow/data+templates.pcap";
+    let expected = tshark_flows(&dir, file);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let hawking = crate::support::Hawking::start(&data, &[]);
+    let out = Command::new(hawking_bin())
+        .args(["replay", "--capture"])
+        .arg(dir.join(file))
+        .args(["--send", &hawking.netflow.to_string(), "--rate", "200"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(", 0 failed"), "{stderr}");
+    hawking.wait_metric("hawking_flows_total", &[], expected.len() as f64);
+    hawking.stop();
+    let stored = crate::support::sql(
+        &data,
+        "SELECT src_ip, dst_ip, protocol, src_port, dst_port FROM flows",
+    );
+    let stored: Vec<Value> = stored.into_iter().map(Value::Object).collect();
+    assert_eq!(tuples(&stored), expected);
+    // --speed and --rate take positive numbers, and name themselves when they do not.
+    let out = Command::new(hawking_bin())
+        .args(["replay", "--capture"])
+        .arg(dir.join(file))
+        .args(["--send", "127.0.0.1:9", "--speed", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--speed"));
 }

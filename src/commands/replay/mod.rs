@@ -48,6 +48,18 @@ pub struct ReplayArgs {
     /// capture's flows [default: none, flows unattributed].
     #[arg(long, requires = "capture")]
     history: Option<PathBuf>,
+    /// With --capture: re-send the capture's UDP datagrams to this collector (HOST:PORT)
+    /// instead of decoding them, paced as they were captured (like nfreplay or tcpreplay).
+    /// The collector sees this host as their exporter.
+    #[arg(long, requires = "capture", conflicts_with_all = ["history", "out"])]
+    send: Option<std::net::SocketAddr>,
+    /// With --send: play the capture this many times faster than it was captured
+    /// (0.5 is half speed) [default: 1].
+    #[arg(long, requires = "send", conflicts_with = "rate")]
+    speed: Option<f64>,
+    /// With --send: this many datagrams per second, whatever the capture's pacing.
+    #[arg(long, requires = "send")]
+    rate: Option<f64>,
     /// Only the flows matching this SQL condition over the flows table's columns, e.g.
     /// "src_ip = '10.4.3.7'" or "cidr_contains('10.4.0.0/16', dst_ip)".
     #[arg(long = "where")]
@@ -113,6 +125,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let (Some(path), Some(to)) = (&args.capture, args.send) {
+        return capture::resend(path, to, capture::Pace::of(args.speed, args.rate)?);
+    }
     if let Some(path) = &args.capture {
         return runtime.block_on(capture::replay_capture(&args, path, &config));
     }
