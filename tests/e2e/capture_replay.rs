@@ -303,3 +303,76 @@ fn a_capture_resent_to_a_running_collector_is_stored_as_tshark_reads_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--speed"));
 }
+
+/// Per direction of a TCP/UDP 5-tuple: (packets, bytes), summed over its flows.
+type Totals = std::collections::BTreeMap<(String, String, i64, i64, i64), (i64, i64)>;
+
+fn totals(rows: &[Value]) -> Totals {
+    let mut out = Totals::new();
+    for r in rows {
+        let proto = r["protocol"].as_i64().unwrap();
+        if !matches!(proto, 6 | 17) {
+            continue;
+        }
+        let key = (
+            r["src_ip"].as_str().unwrap().to_string(),
+            r["dst_ip"].as_str().unwrap().to_string(),
+            r["src_port"].as_i64().unwrap(),
+            r["dst_port"].as_i64().unwrap(),
+            proto,
+        );
+        let e = out.entry(key).or_default();
+        e.0 += r["packets"].as_i64().unwrap();
+        e.1 += r["bytes"].as_i64().unwrap();
+    }
+    out
+}
+
+#[test]
+fn raw_packets_are_metered_into_the_flows_softflowd_exports_for_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pcap = crate::support::fixtures().join("traffic.pcap");
+    // softflowd reads the capture and exports it to hawking serve: the second opinion.
+    let data = tmp.path().join("data");
+    let hawking = crate::support::Hawking::start(&data, &[]);
+    crate::support::softflowd_export(&pcap, 10, hawking.netflow, &[], tmp.path());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    hawking.stop();
+    let theirs: Vec<Value> = crate::support::sql(
+        &data,
+        "SELECT src_ip, dst_ip, src_port, dst_port, protocol, packets, bytes FROM flows",
+    )
+    .into_iter()
+    .map(Value::Object)
+    .collect();
+    let (ours, stderr) = replay(&["--capture", pcap.to_str().unwrap(), "--meter", "192.0.2.1"]);
+    assert!(stderr.contains("packets metered into"), "{stderr}");
+    let (ours_t, theirs_t) = (totals(&ours), totals(&theirs));
+    assert!(ours_t.len() > 1000, "{} TCP/UDP directions", ours_t.len());
+    assert_eq!(
+        ours_t, theirs_t,
+        "packets and bytes per direction, Hawking vs softflowd"
+    );
+    // Times are the packets' own: each direction's flows span exactly its first to last
+    // packet in the capture.
+    let truth = crate::support::pcap_flow_times(&pcap);
+    let mut spans: std::collections::HashMap<crate::support::FiveTuple, (i64, i64)> =
+        Default::default();
+    for r in &ours {
+        let key = (
+            r["src_ip"].as_str().unwrap().to_string(),
+            r["dst_ip"].as_str().unwrap().to_string(),
+            r["src_port"].as_i64().unwrap() as u16,
+            r["dst_port"].as_i64().unwrap() as u16,
+            r["protocol"].as_i64().unwrap() as u8,
+        );
+        let at = |k: &str| hawking_schemas::time::parse_time(r[k].as_str().unwrap()).unwrap();
+        let e = spans.entry(key).or_insert((i64::MAX, i64::MIN));
+        e.0 = e.0.min(at("flow_start"));
+        e.1 = e.1.max(at("flow_end"));
+    }
+    for (key, span) in &truth {
+        assert_eq!(spans.get(key), Some(span), "{key:?}");
+    }
+    assert!(ours.iter().all(|r| r["exporter"] == "192.0.2.1"));
+}

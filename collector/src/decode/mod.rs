@@ -3,6 +3,7 @@
 //! messages come from; a transport ([`crate::transport`]) delivers them.
 
 pub mod netflow;
+pub mod packets;
 
 use std::net::SocketAddr;
 

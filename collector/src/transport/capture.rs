@@ -38,6 +38,17 @@ pub struct CaptureCounts {
     pub truncated: u64,
 }
 
+/// One frame of the capture, as captured.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame<'a> {
+    /// When it was captured, µs since the epoch.
+    pub at_us: i64,
+    /// Its bytes as captured (perhaps cut short by the snap length).
+    pub data: &'a [u8],
+    /// Its length on the wire.
+    pub wire_len: usize,
+}
+
 /// One UDP datagram of the capture.
 #[derive(Clone, Copy, Debug)]
 pub struct Datagram<'a> {
@@ -48,13 +59,12 @@ pub struct Datagram<'a> {
     pub payload: &'a [u8],
 }
 
-#[derive(Clone, Copy)]
-enum Link {
+#[derive(Clone, Copy, Debug)]
+pub enum Link {
     Ethernet,
     LinuxCooked,
     LinuxCooked2,
     RawIp,
-    /// BSD loopback: a 4-byte address family, then IP.
     Null,
 }
 
@@ -102,6 +112,30 @@ impl CaptureFile {
         self.counts
     }
 
+    pub fn link(&self) -> Link {
+        self.link
+    }
+
+    /// The next frame whatever it holds (for metering packets into flows); `None` at the
+    /// end of the file. Only `frames` is counted.
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, CaptureError> {
+        match self.capture.next_packet() {
+            Ok(packet) => {
+                self.counts.frames += 1;
+                Ok(Some(Frame {
+                    at_us: timestamp_us(packet.header),
+                    data: packet.data,
+                    wire_len: packet.header.len as usize,
+                }))
+            }
+            Err(pcap::Error::NoMorePackets) => Ok(None),
+            Err(source) => Err(CaptureError::Read {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
     /// The next whole UDP datagram, skipping (and counting) frames that hold none; `None`
     /// at the end of the file.
     pub fn next_datagram(&mut self) -> Result<Option<Datagram<'_>>, CaptureError> {
@@ -117,13 +151,10 @@ impl CaptureFile {
                 }
             };
             self.counts.frames += 1;
-            // time_t and suseconds_t are i64 here, narrower on some platforms.
-            #[allow(clippy::useless_conversion)]
-            let at_us = i64::from(packet.header.ts.tv_sec) * 1_000_000
-                + i64::from(packet.header.ts.tv_usec);
+            let at_us = timestamp_us(packet.header);
             let truncated_by_snap = packet.header.caplen < packet.header.len;
             match udp_of(self.link, packet.data) {
-                Frame::Udp {
+                Content::Udp {
                     from,
                     to,
                     payload,
@@ -139,16 +170,38 @@ impl CaptureFile {
                         payload: &self.payload,
                     }));
                 }
-                Frame::Udp { .. } => self.counts.truncated += 1,
-                Frame::Fragment => self.counts.fragments += 1,
-                Frame::Truncated => self.counts.truncated += 1,
-                Frame::Other => self.counts.not_udp += 1,
+                Content::Udp { .. } => self.counts.truncated += 1,
+                Content::Fragment => self.counts.fragments += 1,
+                Content::Truncated => self.counts.truncated += 1,
+                Content::Other => self.counts.not_udp += 1,
             }
         }
     }
 }
 
-enum Frame<'a> {
+/// µs since the epoch of a capture header's time.
+fn timestamp_us(header: &pcap::PacketHeader) -> i64 {
+    // time_t and suseconds_t are i64 here, narrower on some platforms.
+    #[allow(clippy::useless_conversion)]
+    let us = i64::from(header.ts.tv_sec) * 1_000_000 + i64::from(header.ts.tv_usec);
+    us
+}
+
+/// The headers of a frame of `link`, as far as they could be read; `None` when the frame is
+/// too short for its link header.
+pub fn slice(link: Link, data: &[u8]) -> Option<LaxSlicedPacket<'_>> {
+    match link {
+        Link::Ethernet => LaxSlicedPacket::from_ethernet(data).ok(),
+        // Linux cooked v1: a 16-byte header whose last field is the EtherType; v2: 20 bytes.
+        Link::LinuxCooked => LaxSlicedPacket::from_ip(data.get(16..)?).ok(),
+        Link::LinuxCooked2 => LaxSlicedPacket::from_ip(data.get(20..)?).ok(),
+        Link::RawIp => LaxSlicedPacket::from_ip(data).ok(),
+        // BSD loopback: a 4-byte address family, then IP.
+        Link::Null => LaxSlicedPacket::from_ip(data.get(4..)?).ok(),
+    }
+}
+
+enum Content<'a> {
     Udp {
         from: SocketAddr,
         to: SocketAddr,
@@ -161,28 +214,10 @@ enum Frame<'a> {
     Other,
 }
 
-fn udp_of(link: Link, data: &[u8]) -> Frame<'_> {
-    let sliced = match link {
-        Link::Ethernet => LaxSlicedPacket::from_ethernet(data).ok(),
-        Link::LinuxCooked => {
-            // 16-byte header; its protocol field (bytes 14..16) is the EtherType.
-            match data.get(16..) {
-                Some(rest) => LaxSlicedPacket::from_ip(rest).ok(),
-                None => return Frame::Truncated,
-            }
-        }
-        Link::LinuxCooked2 => match data.get(20..) {
-            Some(rest) => LaxSlicedPacket::from_ip(rest).ok(),
-            None => return Frame::Truncated,
-        },
-        Link::RawIp => LaxSlicedPacket::from_ip(data).ok(),
-        Link::Null => match data.get(4..) {
-            Some(rest) => LaxSlicedPacket::from_ip(rest).ok(),
-            None => return Frame::Truncated,
-        },
-    };
+fn udp_of(link: Link, data: &[u8]) -> Content<'_> {
+    let sliced = slice(link, data);
     let Some(sliced) = sliced else {
-        return Frame::Truncated;
+        return Content::Truncated;
     };
     let (src, dst, fragmented, incomplete) = match &sliced.net {
         Some(LaxNetSlice::Ipv4(v4)) => {
@@ -200,24 +235,24 @@ fn udp_of(link: Link, data: &[u8]) -> Frame<'_> {
             v6.payload().fragmented,
             v6.payload().incomplete,
         ),
-        _ => return Frame::Other,
+        _ => return Content::Other,
     };
     if fragmented {
-        return Frame::Fragment;
+        return Content::Fragment;
     }
     match &sliced.transport {
         Some(TransportSlice::Udp(udp)) => {
             let payload = udp.payload();
             let declared = (udp.length() as usize).saturating_sub(8);
-            Frame::Udp {
+            Content::Udp {
                 from: SocketAddr::new(src, udp.source_port()),
                 to: SocketAddr::new(dst, udp.destination_port()),
                 payload: &payload[..payload.len().min(declared)],
                 whole: !incomplete && payload.len() >= declared,
             }
         }
-        Some(_) => Frame::Other,
-        None if incomplete => Frame::Truncated,
-        None => Frame::Other,
+        Some(_) => Content::Other,
+        None if incomplete => Content::Truncated,
+        None => Content::Other,
     }
 }

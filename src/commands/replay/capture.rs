@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hawking_collector::NetflowDecoder;
-use hawking_collector::transport::capture::CaptureFile;
+use hawking_collector::decode::packets::{MeterConfig, PacketMeter};
+use hawking_collector::transport::capture::{CaptureFile, slice};
 use hawking_enricher::{EnrichmentStage, NatIndex, StageConfig};
+use hawking_schemas::flow::{FlowOrigin, SourceKind};
+use hawking_schemas::ip::ip_to_u128;
 use hawking_schemas::pipeline::{SourceBatch, Table};
 use hawking_schemas::telemetry::Telemetry;
 
@@ -75,6 +78,52 @@ pub async fn replay_capture(args: &ReplayArgs, path: &Path, config: &Config) -> 
         }
         Ok(n)
     };
+    if let Some(point) = args.meter {
+        let config = MeterConfig {
+            idle_timeout_us: secs_to_us(args.idle_timeout, "--idle-timeout")?,
+            active_timeout_us: secs_to_us(args.active_timeout, "--active-timeout")?,
+        };
+        let origin = FlowOrigin {
+            received_at: 0,
+            exporter: ip_to_u128(point),
+            observation_domain: 0,
+            source_kind: SourceKind::Pcap,
+        };
+        let mut meter = PacketMeter::new(config);
+        let link = capture.link();
+        while let Some(frame) = capture.next_frame()? {
+            if interrupted() {
+                out.abandon();
+                anyhow::bail!(Interrupted);
+            }
+            let origin = FlowOrigin {
+                received_at: frame.at_us,
+                ..origin
+            };
+            meter.packet(
+                frame.at_us,
+                slice(link, frame.data),
+                &origin,
+                &mut batch.flows,
+            );
+            if batch.flows.len() >= BATCH_FLOWS {
+                flows += write(&mut stage, std::mem::take(&mut batch), &mut out)?;
+            }
+        }
+        meter.finish(&origin, &mut batch.flows);
+        flows += write(&mut stage, batch, &mut out)?;
+        out.finish()?;
+        let m = meter.counts();
+        eprintln!(
+            "replay: {} frames, {} packets metered into {flows} flows ({} fragments, {} truncated and {} non-IP frames skipped)",
+            capture.counts().frames,
+            m.packets,
+            m.fragments,
+            m.truncated,
+            m.not_ip
+        );
+        return Ok(());
+    }
     while let Some(d) = capture.next_datagram()? {
         if interrupted() {
             out.abandon();
@@ -93,6 +142,14 @@ pub async fn replay_capture(args: &ReplayArgs, path: &Path, config: &Config) -> 
         c.frames, c.datagrams, c.fragments, c.truncated
     );
     Ok(())
+}
+
+fn secs_to_us(secs: f64, flag: &str) -> anyhow::Result<i64> {
+    anyhow::ensure!(
+        secs.is_finite() && secs > 0.0,
+        "{flag} {secs}: give a number of seconds above 0"
+    );
+    Ok((secs * 1e6) as i64)
 }
 
 /// How re-sent datagrams are paced.

@@ -48,6 +48,24 @@ pub struct ReplayArgs {
     /// capture's flows [default: none, flows unattributed].
     #[arg(long, requires = "capture")]
     history: Option<PathBuf>,
+    /// With --capture: meter the capture's packets into flows (raw traffic from a tap or a
+    /// node) instead of decoding the exports inside it. ADDR is where the capture was taken
+    /// (the tap's or node's address): it stands as the flows' exporter, which picks their
+    /// cluster as `exporters` in --config says.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "capture",
+        conflicts_with = "send"
+    )]
+    meter: Option<std::net::IpAddr>,
+    /// With --meter: seconds without a packet that end a flow [default: 15].
+    #[arg(long, requires = "meter", default_value_t = 15.0)]
+    idle_timeout: f64,
+    /// With --meter: seconds after which a long flow is exported and goes on as a new one
+    /// [default: 1800].
+    #[arg(long, requires = "meter", default_value_t = 1800.0)]
+    active_timeout: f64,
     /// With --capture: re-send the capture's UDP datagrams to this collector (HOST:PORT)
     /// instead of decoding them, paced as they were captured (like nfreplay or tcpreplay).
     /// The collector sees this host as their exporter.
