@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use hawking_collector::NetflowSourceConfig;
+use hawking_collector::source::capture::CaptureSourceConfig;
 use hawking_enricher::EnricherConfig;
 use hawking_query::pg::PgConfig;
 use hawking_query::{QueryOptions, StoreConfig};
@@ -18,6 +19,8 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// NetFlow v5/v9 and IPFIX over UDP.
     pub netflow: NetflowSourceConfig,
+    /// Packets of an interface metered into flows; off unless an interface is named.
+    pub capture: CaptureSourceConfig,
     /// How accepted flows become files.
     pub store: StoreConfig,
     /// The Prometheus endpoint.

@@ -87,7 +87,15 @@ impl Pipeline {
         let (stage, watches) = build_stage(config, &data_dir, control_tx, telemetry).await?;
         let (data_tx, data_rx) = sync_channel::<SourceBatch>(CHANNEL_BATCHES);
         let shutdown = Arc::new(AtomicBool::new(false));
-        let sources = vec![spawn_source(netflow, data_tx, shutdown.clone())?];
+        let mut sources = Vec::new();
+        if let Some(capture) = config.capture.build(telemetry)? {
+            tracing::info!(
+                interface = config.capture.interface.as_deref().unwrap_or_default(),
+                "metering captured packets"
+            );
+            sources.push(spawn_source(capture, data_tx.clone(), shutdown.clone())?);
+        }
+        sources.push(spawn_source(netflow, data_tx, shutdown.clone())?);
         let stage = std::thread::Builder::new()
             .name("hawking-stage".into())
             .spawn(move || run_stage(stage, data_rx, control_rx, sinks))?;

@@ -32,6 +32,13 @@ pub struct ServeArgs {
     /// [default: 127.0.0.1:5433]
     #[arg(long)]
     pg: Option<SocketAddr>,
+    /// Also meter the packets of this interface into flows (needs CAP_NET_RAW); see the
+    /// [capture] config section for timeouts and the exporter address.
+    #[arg(long, value_name = "IFACE")]
+    capture: Option<String>,
+    /// With --capture: a BPF filter as tcpdump takes it, e.g. "not port 2055".
+    #[arg(long, value_name = "BPF", requires = "capture")]
+    capture_filter: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -44,6 +51,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data {
         config.data_dir = Some(dir);
+    }
+    if let Some(interface) = args.capture {
+        config.capture.interface = Some(interface);
+    }
+    if let Some(filter) = args.capture_filter {
+        config.capture.filter = Some(filter);
     }
     if let Some(addr) = args.metrics {
         config.metrics.listen = addr;

@@ -376,3 +376,73 @@ fn raw_packets_are_metered_into_the_flows_softflowd_exports_for_them() {
     }
     assert!(ours.iter().all(|r| r["exporter"] == "192.0.2.1"));
 }
+
+#[test]
+fn serve_meters_the_packets_of_a_live_interface_into_flows() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: capturing on an interface needs root (CAP_NET_RAW)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("hawking.toml");
+    std::fs::write(&config, "[capture]\nidle_timeout_secs = 1.0\n").unwrap();
+    // A port nothing listens on, used by this test alone.
+    let port = 30000 + (std::process::id() % 20000) as u16;
+    let hawking = crate::support::Hawking::start(
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--capture",
+            "lo",
+            "--capture-filter",
+            &format!("udp and dst port {port}"),
+        ],
+    );
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sport = socket.local_addr().unwrap().port();
+    for _ in 0..5 {
+        socket.send_to(&[7u8; 100], ("127.0.0.1", port)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The flow ends a second after its last packet, without waiting for shutdown.
+    hawking.wait_metric(
+        "hawking_component_sent_events_total",
+        &[("component", "capture")],
+        1.0,
+    );
+    hawking.stop();
+    let rows = crate::support::sql(
+        &data,
+        "SELECT src_ip, dst_ip, src_port, dst_port, protocol, packets, bytes, exporter, source_kind \
+         FROM flows",
+    );
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let r = &rows[0];
+    assert_eq!(
+        (
+            r["src_ip"].as_str(),
+            r["dst_ip"].as_str(),
+            r["src_port"].as_i64(),
+            r["dst_port"].as_i64(),
+            r["protocol"].as_i64()
+        ),
+        (
+            Some("127.0.0.1"),
+            Some("127.0.0.1"),
+            Some(sport as i64),
+            Some(port as i64),
+            Some(17)
+        )
+    );
+    // Five datagrams of 20 (IPv4) + 8 (UDP) + 100 bytes.
+    assert_eq!(
+        (r["packets"].as_i64(), r["bytes"].as_i64()),
+        (Some(5), Some(640))
+    );
+    // lo's own address is the observation point.
+    assert_eq!(r["exporter"], "127.0.0.1");
+    assert_eq!(r["source_kind"], "pcap");
+}

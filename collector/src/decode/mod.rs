@@ -36,6 +36,13 @@ pub trait Decoder: Send {
     /// Called about once a second: publish counters, persist state that changed.
     fn housekeeping(&mut self) {}
 
+    /// Called about once a second with the time: appends to `out` what the decoder holds
+    /// that is now due (a packet meter's flows gone idle).
+    fn expire(&mut self, _now_us: i64, _out: &mut SourceBatch) {}
+
+    /// The input is over: appends to `out` everything the decoder still holds.
+    fn flush(&mut self, _out: &mut SourceBatch) {}
+
     /// The input ended: publish and persist everything.
     fn finish(&mut self) -> Result<(), DecoderError> {
         Ok(())

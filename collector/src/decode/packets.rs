@@ -195,6 +195,12 @@ impl PacketMeter {
         }
     }
 
+    /// Ends the flows idle at `now_us` (a live capture's clock, when no packet comes).
+    pub fn expire(&mut self, now_us: i64, origin: &FlowOrigin, out: &mut FlowBatch) {
+        self.swept_us = i64::MIN;
+        self.sweep(now_us, origin, out);
+    }
+
     /// Ends the flows idle at `now_us`, at most once a second of capture time.
     fn sweep(&mut self, now_us: i64, origin: &FlowOrigin, out: &mut FlowBatch) {
         if now_us.saturating_sub(self.swept_us) < 1_000_000 {
@@ -236,6 +242,70 @@ impl PacketMeter {
                 out_if: 0,
             },
         );
+    }
+}
+
+/// The meter as a source's decoder: each message is one captured frame of `link`, metered
+/// at the time it was received; flows gone idle are handed on every second.
+pub struct MeterDecoder {
+    meter: PacketMeter,
+    link: crate::transport::capture::Link,
+    origin: FlowOrigin,
+}
+
+impl MeterDecoder {
+    /// `exporter` is the observation point (the capturing host's address): it stands as
+    /// the flows' exporter.
+    pub fn new(config: MeterConfig, link: crate::transport::capture::Link, exporter: u128) -> Self {
+        MeterDecoder {
+            meter: PacketMeter::new(config),
+            link,
+            origin: FlowOrigin {
+                received_at: 0,
+                exporter,
+                observation_domain: 0,
+                source_kind: hawking_schemas::flow::SourceKind::Pcap,
+            },
+        }
+    }
+}
+
+impl crate::decode::Decoder for MeterDecoder {
+    fn name(&self) -> &'static str {
+        "capture"
+    }
+
+    /// `from` is not used: a frame has no sender, the observation point is the exporter.
+    fn decode(
+        &mut self,
+        _from: std::net::SocketAddr,
+        frame: &[u8],
+        received_at_us: i64,
+        out: &mut hawking_schemas::pipeline::SourceBatch,
+    ) {
+        let origin = FlowOrigin {
+            received_at: received_at_us,
+            ..self.origin
+        };
+        let sliced = crate::transport::capture::slice(self.link, frame);
+        self.meter
+            .packet(received_at_us, sliced, &origin, &mut out.flows);
+    }
+
+    fn expire(&mut self, now_us: i64, out: &mut hawking_schemas::pipeline::SourceBatch) {
+        let origin = FlowOrigin {
+            received_at: now_us,
+            ..self.origin
+        };
+        self.meter.expire(now_us, &origin, &mut out.flows);
+    }
+
+    fn flush(&mut self, out: &mut hawking_schemas::pipeline::SourceBatch) {
+        let origin = FlowOrigin {
+            received_at: hawking_schemas::time::now_micros(),
+            ..self.origin
+        };
+        self.meter.finish(&origin, &mut out.flows);
     }
 }
 

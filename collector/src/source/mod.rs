@@ -2,6 +2,7 @@
 //! [`SourceBatch`]es downstream when they are full or have waited long enough. Each kind of
 //! source has its own module here with its typed configuration and how it is built.
 
+pub mod capture;
 pub mod netflow;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -144,7 +145,15 @@ impl Source {
             if housekeeping_at.elapsed() >= HOUSEKEEPING_INTERVAL {
                 housekeeping_at = Instant::now();
                 self.decoder.housekeeping();
+                let had_content = batch.has_content();
+                self.decoder.expire(now_micros(), &mut batch);
+                if !had_content && batch.has_content() {
+                    batch_since = Instant::now();
+                }
             }
+        }
+        if downstream_alive {
+            self.decoder.flush(&mut batch);
         }
         if batch.has_content() && downstream_alive {
             self.hand_over(batch, outlet, &mut stats);

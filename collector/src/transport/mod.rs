@@ -39,6 +39,8 @@ pub enum TransportError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("capturing on {interface}: {message}")]
+    Capture { interface: String, message: String },
 }
 
 /// A way in for exporters' messages.
