@@ -12,8 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use hawking_collector::NetflowDecoder;
+use hawking_collector::transport::capture::CaptureFile;
 use hawking_schemas::ip::ip_to_u128;
 use hawking_schemas::pipeline::SourceBatch;
 use pcap_file::pcap::PcapReader;
@@ -92,30 +92,28 @@ fn group_files(dir: &Path, group: &str) -> Vec<PathBuf> {
 }
 
 /// The UDP datagrams of a capture: (frame number, sender, payload).
-fn datagrams(path: &Path) -> Vec<(u32, SocketAddr, Vec<u8>)> {
-    let mut reader = PcapReader::new(File::open(path).expect("open pcap")).expect("pcap header");
+/// Every whole UDP datagram of a capture, as `hawking replay --capture` reads it: (frame
+/// number, sender, payload).
+fn datagrams(path: &Path) -> Vec<(u64, SocketAddr, Vec<u8>)> {
+    let mut capture = CaptureFile::open(path).expect("open pcap");
     let mut out = Vec::new();
-    let mut frame = 0;
-    while let Some(pkt) = reader.next_packet() {
-        frame += 1;
-        let pkt = pkt.expect("pcap record");
-        let Ok(sliced) = SlicedPacket::from_ethernet(&pkt.data) else {
-            continue;
-        };
-        let ip = match &sliced.net {
-            Some(NetSlice::Ipv4(v4)) => IpAddr::V4(v4.header().source_addr()),
-            Some(NetSlice::Ipv6(v6)) => IpAddr::V6(v6.header().source_addr()),
-            _ => continue,
-        };
-        if let Some(TransportSlice::Udp(udp)) = &sliced.transport {
-            out.push((
-                frame,
-                SocketAddr::new(ip, udp.source_port()),
-                udp.payload().to_vec(),
-            ));
-        }
+    while let Some(d) = capture.next_datagram().expect("pcap record") {
+        let (from, payload) = (d.from, d.payload.to_vec());
+        out.push((capture.counts().frames, from, payload));
     }
     out
+}
+
+/// `files`' datagrams decoded in order by one decoder, each from its exporter's address.
+fn decode_files(files: &[PathBuf]) -> (NetflowDecoder, SourceBatch) {
+    let mut decoder = NetflowDecoder::new(Default::default()).expect("default config");
+    let mut out = SourceBatch::default();
+    for f in files {
+        for (_, from, payload) in datagrams(f) {
+            decoder.decode(from, &payload, 1_800_000_000_000_000, &mut out);
+        }
+    }
+    (decoder, out)
 }
 
 /// What Hawking produced for one record, in tshark's terms.
@@ -384,13 +382,7 @@ fn every_netflow_and_ipfix_capture_decodes_as_tshark_does() {
     let mut compared = 0;
     for (group, rows) in &groups {
         let files = group_files(&dir, group);
-        let mut decoder = NetflowDecoder::new(Default::default()).expect("default config");
-        let mut out = SourceBatch::default();
-        for f in &files {
-            for (_, from, payload) in datagrams(f) {
-                decoder.decode(from, &payload, 1_800_000_000_000_000, &mut out);
-            }
-        }
+        let (mut decoder, out) = decode_files(&files);
         let counters: HashMap<IpAddr, _> = decoder.drain_counters().collect();
         let mut got: Vec<Got> = (0..out.flows.len())
             .map(|i| {
@@ -553,13 +545,7 @@ fn nat_session_events_carry_tshark_post_nat_tuple_type_and_time() {
     let mut checked = 0;
     for group in expected(&dir).keys() {
         let files = group_files(&dir, group);
-        let mut decoder = NetflowDecoder::new(Default::default()).expect("default config");
-        let mut out = SourceBatch::default();
-        for f in &files {
-            for (_, from, payload) in datagrams(f) {
-                decoder.decode(from, &payload, 1_800_000_000_000_000, &mut out);
-            }
-        }
+        let (_, out) = decode_files(&files);
         let tmp = tempfile::tempdir().expect("tempdir");
         let merged = merge(&files, tmp.path());
         let records = tshark_nat_records(&merged);
@@ -670,13 +656,7 @@ fn sampler_rates_announced_before_the_data_scale_each_flow_as_tshark_reads_them(
         pairs += 1;
         let mut files = group_files(&dir, options_group);
         files.extend(group_files(&dir, &data_group));
-        let mut decoder = NetflowDecoder::new(Default::default()).expect("default config");
-        let mut out = SourceBatch::default();
-        for f in &files {
-            for (_, from, payload) in datagrams(f) {
-                decoder.decode(from, &payload, 1_800_000_000_000_000, &mut out);
-            }
-        }
+        let (_, out) = decode_files(&files);
         let tmp = tempfile::tempdir().expect("tempdir");
         let merged = merge(&files, tmp.path());
         let cmd = Command::new("tshark")

@@ -66,9 +66,10 @@ fn import(data: &Path, file: &Path, until: i64) {
     );
 }
 
-fn replay(data: &Path, config: &Path, args: &[&str]) -> std::process::Output {
-    let out = Command::new(hawking_bin())
-        .arg("replay")
+/// `hawking replay` over the two stored days of `data`, with `config`'s clusters.
+fn replay_command(data: &Path, config: &Path) -> Command {
+    let mut c = Command::new(hawking_bin());
+    c.arg("replay")
         .args([
             "--from",
             &rfc3339(DAY),
@@ -78,10 +79,12 @@ fn replay(data: &Path, config: &Path, args: &[&str]) -> std::process::Output {
         .arg("--data")
         .arg(data)
         .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
+        .arg(config);
+    c
+}
+
+fn replay(data: &Path, config: &Path, args: &[&str]) -> std::process::Output {
+    let out = replay_command(data, config).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "replay {args:?}: {}",
@@ -211,18 +214,7 @@ fn replay_shows_and_rewrites_what_a_late_import_changed() {
 
     // A rewrite killed after its first hour: each hour is whole, old or new; nothing lost or
     // doubled; the store reads back.
-    let mut child = Command::new(hawking_bin())
-        .arg("replay")
-        .args([
-            "--from",
-            &rfc3339(DAY),
-            "--to",
-            &rfc3339(DAY + HOURS * 3600),
-        ])
-        .arg("--data")
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
+    let mut child = replay_command(&data, &config)
         .arg("--rewrite")
         .stderr(Stdio::piped())
         .spawn()
