@@ -89,6 +89,15 @@ mod tests {
             example.store.writer.zstd_level,
             defaults.store.writer.zstd_level
         );
+        assert_eq!(
+            example.store.compaction.settle_secs,
+            defaults.store.compaction.settle_secs
+        );
+        assert_eq!(
+            example.store.compaction.writer.zstd_level,
+            defaults.store.compaction.writer.zstd_level
+        );
+        assert_eq!(example.store.retention, defaults.store.retention);
         assert_eq!(example.metrics.listen, defaults.metrics.listen);
         assert_eq!(example.pg.listen, defaults.pg.listen);
         assert_eq!(example.pg.auth, defaults.pg.auth);

@@ -1,6 +1,6 @@
 //! `hawking`: flow attribution collector. One subcommand per module of [`commands`]: `serve`
 //! runs the pipeline ([`pipeline`]), `sql` queries the store, `whois` answers who held an
-//! address, `history import` reads kubectl recordings, `nat-agent` reports a node's
+//! address, `store` shows, compacts and prunes the store, `history import` reads kubectl recordings, `nat-agent` reports a node's
 //! source-NAT translations, `flowgen` sends synthetic NetFlow/IPFIX load.
 
 mod commands;
@@ -10,7 +10,7 @@ mod pipeline;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{flowgen, history, nat_agent, replay, serve, sql, whois};
+use crate::commands::{flowgen, history, nat_agent, replay, serve, sql, store, whois};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +35,11 @@ enum Command {
     /// Re-attribute stored flows with the history as it is now: print them, show what
     /// changed (--diff), or rewrite the stored attribution (--rewrite).
     Replay(replay::ReplayArgs),
+    /// The store's upkeep: stats per hour, compaction, retention.
+    Store {
+        #[command(subcommand)]
+        command: store::StoreCommand,
+    },
     /// Address history: import kubectl recordings.
     History {
         #[command(subcommand)]
@@ -88,6 +93,7 @@ fn run() -> anyhow::Result<()> {
         Command::Sql(args) => sql::command(args),
         Command::Whois(args) => whois::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Store { command } => store::run(command),
         Command::History { command } => history::run(command),
         Command::Flowgen(args) => flowgen::run(args),
         Command::NatAgent(args) => nat_agent::run(args),

@@ -29,6 +29,7 @@ use hawking_enricher::{
 };
 use hawking_query::StoreSink;
 use hawking_query::history::{load_history, load_translations};
+use hawking_query::store::maintenance::Maintenance;
 use hawking_schemas::pipeline::{Committed, Sink, SourceBatch};
 use hawking_schemas::telemetry::Telemetry;
 use hawking_schemas::time::now_micros;
@@ -60,6 +61,8 @@ pub struct Pipeline {
     sources: Vec<JoinHandle<Result<SourceStats, SourceError>>>,
     stage: JoinHandle<anyhow::Result<Committed>>,
     watches: Vec<tokio::task::JoinHandle<()>>,
+    /// Compaction and retention of the store, when configured.
+    upkeep: Option<Maintenance>,
     pub netflow_addr: SocketAddr,
 }
 
@@ -83,6 +86,20 @@ impl Pipeline {
             telemetry,
         )?)];
 
+        config
+            .store
+            .retention
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[store.retention]: {e}"))?;
+        for warning in config.store.retention.warnings() {
+            tracing::warn!("[store.retention]: {warning}");
+        }
+        let upkeep = Maintenance::start(
+            &data_dir,
+            &config.store.compaction,
+            &config.store.retention,
+            telemetry,
+        )?;
         let (control_tx, control_rx) = channel::<SourceBatch>();
         let (stage, watches) = build_stage(config, &data_dir, control_tx, telemetry).await?;
         let (data_tx, data_rx) = sync_channel::<SourceBatch>(CHANNEL_BATCHES);
@@ -105,6 +122,7 @@ impl Pipeline {
             sources,
             stage,
             watches,
+            upkeep,
             netflow_addr,
         })
     }
@@ -136,6 +154,9 @@ impl Pipeline {
             .map_err(|_| anyhow::anyhow!("the enrichment stage's thread panicked"))??;
         for w in self.watches {
             w.abort();
+        }
+        if let Some(upkeep) = self.upkeep {
+            upkeep.stop();
         }
         match first_error {
             Some(e) => Err(e),

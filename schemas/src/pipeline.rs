@@ -104,6 +104,18 @@ impl Table {
         }
     }
 
+    /// For a history log, its ID column and its end column: an interval (gap, translation) is
+    /// written open, then again closed under the same ID, and readers keep per ID the closed
+    /// row if there is one, else the latest. `None` for `flows`, whose rows stand alone.
+    pub fn log_key(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Table::Flows => None,
+            Table::IpHistoryLog => Some(("interval_id", "valid_to")),
+            Table::HistoryGapsLog => Some(("gap_id", "gap_end")),
+            Table::NatHistoryLog => Some(("translation_id", "valid_to")),
+        }
+    }
+
     /// The timestamp column whose hour partitions the table.
     pub fn time_column(self) -> &'static str {
         match self {

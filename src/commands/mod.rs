@@ -6,4 +6,5 @@ pub mod nat_agent;
 pub mod replay;
 pub mod serve;
 pub mod sql;
+pub mod store;
 pub mod whois;

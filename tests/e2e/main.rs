@@ -14,5 +14,6 @@ mod replay;
 mod shutdown;
 mod snat;
 mod sql_surface;
+mod store_upkeep;
 mod support;
 mod templates;

@@ -1,9 +1,16 @@
 //! The Parquet store: hour-partitioned tables under one root directory, written by
 //! [`writer::PartitionedWriter`] and listed for queries by [`list_files`].
 
+pub mod compact;
 pub mod hour;
 pub mod layout;
+pub mod maintenance;
+pub mod retention;
+pub mod retired_reads;
 pub mod sink;
+pub mod stats;
+#[cfg(test)]
+pub(crate) mod test_rows;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -72,6 +79,18 @@ pub enum StoreError {
         "{path}: no Hawking store there (no table directories, no serve state); give the directory `hawking serve --data` writes"
     )]
     NotAStore { path: String },
+    #[error("{hour}: compaction read {read} rows but wrote {written}; the hour was left as it was")]
+    CompactionLostRows {
+        hour: String,
+        read: u64,
+        written: u64,
+    },
+    #[error("registering store metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("stopped before the work was done; nothing was changed")]
+    Stopped,
+    #[error("query engine: {0}")]
+    DataFusion(Box<datafusion::error::DataFusionError>),
     #[error("zstd level {level}: {source}")]
     ZstdLevel {
         level: i32,
@@ -80,6 +99,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    pub fn from_datafusion(e: datafusion::error::DataFusionError) -> Self {
+        StoreError::DataFusion(Box::new(e))
+    }
+
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         StoreError::Io {
             path: path.display().to_string(),

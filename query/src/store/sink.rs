@@ -13,6 +13,8 @@ use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use super::compact::CompactionConfig;
+use super::retention::RetentionConfig;
 use super::writer::{PartitionedWriter, WriterOptions};
 
 /// The `[store]` section: how accepted rows become files.
@@ -29,6 +31,10 @@ pub struct StoreConfig {
     pub max_buffered_rows: usize,
     /// Parquet encoding of ingested files.
     pub writer: WriterOptions,
+    /// Merging closed hours into few large sorted files (`[store.compaction]`).
+    pub compaction: CompactionConfig,
+    /// Days each table keeps (`[store.retention]`); unset keeps everything.
+    pub retention: RetentionConfig,
 }
 
 impl Default for StoreConfig {
@@ -38,6 +44,8 @@ impl Default for StoreConfig {
             commit_rows: 1 << 20,
             max_buffered_rows: 8 << 20,
             writer: WriterOptions::default(),
+            compaction: CompactionConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

@@ -286,6 +286,57 @@ impl PartitionedWriter {
     }
 }
 
+/// A Parquet file being written batch by batch: [`ParquetFile::finish`] syncs it to disk.
+/// Dropped unfinished, it is left incomplete for the caller to remove (it is never under a
+/// visible name while written).
+pub struct ParquetFile {
+    path: PathBuf,
+    writer: ArrowWriter<BufWriter<File>>,
+    rows: usize,
+}
+
+impl ParquetFile {
+    pub fn create(
+        path: &Path,
+        schema: SchemaRef,
+        properties: WriterProperties,
+    ) -> Result<Self, StoreError> {
+        let file = File::create(path).map_err(|e| StoreError::io(path, e))?;
+        let writer = ArrowWriter::try_new(
+            BufWriter::with_capacity(1 << 20, file),
+            schema,
+            Some(properties),
+        )?;
+        Ok(ParquetFile {
+            path: path.to_path_buf(),
+            writer,
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), StoreError> {
+        self.writer.write(batch)?;
+        self.rows += batch.num_rows();
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Closes the file and syncs it to disk; returns its rows.
+    pub fn finish(self) -> Result<usize, StoreError> {
+        let file = self
+            .writer
+            .into_inner()?
+            .into_inner()
+            .map_err(|e| StoreError::io(&self.path, e.into_error()))?;
+        file.sync_all().map_err(|e| StoreError::io(&self.path, e))?;
+        Ok(self.rows)
+    }
+}
+
 /// Writes batches to a new Parquet file at `path` and syncs it to disk; returns the rows.
 pub fn write_parquet(
     path: &Path,
@@ -293,23 +344,11 @@ pub fn write_parquet(
     batches: &[RecordBatch],
     properties: WriterProperties,
 ) -> Result<usize, StoreError> {
-    let file = File::create(path).map_err(|e| StoreError::io(path, e))?;
-    let mut writer = ArrowWriter::try_new(
-        BufWriter::with_capacity(1 << 20, file),
-        schema,
-        Some(properties),
-    )?;
-    let mut rows = 0;
+    let mut file = ParquetFile::create(path, schema, properties)?;
     for b in batches {
-        writer.write(b)?;
-        rows += b.num_rows();
+        file.write(b)?;
     }
-    let file = writer
-        .into_inner()?
-        .into_inner()
-        .map_err(|e| StoreError::io(path, e.into_error()))?;
-    file.sync_all().map_err(|e| StoreError::io(path, e))?;
-    Ok(rows)
+    file.finish()
 }
 
 fn sync_dir(dir: &Path) {

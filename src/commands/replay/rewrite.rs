@@ -10,11 +10,11 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::kernels::zip::zip;
 use arrow::datatypes::TimestampMicrosecondType;
 use datafusion::physical_expr::PhysicalExpr;
-use hawking_query::WriterOptions;
 use hawking_query::store::hour::{HourReplacement, remove_retired, visible_files};
 use hawking_query::store::layout::{partition_dir, table_dir};
 use hawking_query::store::tuning_of;
 use hawking_query::store::writer::write_parquet;
+use hawking_query::{StoreError, WriterOptions};
 use hawking_schemas::pipeline::Table;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -50,8 +50,32 @@ pub fn hour_files(data: &Path, hour: i64) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Re-attributes the selected flows of one hour and replaces its files when any changed.
-/// `interrupted` is polled between batches: an interrupted hour keeps its old files.
+/// `interrupted` is polled between batches: an interrupted hour keeps its old files. When
+/// another replacement (serve's background compaction) changed the hour first, the hour is
+/// read again and rewritten from its new files.
 pub fn rewrite_hour(
+    data: &Path,
+    hour: i64,
+    selection: &Selection,
+    reattribution: &Reattribution,
+    interrupted: &dyn Fn() -> bool,
+) -> anyhow::Result<HourRewritten> {
+    const ATTEMPTS: usize = 5;
+    for attempt in 1.. {
+        match rewrite_hour_once(data, hour, selection, reattribution, interrupted) {
+            Err(e)
+                if attempt < ATTEMPTS
+                    && matches!(
+                        e.downcast_ref::<StoreError>(),
+                        Some(StoreError::ConcurrentReplace { .. })
+                    ) => {}
+            other => return other,
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+fn rewrite_hour_once(
     data: &Path,
     hour: i64,
     selection: &Selection,
