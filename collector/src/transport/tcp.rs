@@ -88,6 +88,9 @@ const READS_PER_TURN: usize = 8;
 const ACCEPTS_PER_TURN: usize = 64;
 /// Least time between two log lines about misbehaving peers (the counters count them all).
 const WARN_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the listener rests after accepting failed for want of resources (descriptors,
+/// memory): the pending connection keeps it readable, and polling it would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why a stream cannot be framed as IPFIX messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +164,10 @@ pub struct TcpTransport {
     scratch: Vec<u8>,
     pollfds: Vec<libc::pollfd>,
     counters: TcpCounters,
+    /// Until when the listener is left out of `poll` (see [`ACCEPT_BACKOFF`]).
+    accept_resumes_at: Option<Instant>,
+    /// Accepting failed last time (logged once per streak).
+    accept_failing: bool,
     last_warning: Option<Instant>,
     warnings_suppressed: u64,
 }
@@ -191,6 +198,8 @@ impl TcpTransport {
             scratch: vec![0; MAX_MESSAGE],
             pollfds: Vec::new(),
             counters,
+            accept_resumes_at: None,
+            accept_failing: false,
             last_warning: None,
             warnings_suppressed: 0,
         })
@@ -227,14 +236,27 @@ impl TcpTransport {
             let (stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => {
-                    // Out of descriptors, or a connection reset before it was accepted: the
-                    // listener itself is fine. Try again on the next wake-up.
-                    tracing::warn!(listener = %self.addr, error = %e, "IPFIX/TCP: accept failed");
+                    // Out of descriptors or memory: the listener itself is fine. Rest it a
+                    // moment; the connections already open go on meanwhile.
+                    self.accept_resumes_at = Some(Instant::now() + ACCEPT_BACKOFF);
+                    if !std::mem::replace(&mut self.accept_failing, true) {
+                        tracing::warn!(listener = %self.addr, error = %e, "IPFIX/TCP: cannot accept connections; retrying every 100 ms");
+                    }
                     return;
                 }
             };
+            if std::mem::take(&mut self.accept_failing) {
+                tracing::info!(listener = %self.addr, "IPFIX/TCP: accepting connections again");
+            }
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             self.counters.connections.inc();
             if self.connections.len() >= self.max_connections {
@@ -332,8 +354,14 @@ impl Transport for TcpTransport {
         on_event: &mut dyn FnMut(Delivery<'_>),
     ) -> Result<Received, TransportError> {
         self.pollfds.clear();
+        let accepting = self.accept_resumes_at.is_none_or(|at| Instant::now() >= at);
         self.pollfds.push(libc::pollfd {
-            fd: self.listener.as_raw_fd(),
+            // A negative descriptor is skipped by poll(2).
+            fd: if accepting {
+                self.listener.as_raw_fd()
+            } else {
+                -1
+            },
             events: libc::POLLIN,
             revents: 0,
         });
@@ -427,7 +455,8 @@ impl Transport for TcpTransport {
                 drop(conn);
                 on_event(Delivery::SessionEnded(peer));
             }
-            if self.pollfds[0].revents != 0 {
+            if accepting && self.pollfds[0].revents != 0 {
+                self.accept_resumes_at = None;
                 self.accept();
             }
         }
