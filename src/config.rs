@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Root of the Parquet store and of persisted state. Default `./data`.
     pub data_dir: Option<PathBuf>,
-    /// NetFlow v5/v9 and IPFIX over UDP.
+    /// NetFlow v5/v9 and IPFIX over UDP, and IPFIX over TCP when `tcp_listen` is set.
     pub netflow: NetflowSourceConfig,
     /// Packets of an interface metered into flows; off unless an interface is named.
     pub capture: CaptureSourceConfig,
@@ -73,6 +73,11 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(example.data_dir(), defaults.data_dir());
         assert_eq!(example.netflow.listen, defaults.netflow.listen);
+        assert_eq!(example.netflow.tcp_listen, None);
+        assert_eq!(
+            example.netflow.max_tcp_connections,
+            defaults.netflow.max_tcp_connections
+        );
         assert_eq!(
             example.netflow.receive_buffer_bytes,
             defaults.netflow.receive_buffer_bytes
@@ -152,6 +157,10 @@ mod tests {
         let exporters: Vec<String> = cluster.exporters.iter().map(|e| e.to_string()).collect();
         assert_eq!(exporters, ["10.0.0.0/24", "192.168.10.0/24"]);
         assert_eq!(config.netflow.listen.port(), 2055);
+        assert_eq!(
+            config.netflow.tcp_listen,
+            Some("0.0.0.0:4739".parse().unwrap())
+        );
     }
 
     #[test]

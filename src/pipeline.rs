@@ -64,6 +64,8 @@ pub struct Pipeline {
     /// Compaction and retention of the store, when configured.
     upkeep: Option<Maintenance>,
     pub netflow_addr: SocketAddr,
+    /// The IPFIX/TCP listener's address, when one is configured.
+    pub netflow_tcp_addr: Option<SocketAddr>,
 }
 
 impl Pipeline {
@@ -80,6 +82,8 @@ impl Pipeline {
         let netflow_addr = netflow
             .local_addr()
             .context("the NetFlow source has no address")?;
+        let netflow_tcp = config.netflow.build_tcp(telemetry)?;
+        let netflow_tcp_addr = netflow_tcp.as_ref().and_then(Source::local_addr);
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(StoreSink::open(
             &data_dir,
             &config.store,
@@ -112,11 +116,19 @@ impl Pipeline {
             );
             sources.push(spawn_source(capture, data_tx.clone(), shutdown.clone())?);
         }
+        if let Some(tcp) = netflow_tcp {
+            sources.push(spawn_source(tcp, data_tx.clone(), shutdown.clone())?);
+        }
         sources.push(spawn_source(netflow, data_tx, shutdown.clone())?);
         let stage = std::thread::Builder::new()
             .name("hawking-stage".into())
             .spawn(move || run_stage(stage, data_rx, control_rx, sinks))?;
-        tracing::info!(netflow = %netflow_addr, data = %data_dir.display(), "pipeline started");
+        tracing::info!(
+            netflow = %netflow_addr,
+            netflow_tcp = ?netflow_tcp_addr,
+            data = %data_dir.display(),
+            "pipeline started"
+        );
         Ok(Pipeline {
             shutdown,
             sources,
@@ -124,6 +136,7 @@ impl Pipeline {
             watches,
             upkeep,
             netflow_addr,
+            netflow_tcp_addr,
         })
     }
 

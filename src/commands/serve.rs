@@ -19,6 +19,10 @@ pub struct ServeArgs {
     /// UDP address for NetFlow v5/v9 and IPFIX [default: 0.0.0.0:2055]
     #[arg(long)]
     netflow: Option<SocketAddr>,
+    /// Also accept IPFIX over TCP on this address, e.g. 0.0.0.0:4739 (as NetObserv's eBPF
+    /// agent exports) [default: off]
+    #[arg(long, value_name = "ADDR")]
+    listen_tcp: Option<SocketAddr>,
     /// Store directory [default: ./data]
     #[arg(long)]
     data: Option<PathBuf>,
@@ -48,6 +52,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     if let Some(addr) = args.netflow {
         config.netflow.listen = addr;
+    }
+    if let Some(addr) = args.listen_tcp {
+        config.netflow.tcp_listen = Some(addr);
     }
     if let Some(dir) = args.data {
         config.data_dir = Some(dir);
@@ -117,8 +124,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         // Machine-readable start-up line for scripts and tests (ports may be 0 = any).
         println!(
-            "hawking serving netflow={} metrics={} pg={} data={}",
+            "hawking serving netflow={} netflow_tcp={} metrics={} pg={} data={}",
             pipeline.netflow_addr,
+            pipeline
+                .netflow_tcp_addr
+                .map_or_else(|| "off".to_string(), |addr| addr.to_string()),
             metrics_addr,
             pg.as_ref()
                 .map_or_else(|| "off".to_string(), |(addr, _)| addr.to_string()),

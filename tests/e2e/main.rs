@@ -4,6 +4,7 @@
 mod attribution;
 mod capture_replay;
 mod exporters;
+mod ipfix_tcp;
 mod kube_api;
 mod kube_api_tests;
 mod malformed;

@@ -64,6 +64,8 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::Exit
 pub struct Hawking {
     child: Option<Child>,
     pub netflow: SocketAddr,
+    /// The IPFIX/TCP listener, when started with `--listen-tcp`.
+    pub netflow_tcp: Option<SocketAddr>,
     pub metrics: SocketAddr,
     /// The PostgreSQL-wire endpoint, when started with `--pg` (and users in `--config`).
     pg: Option<SocketAddr>,
@@ -134,6 +136,7 @@ impl Hawking {
         };
         Ok(Hawking {
             netflow: field("netflow").parse().unwrap(),
+            netflow_tcp: field("netflow_tcp").parse().ok(),
             metrics: field("metrics").parse().unwrap(),
             pg: field("pg").parse().ok(),
             child: Some(child),

@@ -33,6 +33,10 @@ pub trait Decoder: Send {
         out: &mut SourceBatch,
     );
 
+    /// The transport session of `from` ended (its TCP connection closed), after its last
+    /// message: forget what is scoped to that session.
+    fn session_ended(&mut self, _from: SocketAddr) {}
+
     /// Called about once a second: publish counters, persist state that changed.
     fn housekeeping(&mut self) {}
 

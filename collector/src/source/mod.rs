@@ -13,7 +13,7 @@ use hawking_schemas::telemetry::Component;
 use hawking_schemas::time::now_micros;
 
 use crate::decode::{Decoder, DecoderError};
-use crate::transport::{Received, Transport, TransportError, Wait};
+use crate::transport::{Delivery, Received, Transport, TransportError, Wait};
 
 /// How a source cuts its output into batches.
 #[derive(Clone, Copy, Debug)]
@@ -113,11 +113,14 @@ impl Source {
             let decoder = &mut self.decoder;
             let received = self
                 .transport
-                .receive(wait, &mut |from, message| {
-                    if !batch.has_content() {
-                        batch_since = Instant::now();
+                .receive_events(wait, &mut |delivery| match delivery {
+                    Delivery::Message(from, message) => {
+                        if !batch.has_content() {
+                            batch_since = Instant::now();
+                        }
+                        decoder.decode(from, message, now_us, &mut batch);
                     }
-                    decoder.decode(from, message, now_us, &mut batch);
+                    Delivery::SessionEnded(from) => decoder.session_ended(from),
                 })
                 .map_err(|error| SourceError::Transport {
                     source_name: name.clone(),

@@ -1,8 +1,10 @@
-//! Transports: how exporters' messages reach Hawking (UDP datagrams now; TCP streams, files,
-//! captures and Kafka share the interface). A transport delivers messages with their sender's
-//! address and knows nothing of their format; a decoder ([`crate::decode`]) reads them.
+//! Transports: how exporters' messages reach Hawking (UDP datagrams, IPFIX over TCP, capture
+//! files and interfaces; Kafka would share the interface). A transport delivers messages with
+//! their sender's address and knows nothing of their format beyond where one ends; a decoder
+//! ([`crate::decode`]) reads them.
 
 pub mod capture;
+pub mod tcp;
 pub mod udp;
 
 use std::net::SocketAddr;
@@ -43,6 +45,17 @@ pub enum TransportError {
     Capture { interface: String, message: String },
 }
 
+/// What a transport hands on, in the order it happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery<'a> {
+    /// One whole message from this sender.
+    Message(SocketAddr, &'a [u8]),
+    /// The sender's transport session ended (a TCP connection closed) after its last message:
+    /// whatever it announced for the session (IPFIX templates) no longer applies, and a new
+    /// session from the same address starts afresh.
+    SessionEnded(SocketAddr),
+}
+
 /// A way in for exporters' messages.
 pub trait Transport: Send {
     /// Where it listens, for the start-up line and logs.
@@ -54,4 +67,16 @@ pub trait Transport: Send {
         wait: Wait,
         on_message: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> Result<Received, TransportError>;
+
+    /// As [`Transport::receive`], also telling when a sender's session ended, in order with
+    /// its messages. Transports without sessions (datagrams, files) deliver only messages.
+    fn receive_events(
+        &mut self,
+        wait: Wait,
+        on_event: &mut dyn FnMut(Delivery<'_>),
+    ) -> Result<Received, TransportError> {
+        self.receive(wait, &mut |from, message| {
+            on_event(Delivery::Message(from, message))
+        })
+    }
 }

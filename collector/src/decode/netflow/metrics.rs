@@ -7,6 +7,7 @@ use hawking_schemas::telemetry::Telemetry;
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
 use super::ExporterCounters;
+use crate::transport::tcp::TcpCounters;
 
 #[derive(Clone)]
 pub struct NetflowMetrics {
@@ -35,6 +36,33 @@ pub fn socket_drops(telemetry: &Telemetry) -> prometheus::Result<IntCounter> {
         "hawking_netflow_socket_drops_total",
         "Datagrams dropped by the kernel because the listener's receive buffer was full",
     )
+}
+
+/// The IPFIX-over-TCP listener's counters (the TCP transport adds to them).
+pub fn tcp_counters(telemetry: &Telemetry) -> prometheus::Result<TcpCounters> {
+    Ok(TcpCounters {
+        connections: telemetry.counter(
+            "hawking_netflow_tcp_connections_total",
+            "IPFIX/TCP exporter connections accepted (those refused at the limit included)",
+        )?,
+        open: telemetry.gauge(
+            "hawking_netflow_tcp_connections_open",
+            "IPFIX/TCP exporter connections open",
+        )?,
+        dropped: telemetry.counter_vec(
+            "hawking_netflow_tcp_dropped_total",
+            "IPFIX/TCP connections whose input was cut short, by reason: partial_message \
+             (closed mid-message), read_error (reset mid-message), bad_version and bad_length \
+             (not IPFIX framing: disconnected), connection_limit (refused), shutdown",
+            &["reason"],
+        )?,
+        dropped_bytes: telemetry.counter_vec(
+            "hawking_netflow_tcp_dropped_bytes_total",
+            "Bytes received over IPFIX/TCP and thrown away, by the reasons of \
+             hawking_netflow_tcp_dropped_total",
+            &["reason"],
+        )?,
+    })
 }
 
 impl NetflowMetrics {

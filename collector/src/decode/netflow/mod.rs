@@ -22,6 +22,8 @@ pub mod wire;
 mod nat_tests;
 #[cfg(test)]
 mod reference_tests;
+#[cfg(test)]
+mod session_tests;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -76,6 +78,16 @@ impl Default for DecoderConfig {
 
 /// One template namespace: RFC 7011 §8 scopes templates to the transport session (for UDP,
 /// the exporter's address and port) and observation domain.
+///
+/// Over TCP the session is the connection, and the key names it just as well: the peer's
+/// address *and port* tell two connections from one exporter apart (the kernel never has two
+/// open with the same pair towards one listener), so each learns its own templates even when
+/// both use the same template IDs for different layouts. What the address alone cannot say is
+/// that a connection ended and a later one reuses the port: the TCP transport tells the
+/// decoder ([`crate::decode::Decoder::session_ended`]) in order with the messages, and the
+/// session's scopes go, so a reconnect decodes nothing until it has re-sent its templates,
+/// as RFC 7011 §8.1 says it must. That is also why a TCP source keeps no template state
+/// across restarts: a restart ends every session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ScopeKey {
     pub exporter: SocketAddr,
@@ -163,6 +175,8 @@ pub struct NetflowDecoder {
     published: Option<(NetflowMetrics, Component)>,
     /// Where template state persists across restarts.
     state_path: Option<PathBuf>,
+    /// What this decoder last added to the shared gauges: (pending sets, scopes).
+    gauges_published: (i64, i64),
 }
 
 impl NetflowDecoder {
@@ -184,6 +198,7 @@ impl NetflowDecoder {
             templates_changed: false,
             published: None,
             state_path: None,
+            gauges_published: (0, 0),
         })
     }
 
@@ -220,8 +235,11 @@ impl NetflowDecoder {
                 component.errors_of(*n, "decode", &format_args!("exporter {exporter}: {reason}"));
             }
         }
-        metrics.pending_sets.set(self.pending.len() as i64);
-        metrics.scopes.set(self.scopes.len() as i64);
+        // The gauges are shared by every NetFlow source's decoder: each adds its own change.
+        let (pending, scopes) = (self.pending.len() as i64, self.scopes.len() as i64);
+        metrics.pending_sets.add(pending - self.gauges_published.0);
+        metrics.scopes.add(scopes - self.gauges_published.1);
+        self.gauges_published = (pending, scopes);
     }
 
     fn save_state_if_changed(&mut self) {
@@ -414,6 +432,21 @@ impl NetflowDecoder {
             self.forget_scope(&oldest);
         }
         self.scopes.entry(key).or_default().last_seen_us = now_us;
+    }
+
+    /// Forgets every scope of `exporter` (address and port; every version and domain): its
+    /// transport session ended. Data sets it held for templates that can now never come are
+    /// dropped and counted (`missing_template`).
+    pub fn end_session(&mut self, exporter: SocketAddr) {
+        let ended: Vec<ScopeKey> = self
+            .scopes
+            .keys()
+            .filter(|k| k.exporter == exporter)
+            .copied()
+            .collect();
+        for key in ended {
+            self.forget_scope(&key);
+        }
     }
 
     fn forget_scope(&mut self, key: &ScopeKey) {
@@ -664,6 +697,10 @@ impl crate::decode::Decoder for NetflowDecoder {
         out: &mut SourceBatch,
     ) {
         NetflowDecoder::decode(self, from, message, received_at_us, out)
+    }
+
+    fn session_ended(&mut self, from: SocketAddr) {
+        self.end_session(from);
     }
 
     fn housekeeping(&mut self) {
