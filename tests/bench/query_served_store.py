@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Query benchmark on a store `hawking serve` wrote itself, not gen_flows' layout.
 
-gen_flows (query/examples/gen_flows.rs) writes one time-ordered file per hour, the layout a
-compaction would leave; `hawking serve` has no compaction yet and writes one file per hour
-partition it touches at every commit. This script makes such a store and runs the query
-benchmark's queries on it:
+gen_flows (query/examples/gen_flows.rs) writes one time-ordered file per hour; `hawking serve`
+writes one file per hour partition it touches at every commit, and its background compaction
+merges closed hours later. This script makes such a store (background compaction off, so the
+small files stay for the first measurement), runs the query benchmark's queries on it, then
+compacts it with `hawking store compact` and runs them again:
 
 1. imports the history of 4,096 running pods at flowgen's cluster hosts (the attributing
    mode of netflow_ingest.py: cluster `bench`, exporters 127.0.0.0/8, pods 10.0.0.0/12);
@@ -16,7 +17,9 @@ benchmark's queries on it:
    every 0.05 s) give what a day at 1,000 flows/s with 5 s commits makes: about 720 files
    per hour of about 5,000 flows each, 86.4M flows, in 14.4 minutes;
 4. stops serve, reports the store (flows, files, files per hour), then runs
-   tests/bench/query_top_workloads.py on it with that day's windows.
+   tests/bench/query_top_workloads.py on it with that day's windows;
+5. `hawking store compact --before now` (timed: CPU and wall seconds), then the same queries on
+   the compacted store (--no-compact skips it).
 
     tests/bench/query_served_store.py [--hawking target/release/hawking] [--rate 100000]
         [--speed 100] [--flush 0.05] [--runs 5] [--dir /work/benchdata/served] [--keep]
@@ -46,6 +49,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", default="/work/benchdata/served")
     ap.add_argument("--keep", action="store_true", help="keep the store afterwards")
+    ap.add_argument("--no-compact", action="store_true", help="skip step 5")
     args = ap.parse_args()
     hawking = os.path.abspath(args.hawking)
     netflow_ingest.HAWKING = hawking
@@ -71,6 +75,7 @@ def main():
     config = os.path.join(args.dir, "serve.toml")
     with open(config, "w") as f:
         f.write(f"[store]\nflush_interval_secs = {args.flush}\n\n"
+                "[store.compaction]\nenabled = false\n\n"
                 '[[enricher.clusters]]\nname = "bench"\nwatch = false\n'
                 'exporters = ["127.0.0.0/8"]\npod_cidrs = ["10.0.0.0/12"]\n')
 
@@ -120,6 +125,18 @@ def main():
     day = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(day_start))
     status = subprocess.run([sys.executable, os.path.join(HERE, "query_top_workloads.py"), data,
                              "--runs", str(args.runs), "--hawking", hawking, "--day-start", day]).returncode
+    if status == 0 and not args.no_compact:
+        before = os.times()
+        wall = time.monotonic()
+        subprocess.run([hawking, "store", "compact", "--before", "now", "--data", data],
+                       check=True, capture_output=True)
+        after = os.times()
+        cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+        files_after = sum(1 for _, _, fs in os.walk(flows_dir) for f in fs if f.endswith(".parquet"))
+        print(f"\nhawking store compact: {files:,} files -> {files_after:,} in {time.monotonic() - wall:.1f} s "
+              f"wall, {cpu:.1f} CPU-s ({cpu * 1e6 / max(stored, 1):.2f} CPU-s per million flows)\n")
+        status = subprocess.run([sys.executable, os.path.join(HERE, "query_top_workloads.py"), data,
+                                 "--runs", str(args.runs), "--hawking", hawking, "--day-start", day]).returncode
     if not args.keep:
         shutil.rmtree(args.dir, ignore_errors=True)
     return status
