@@ -36,3 +36,6 @@ KEEP=${KEEP:-0} tests/bench/query_top_workloads.sh
 echo
 echo "## Query: the same on a day of flows hawking serve stored itself (python3 tests/bench/query_served_store.py)"
 python3 tests/bench/query_served_store.py
+echo
+echo "## Capture metering: Hawking beside softflowd on the same raw capture (python3 tests/bench/capture_meter.py)"
+python3 tests/bench/capture_meter.py
