@@ -109,10 +109,7 @@ pub async fn open_session(
     }
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
     // Compaction and rewrites may swap an hour between a query's planning and its reads.
-    ctx.register_object_store(
-        datafusion::execution::object_store::ObjectStoreUrl::local_filesystem().as_ref(),
-        Arc::new(crate::store::retired_reads::RetiredReads::new()),
-    );
+    crate::store::retired_reads::register(&ctx);
     for table in Table::ALL {
         let provider =
             StoreTable::new(table_dir(&root, table), table.schema(), table.time_column());

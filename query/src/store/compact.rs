@@ -115,7 +115,11 @@ pub(crate) fn maintenance_session(memory_limit_bytes: usize) -> Result<SessionCo
         .with_memory_limit(memory_limit_bytes.max(16 << 20), 1.0)
         .build_arc()
         .map_err(StoreError::from_datafusion)?;
-    Ok(SessionContext::new_with_config_rt(config, runtime))
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    // A rewrite may swap the hour while it is read: the read finishes from the retired set,
+    // and the commit then finds the race (`ConcurrentReplace`) instead of a missing file.
+    super::retired_reads::register(&ctx);
+    Ok(ctx)
 }
 
 /// Registers `files` (of `table`) as the SQL table `name` in `ctx`.

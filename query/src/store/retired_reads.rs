@@ -67,6 +67,14 @@ impl RetiredReads {
     }
 }
 
+/// Makes `ctx` read local files through [`RetiredReads`].
+pub fn register(ctx: &datafusion::prelude::SessionContext) {
+    ctx.register_object_store(
+        datafusion::execution::object_store::ObjectStoreUrl::local_filesystem().as_ref(),
+        std::sync::Arc::new(RetiredReads::new()),
+    );
+}
+
 impl fmt::Display for RetiredReads {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "RetiredReads({})", self.local)
