@@ -495,14 +495,14 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, StoreError::Stopped), "{err}");
         assert_eq!(visible_files(&flows_hour(tmp.path())).unwrap(), before);
-        let day = flows_hour(tmp.path()).parent().unwrap().to_path_buf();
-        let hidden: Vec<String> = std::fs::read_dir(day)
+        let replaced = crate::store::hour::replaced_dir(&table_dir(tmp.path(), Table::Flows))
+            .join("date=2026-11-20");
+        let staged: Vec<String> = std::fs::read_dir(&replaced)
             .unwrap()
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(".new-"))
             .collect();
-        assert!(hidden.is_empty(), "no staging left: {hidden:?}");
+        assert!(staged.is_empty(), "no staging left: {staged:?}");
     }
 
     #[tokio::test]

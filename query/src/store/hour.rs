@@ -2,10 +2,11 @@
 //! and compaction both need. A query sees the hour's old files or its new ones, never both
 //! and never neither; a crash at any step leaves one of the two complete sets visible.
 //!
-//! How: the replacement is written into a hidden sibling directory (`.hour=HH.new-…`,
-//! ignored by readers), then — under the hour's lock, which writers also take to add a file —
+//! How: the replacement is written into a directory outside the table's tree
+//! (`ROOT/.replaced/<table>/date=…/hour=HH.new-…`, so that neither Hawking nor DuckDB, Spark or
+//! Trino globbing `ROOT/<table>/**/*.parquet` ever lists it), then — under the hour's lock, which writers also take to add a file —
 //! files that arrived meanwhile are moved into it and the two directories are exchanged in
-//! one `renameat2(RENAME_EXCHANGE)`. The old set stays, hidden, for
+//! one `renameat2(RENAME_EXCHANGE)`. The old set stays there (`hour=HH.retired-…`) for
 //! [`RETIRED_KEEP_SECS`] so that queries already reading it finish; later replacements of
 //! the table delete retired sets older than that.
 
@@ -23,6 +24,33 @@ pub const RETIRED_KEEP_SECS: u64 = 600;
 /// hidden lock file beside the partition). Released when dropped.
 pub struct HourLock {
     _file: File,
+}
+
+/// Where replacements of the table at `table_dir` keep their new and retired sets: beside
+/// the table's tree, not in it.
+pub fn replaced_dir(table_dir: &Path) -> PathBuf {
+    let name = table_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    table_dir
+        .parent()
+        .unwrap_or(table_dir)
+        .join(".replaced")
+        .join(name)
+}
+
+/// `hour_dir`'s set named `what` (`new-…`, `retired-…`) in [`replaced_dir`].
+fn replaced_set(table_dir: &Path, hour_dir: &Path, what: &str) -> PathBuf {
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let day = hour_dir.parent().map(name).unwrap_or_default();
+    replaced_dir(table_dir)
+        .join(day)
+        .join(format!("{}.{what}", name(hour_dir)))
 }
 
 fn hidden_sibling(hour_dir: &Path, what: &str) -> PathBuf {
@@ -110,7 +138,8 @@ impl HourReplacement {
         replaces: Vec<PathBuf>,
     ) -> Result<Self, StoreError> {
         let hour_dir = partition_dir(table_dir, hour_us);
-        let staging = hidden_sibling(
+        let staging = replaced_set(
+            table_dir,
             &hour_dir,
             &format!(
                 "new-{}-{}",
@@ -160,7 +189,8 @@ impl HourReplacement {
             sync_dir(day);
         }
         // The staging path now holds the old set: give it a name that says so.
-        let retired = hidden_sibling(
+        let retired = replaced_set(
+            &self.table_dir,
             &self.hour_dir,
             &format!("retired-{}", hawking_schemas::time::now_micros()),
         );
@@ -216,12 +246,12 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Deletes the hidden leftovers of replacements in the table at `table_dir`: retired sets
-/// older than [`RETIRED_KEEP_SECS`], and staging directories of replacements that crashed
-/// (older than a day). Returns how many directories it removed.
+/// Deletes the leftovers of replacements of the table at `table_dir`: retired sets older
+/// than [`RETIRED_KEEP_SECS`], and new sets of replacements that crashed (older than a day).
+/// Returns how many directories it removed.
 pub fn remove_retired(table_dir: &Path) -> Result<usize, StoreError> {
     let mut removed = 0;
-    let Ok(days) = std::fs::read_dir(table_dir) else {
+    let Ok(days) = std::fs::read_dir(replaced_dir(table_dir)) else {
         return Ok(0);
     };
     for day in days.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()) {
@@ -230,9 +260,9 @@ pub fn remove_retired(table_dir: &Path) -> Result<usize, StoreError> {
         };
         for e in entries.filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy().into_owned();
-            let keep_secs = if name.starts_with(".hour=") && name.contains(".retired-") {
+            let keep_secs = if name.contains(".retired-") {
                 RETIRED_KEEP_SECS
-            } else if name.starts_with(".hour=") && name.contains(".new-") {
+            } else if name.contains(".new-") {
                 86_400
             } else {
                 continue;
@@ -292,6 +322,22 @@ mod tests {
         let listed =
             crate::store::list_files(&table, crate::store::layout::TimeRange::ALL).unwrap();
         assert_eq!(listed.len(), 2);
+        // So is it to other engines globbing the table's tree (`flows/**/*.parquet`).
+        fn parquet_in(dir: &Path) -> usize {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        parquet_in(&p)
+                    } else {
+                        p.extension().is_some_and(|x| x == "parquet") as usize
+                    }
+                })
+                .sum()
+        }
+        assert_eq!(parquet_in(&table), 2, "only the visible set is in the tree");
     }
 
     #[test]

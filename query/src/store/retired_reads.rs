@@ -1,7 +1,7 @@
 //! The local file system as queries read the store. A query lists an hour's files when it
 //! is planned and reads them later; if a replacement (compaction, `replay --rewrite`,
 //! retention) swaps the hour in between, the listed files are no longer under `hour=HH` but
-//! in the retired set the replacement left hidden beside it for
+//! in the retired set the replacement left outside the table's tree for
 //! [`super::hour::RETIRED_KEEP_SECS`]. File names are unique and files never change, so a
 //! file not found where it was listed is read, unchanged, from where it was retired: the
 //! query answers from the set it listed, whole.
@@ -34,8 +34,8 @@ impl RetiredReads {
     }
 
     /// Where `location` (a file of an `hour=HH` directory) lies if a replacement retired it:
-    /// the newest hidden set beside the hour (`.hour=HH.retired-…`, or `.hour=HH.new-…` in
-    /// the instant before the set is renamed) that holds a file of that name.
+    /// the newest set of that hour in [`super::hour::replaced_dir`] (`hour=HH.retired-…`, or
+    /// `hour=HH.new-…` in the instant before the set is renamed) holding a file of that name.
     fn retired_location(&self, location: &Path) -> Option<Path> {
         let file = self.local.path_to_filesystem(location).ok()?;
         let name = file.file_name()?;
@@ -45,9 +45,11 @@ impl RetiredReads {
             return None;
         }
         let day = hour_dir.parent()?;
-        let retired = format!(".{hour}.retired-");
-        let staged = format!(".{hour}.new-");
-        let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(day)
+        let table_dir = day.parent()?;
+        let replaced = super::hour::replaced_dir(table_dir).join(day.file_name()?);
+        let retired = format!("{hour}.retired-");
+        let staged = format!("{hour}.new-");
+        let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(replaced)
             .ok()?
             .filter_map(|e| e.ok())
             .filter(|e| {
@@ -154,6 +156,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let day = tmp.path().join("flows/date=2026-11-20");
         let hour = day.join("hour=10");
+        let replaced = tmp.path().join(".replaced/flows/date=2026-11-20");
+        std::fs::create_dir_all(&replaced).unwrap();
         std::fs::create_dir_all(&hour).unwrap();
         std::fs::write(hour.join("part-1.parquet"), b"old set").unwrap();
         let listed = Path::from_filesystem_path(hour.join("part-1.parquet")).unwrap();
@@ -163,7 +167,7 @@ mod tests {
             "old set"
         );
         // A replacement swaps the hour: the listed file now lies in the retired set.
-        let retired = day.join(".hour=10.retired-5");
+        let retired = replaced.join("hour=10.retired-5");
         std::fs::rename(&hour, &retired).unwrap();
         std::fs::create_dir_all(&hour).unwrap();
         std::fs::write(hour.join("compacted-1.parquet"), b"new set").unwrap();
