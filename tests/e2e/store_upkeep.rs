@@ -148,7 +148,7 @@ fn a_compaction_killed_midway_leaves_every_hour_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let config = tmp.path().join("hawking.toml");
-    let (hours, per_hour, rounds) = (24, 100, 3);
+    let (hours, per_hour, rounds) = (48, 200, 3);
     store_with_small_files(&data, &config, hours, per_hour, rounds);
     assert!(flow_hours(&data).iter().all(|h| h.0 == 3 && h.1 == 0));
 
