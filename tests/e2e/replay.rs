@@ -6,16 +6,15 @@
 //! PostgreSQL endpoint show them, hour by hour in one step each, and a SIGKILL in the middle
 //! of it leaves every hour either as it was or rewritten, with no row lost or doubled.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::parse_ip;
 use serde_json::json;
 
 use crate::pgwire::pg::{PASSWORD, USER, pg_section, psql, start_with_pg, stdout};
-use crate::support::{hawking_bin, rfc3339, send_ipfix, sql, sql_i64};
+use crate::support::{hawking_bin, kill_after_line, rfc3339, send_ipfix, sql, sql_i64};
 
 /// 2026-11-20T00:00:00Z.
 const DAY: i64 = 1_795_132_800;
@@ -214,25 +213,11 @@ fn replay_shows_and_rewrites_what_a_late_import_changed() {
 
     // A rewrite killed after its first hour: each hour is whole, old or new; nothing lost or
     // doubled; the store reads back.
-    let mut child = replay_command(&data, &config)
-        .arg("--rewrite")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "replay ended before rewriting an hour"
-        );
-        if line.contains("rewrote hour") {
-            break;
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_line(
+        replay_command(&data, &config).arg("--rewrite"),
+        "rewrote hour",
+        "rewriting an hour",
+    );
     let hours = by_hour(&data);
     assert_eq!(hours.len() as i64, HOURS);
     let mut rewritten = 0;

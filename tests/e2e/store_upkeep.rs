@@ -3,16 +3,15 @@
 //! it was or merged, with no row lost or doubled; `hawking store prune` drops exactly the
 //! expired hours; `hawking store stats` says what is where.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::parse_ip;
 use serde_json::Value;
 
-use crate::support::{Hawking, hawking_bin, rfc3339, send_ipfix, sql_i64};
+use crate::support::{Hawking, hawking_bin, kill_after_line, rfc3339, send_ipfix, sql_i64};
 
 /// 2026-11-20T00:00:00Z.
 const DAY: i64 = 1_795_132_800;
@@ -152,26 +151,13 @@ fn a_compaction_killed_midway_leaves_every_hour_whole() {
     store_with_small_files(&data, &config, hours, per_hour, rounds);
     assert!(flow_hours(&data).iter().all(|h| h.0 == 3 && h.1 == 0));
 
-    let mut child = Command::new(hawking_bin())
-        .args(["store", "compact", "--before", "now", "--data"])
-        .arg(&data)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "compact ended before merging an hour"
-        );
-        if line.starts_with("compacted hour") {
-            break;
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_line(
+        Command::new(hawking_bin())
+            .args(["store", "compact", "--before", "now", "--data"])
+            .arg(&data),
+        "compacted hour",
+        "merging an hour",
+    );
     let by_hour = flow_hours(&data);
     assert_eq!(by_hour.len(), hours as usize);
     let merged = by_hour.iter().filter(|h| (h.0, h.1) == (1, 1)).count();

@@ -571,3 +571,23 @@ pub fn whois_json(data: &Path, ip: &str, at: &str) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Starts `command` with its stderr read line by line, and SIGKILLs it as soon as it prints
+/// a line containing `marker` (`what` names that event when the command ends first).
+pub fn kill_after_line(command: &mut Command, marker: &str, what: &str) {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "the command ended before {what}"
+        );
+        if line.contains(marker) {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

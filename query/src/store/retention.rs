@@ -166,33 +166,46 @@ async fn prune_whole_hours(
         }
         let (rows_before, _) = footprint(&files)?;
         let replacement = HourReplacement::begin(&dir, hour, files)?;
-        match finish(replacement, &dir, hour) {
-            Ok(kept) => pass.hours.push(HourPruned {
-                table,
-                hour_us: hour,
-                rows_before,
-                rows_kept: kept,
-            }),
-            Err(StoreError::ConcurrentReplace { .. }) => pass.lost_races += 1,
-            Err(e) => return Err(e),
-        }
+        finish(replacement, &dir, table, hour, rows_before, pass)?;
     }
     Ok(())
 }
 
-/// Commits a replacement and removes the hour's directory when nothing is left in it;
-/// returns the rows that stayed (files that arrived meanwhile count as kept).
-fn finish(replacement: HourReplacement, dir: &Path, hour: i64) -> Result<u64, StoreError> {
-    replacement.commit()?;
+/// Commits a replacement, removes the hour's directory when nothing is left in it, and
+/// records the hour in `pass` (files that arrived meanwhile count as kept). Another
+/// replacement that got there first is a lost race, retried on the next pass.
+fn finish(
+    replacement: HourReplacement,
+    dir: &Path,
+    table: Table,
+    hour: i64,
+    rows_before: u64,
+    pass: &mut PrunePass,
+) -> Result<(), StoreError> {
+    match replacement.commit() {
+        Ok(_) => {}
+        Err(StoreError::ConcurrentReplace { .. }) => {
+            pass.lost_races += 1;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    }
     let hour_dir = partition_dir(dir, hour);
     let _lock = lock_hour(dir, hour)?;
     let left = visible_files(&hour_dir)?;
-    if left.is_empty() {
+    let rows_kept = if left.is_empty() {
         let _ = std::fs::remove_dir(&hour_dir);
-        Ok(0)
+        0
     } else {
-        Ok(footprint(&left)?.0)
-    }
+        footprint(&left)?.0
+    };
+    pass.hours.push(HourPruned {
+        table,
+        hour_us: hour,
+        rows_before,
+        rows_kept,
+    });
+    Ok(())
 }
 
 /// The rows of a log's expired hours (`recorded_at` before `cutoff`) its views still need.
@@ -250,16 +263,7 @@ async fn prune_log(
         let replacement = HourReplacement::begin(&dir, hour, files)?;
         let stream = futures::stream::iter(kept.into_iter().map(Ok));
         write_stream(table, &replacement, stream, &settings, stop).await?;
-        match finish(replacement, &dir, hour) {
-            Ok(kept) => pass.hours.push(HourPruned {
-                table,
-                hour_us: hour,
-                rows_before,
-                rows_kept: kept,
-            }),
-            Err(StoreError::ConcurrentReplace { .. }) => pass.lost_races += 1,
-            Err(e) => return Err(e),
-        }
+        finish(replacement, &dir, table, hour, rows_before, pass)?;
     }
     Ok(())
 }
