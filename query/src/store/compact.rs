@@ -350,6 +350,16 @@ mod tests {
     use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
     use datafusion::physical_plan::collect;
 
+    /// Compacts the 10:00 hour of `table` with the default settings.
+    async fn compact_ten(
+        root: &Path,
+        table: Table,
+        stop: bool,
+    ) -> Result<Option<HourCompacted>, StoreError> {
+        let stop = AtomicBool::new(stop);
+        compact_hour(root, table, H, &CompactionConfig::default(), &stop).await
+    }
+
     fn flows_hour(root: &Path) -> PathBuf {
         partition_dir(&table_dir(root, Table::Flows), H)
     }
@@ -390,17 +400,10 @@ mod tests {
             .await
             .unwrap();
         let before = count_and_bytes(&ctx).await;
-        let stop = AtomicBool::new(false);
-        let done = compact_hour(
-            tmp.path(),
-            Table::Flows,
-            H,
-            &CompactionConfig::default(),
-            &stop,
-        )
-        .await
-        .unwrap()
-        .expect("five files gain from compaction");
+        let done = compact_ten(tmp.path(), Table::Flows, false)
+            .await
+            .unwrap()
+            .expect("five files gain from compaction");
         assert_eq!((done.files_in, done.files_out), (5, 1));
         assert_eq!((done.rows_in, done.rows_out), (500, 500));
         let files = visible_files(&flows_hour(tmp.path())).unwrap();
@@ -428,15 +431,7 @@ mod tests {
         sorted.sort();
         assert_eq!(read, sorted);
         // A compacted hour is left alone.
-        let again = compact_hour(
-            tmp.path(),
-            Table::Flows,
-            H,
-            &CompactionConfig::default(),
-            &stop,
-        )
-        .await
-        .unwrap();
+        let again = compact_ten(tmp.path(), Table::Flows, false).await.unwrap();
         assert_eq!(again, None);
     }
 
@@ -456,17 +451,10 @@ mod tests {
             .create_physical_plan()
             .await
             .unwrap();
-        let stop = AtomicBool::new(false);
-        compact_hour(
-            tmp.path(),
-            Table::Flows,
-            H,
-            &CompactionConfig::default(),
-            &stop,
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        compact_ten(tmp.path(), Table::Flows, false)
+            .await
+            .unwrap()
+            .unwrap();
         let b = collect(plan, ctx.task_ctx()).await.unwrap();
         let got = (
             b[0].column(0).as_primitive::<Int64Type>().value(0),
@@ -483,16 +471,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         five_flushes(tmp.path());
         let before = visible_files(&flows_hour(tmp.path())).unwrap();
-        let stop = AtomicBool::new(true);
-        let err = compact_hour(
-            tmp.path(),
-            Table::Flows,
-            H,
-            &CompactionConfig::default(),
-            &stop,
-        )
-        .await
-        .unwrap_err();
+        let err = compact_ten(tmp.path(), Table::Flows, true)
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Stopped), "{err}");
         assert_eq!(visible_files(&flows_hour(tmp.path())).unwrap(), before);
         let replaced = crate::store::hour::replaced_dir(&table_dir(tmp.path(), Table::Flows))
@@ -530,17 +511,10 @@ mod tests {
             .unwrap();
         let view = "SELECT interval_id, valid_to IS NULL FROM ip_history ORDER BY interval_id";
         let before = ctx.sql(view).await.unwrap().collect().await.unwrap();
-        let stop = AtomicBool::new(false);
-        let done = compact_hour(
-            tmp.path(),
-            Table::IpHistoryLog,
-            H,
-            &CompactionConfig::default(),
-            &stop,
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        let done = compact_ten(tmp.path(), Table::IpHistoryLog, false)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((done.rows_in, done.rows_out), (3, 2), "1's open row folded");
         let after = ctx.sql(view).await.unwrap().collect().await.unwrap();
         assert_eq!(

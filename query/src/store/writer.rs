@@ -395,31 +395,9 @@ mod tests {
     use super::*;
     use crate::store::layout::{HOUR_US, TimeRange};
     use crate::store::{FLOWS_TUNING, list_files};
-    use hawking_schemas::flow::{FlowBatch, FlowOrigin, FlowRecord, SourceKind};
     use hawking_schemas::flow_schema;
 
-    const H: i64 = 1_795_168_800_000_000; // 2026-11-20T10:00:00Z
-
-    fn batch(starts: &[i64]) -> RecordBatch {
-        let mut b = FlowBatch::default();
-        let origin = FlowOrigin {
-            received_at: H,
-            exporter: 1,
-            observation_domain: 0,
-            source_kind: SourceKind::Ipfix,
-        };
-        for s in starts {
-            b.push(
-                &origin,
-                &FlowRecord {
-                    flow_start: *s,
-                    flow_end: *s,
-                    ..Default::default()
-                },
-            );
-        }
-        b.to_record_batch_unattributed().unwrap()
-    }
+    use crate::store::test_rows::{H, flows as batch};
 
     fn writer(dir: &Path) -> PartitionedWriter {
         PartitionedWriter::new(
