@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use hawking_collector::NetflowSourceConfig;
 use hawking_collector::source::capture::CaptureSourceConfig;
+use hawking_collector::source::flow_file::FlowFileSourceConfig;
 use hawking_enricher::EnricherConfig;
 use hawking_query::pg::PgConfig;
 use hawking_query::{QueryOptions, StoreConfig};
@@ -21,6 +22,8 @@ pub struct Config {
     pub netflow: NetflowSourceConfig,
     /// Packets of an interface metered into flows; off unless an interface is named.
     pub capture: CaptureSourceConfig,
+    /// In-cluster exporters' JSON lines (Hubble, NetObserv), each file a source of its own.
+    pub flow_files: Vec<FlowFileSourceConfig>,
     /// How accepted flows become files.
     pub store: StoreConfig,
     /// The Prometheus endpoint.

@@ -116,6 +116,12 @@ impl Pipeline {
             );
             sources.push(spawn_source(capture, data_tx.clone(), shutdown.clone())?);
         }
+        for (index, file) in config.flow_files.iter().enumerate() {
+            let source = file
+                .build(index, Some(&state_dir), telemetry)
+                .with_context(|| format!("[[flow_files]] {}", file.path.display()))?;
+            sources.push(spawn_source(source, data_tx.clone(), shutdown.clone())?);
+        }
         if let Some(tcp) = netflow_tcp {
             sources.push(spawn_source(tcp, data_tx.clone(), shutdown.clone())?);
         }

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use hawking_schemas::columns::{ColumnError, Columns};
 use hawking_schemas::ip::{ip_text, parse_ip};
-use hawking_schemas::{OwnerKind, history_gaps_schema, ip_history_schema};
+use hawking_schemas::{OwnerKind, history_gaps_schema};
 use rustc_hash::FxHashMap;
 
 use crate::history::{IpHistory, OPEN};
+use crate::interval_rows::{IntervalRows, fnv};
 use crate::owners::{OwnerId, OwnerSpec};
 pub use hawking_schemas::observation::{Event, Observation, ObservedObject, Resource};
 
@@ -54,26 +55,6 @@ struct Held {
     addrs: Vec<u128>,
 }
 
-/// Pending `ip_history_log` rows.
-#[derive(Debug, Default)]
-struct IntervalRows {
-    id: Vec<i64>,
-    cluster: Vec<String>,
-    ip: Vec<String>,
-    kind: Vec<&'static str>,
-    namespace: Vec<Option<String>>,
-    name: Vec<String>,
-    uid: Vec<String>,
-    workload_kind: Vec<Option<String>>,
-    workload: Vec<Option<String>>,
-    node: Vec<Option<String>>,
-    ports: Vec<Option<String>>,
-    from: Vec<i64>,
-    to: Vec<Option<i64>>,
-    source: Vec<&'static str>,
-    recorded_at: Vec<i64>,
-}
-
 /// Pending `history_gaps_log` rows.
 #[derive(Debug, Default)]
 struct GapRows {
@@ -83,20 +64,6 @@ struct GapRows {
     end: Vec<Option<i64>>,
     reason: Vec<String>,
     recorded_at: Vec<i64>,
-}
-
-/// Stable 64-bit FNV-1a: IDs must be the same across runs and builds.
-fn fnv(parts: &[&[u8]]) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in *p {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as i64
 }
 
 fn resource_of(kind: OwnerKind) -> Resource {
@@ -477,7 +444,7 @@ impl HistoryKeeper {
         r.namespace
             .push(owners.text(o.namespace).map(str::to_string));
         r.name.push(owners.name(owner).to_string());
-        r.uid.push(uid);
+        r.uid.push(Some(uid));
         r.workload_kind
             .push(owners.text(o.workload_kind).map(str::to_string));
         r.workload.push(owners.text(o.workload).map(str::to_string));
@@ -560,29 +527,7 @@ impl HistoryKeeper {
         let ts_opt = |v: Vec<Option<i64>>| -> ArrayRef {
             Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
         };
-        let interval_batch = (!intervals.id.is_empty()).then(|| {
-            RecordBatch::try_new(
-                ip_history_schema(),
-                vec![
-                    Arc::new(Int64Array::from(intervals.id)),
-                    Arc::new(StringArray::from(intervals.cluster)),
-                    Arc::new(StringArray::from(intervals.ip)),
-                    Arc::new(StringArray::from(intervals.kind)),
-                    Arc::new(StringArray::from(intervals.namespace)),
-                    Arc::new(StringArray::from(intervals.name)),
-                    Arc::new(StringArray::from(intervals.uid)),
-                    Arc::new(StringArray::from(intervals.workload_kind)),
-                    Arc::new(StringArray::from(intervals.workload)),
-                    Arc::new(StringArray::from(intervals.node)),
-                    Arc::new(StringArray::from(intervals.ports)),
-                    ts(intervals.from),
-                    ts_opt(intervals.to),
-                    Arc::new(StringArray::from(intervals.source)),
-                    ts(intervals.recorded_at),
-                ],
-            )
-            .expect("columns match ip_history_schema")
-        });
+        let interval_batch = intervals.into_batch();
         let gap_batch = (!gaps.id.is_empty()).then(|| {
             RecordBatch::try_new(
                 history_gaps_schema(),

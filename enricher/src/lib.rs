@@ -8,10 +8,13 @@ pub mod attribute;
 pub mod config;
 pub mod history;
 pub mod import;
+mod interval_rows;
 pub mod keeper;
 pub mod nat;
 pub mod objects;
 pub mod owners;
+pub mod reported;
+pub mod sightings;
 pub mod stage;
 #[cfg(test)]
 mod stage_tests;

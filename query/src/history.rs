@@ -25,11 +25,16 @@ pub struct StoredTranslations {
     pub max_id: i64,
 }
 
-/// Reads `ip_history` and `history_gaps` from the store at `root`.
+/// Reads `ip_history` and `history_gaps` from the store at `root`: the history proper
+/// (watched and imported), not what exporters' flows reported beside it.
 pub async fn load_history(root: &Path) -> Result<StoredHistory, QueryError> {
     let ctx = open_session(root, &QueryOptions::default()).await?;
     Ok(StoredHistory {
-        intervals: ctx.sql("SELECT * FROM ip_history").await?.collect().await?,
+        intervals: ctx
+            .sql("SELECT * FROM ip_history WHERE source IN ('watch', 'import')")
+            .await?
+            .collect()
+            .await?,
         gaps: ctx
             .sql("SELECT * FROM history_gaps")
             .await?

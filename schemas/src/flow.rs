@@ -10,6 +10,7 @@ use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
+use crate::flow_details::FlowDetails;
 use crate::ip::push_ip_text;
 
 /// Which kind of source produced a flow record.
@@ -21,6 +22,8 @@ pub enum SourceKind {
     Ipfix = 2,
     Pcap = 3,
     Ebpf = 4,
+    Hubble = 5,
+    NetObserv = 6,
 }
 
 impl SourceKind {
@@ -32,6 +35,8 @@ impl SourceKind {
             "ipfix" => SourceKind::Ipfix,
             "pcap" => SourceKind::Pcap,
             "ebpf" => SourceKind::Ebpf,
+            "hubble" => SourceKind::Hubble,
+            "netobserv" => SourceKind::NetObserv,
             _ => return None,
         })
     }
@@ -44,6 +49,8 @@ impl SourceKind {
             SourceKind::Ipfix => "ipfix",
             SourceKind::Pcap => "pcap",
             SourceKind::Ebpf => "ebpf",
+            SourceKind::Hubble => "hubble",
+            SourceKind::NetObserv => "netobserv",
         }
     }
 }
@@ -100,6 +107,8 @@ pub struct FlowBatch {
     pub in_if: Vec<u32>,
     pub out_if: Vec<u32>,
     pub source_kind: Vec<SourceKind>,
+    /// What in-cluster exporters add (one row per flow), `None` when no flow has any.
+    pub details: Option<Box<FlowDetails>>,
 }
 
 impl FlowBatch {
@@ -122,6 +131,28 @@ impl FlowBatch {
             in_if: Vec::with_capacity(n),
             out_if: Vec::with_capacity(n),
             source_kind: Vec::with_capacity(n),
+            details: None,
+        }
+    }
+
+    /// The batch's details, started (null for the flows already in it) on first use. A
+    /// decoder pushes a flow's details just before the flow.
+    pub fn details_mut(&mut self) -> &mut FlowDetails {
+        let len = self.len();
+        self.details.get_or_insert_with(|| {
+            let mut d = Box::<FlowDetails>::default();
+            d.extend_nulls(len);
+            d
+        })
+    }
+
+    /// Pads the details (if any) with null rows up to the flows pushed without them.
+    fn pad_details(&mut self) {
+        let len = self.len();
+        if let Some(d) = &mut self.details
+            && d.len() < len
+        {
+            d.extend_nulls(len - d.len());
         }
     }
 
@@ -135,6 +166,12 @@ impl FlowBatch {
 
     #[inline]
     pub fn push(&mut self, origin: &FlowOrigin, r: &FlowRecord) {
+        if let Some(d) = &mut self.details
+            && d.len() == self.flow_start.len()
+        {
+            // A flow without details in a batch that has some.
+            d.extend_nulls(1);
+        }
         self.flow_start.push(r.flow_start);
         self.flow_end.push(r.flow_end);
         self.received_at.push(origin.received_at);
@@ -175,6 +212,18 @@ impl FlowBatch {
 
     /// Appends every flow of `other`.
     pub fn extend_from(&mut self, other: &FlowBatch) {
+        match &other.details {
+            Some(theirs) => {
+                self.details_mut();
+                self.pad_details();
+                self.details.as_mut().expect("started").extend_from(theirs);
+            }
+            None => {
+                if let Some(d) = &mut self.details {
+                    d.extend_nulls(other.len());
+                }
+            }
+        }
         self.flow_start.extend_from_slice(&other.flow_start);
         self.flow_end.extend_from_slice(&other.flow_end);
         self.received_at.extend_from_slice(&other.received_at);
@@ -217,12 +266,19 @@ impl FlowBatch {
         self.in_if.clear();
         self.out_if.clear();
         self.source_kind.clear();
+        if let Some(d) = &mut self.details {
+            d.clear();
+        }
         self
     }
 
     /// The flow columns of the stored schema, in [`flow_schema`] order, without the
     /// per-endpoint attribution columns.
     pub fn flow_columns(&self) -> Vec<ArrayRef> {
+        let counter_nulls = self.details.as_ref().and_then(|d| {
+            debug_assert_eq!(d.len(), self.len(), "details pushed for every flow");
+            d.counter_nulls()
+        });
         let ts = |v: &[i64]| -> ArrayRef {
             Arc::new(TimestampMicrosecondArray::from(v.to_vec()).with_timezone("UTC"))
         };
@@ -231,9 +287,9 @@ impl FlowBatch {
         }
         let bytes_i64 = |v: &[u64]| -> ArrayRef {
             // Counters above i64::MAX are not real traffic; saturate rather than wrap negative.
-            Arc::new(Int64Array::from_iter_values(
-                v.iter().map(|x| (*x).min(i64::MAX as u64) as i64),
-            ))
+            let values: ScalarBuffer<i64> =
+                v.iter().map(|x| (*x).min(i64::MAX as u64) as i64).collect();
+            Arc::new(Int64Array::new(values, counter_nulls.clone()))
         };
         let ports = |v: &[u16]| -> ArrayRef {
             Arc::new(Int32Array::from_iter_values(v.iter().map(|x| *x as i32)))
@@ -360,6 +416,11 @@ impl FlowBatch {
             .collect();
         b.in_if = ints("in_if")?.into_iter().map(|v| v as u32).collect();
         b.out_if = ints("out_if")?.into_iter().map(|v| v as u32).collect();
+        let counted: Vec<bool> = match column("bytes")?.logical_nulls() {
+            Some(nulls) => nulls.iter().collect(),
+            None => vec![true; rows.num_rows()],
+        };
+        b.details = FlowDetails::from_stored(rows, counted).map(Box::new);
         Ok(b)
     }
 
@@ -379,6 +440,15 @@ impl FlowBatch {
         let schema = flow_schema();
         match endpoint_columns {
             Some(endpoint) => cols.extend(endpoint),
+            None => {
+                let endpoint = schema.fields().iter().skip(cols.len());
+                for field in endpoint.take(2 * ENDPOINT_COLUMNS.len()) {
+                    cols.push(new_null_array(field.data_type(), self.len()));
+                }
+            }
+        }
+        match &self.details {
+            Some(d) => cols.extend(d.to_columns()),
             None => {
                 for field in schema.fields().iter().skip(cols.len()) {
                     cols.push(new_null_array(field.data_type(), self.len()));
@@ -460,8 +530,9 @@ pub fn flow_schema() -> SchemaRef {
                 Field::new("dst_port", DataType::Int32, false),
                 Field::new("protocol", DataType::Int16, false),
                 Field::new("tcp_flags", DataType::Int16, false),
-                Field::new("bytes", DataType::Int64, false),
-                Field::new("packets", DataType::Int64, false),
+                // Null where the exporter reports no counts (Hubble's events).
+                Field::new("bytes", DataType::Int64, true),
+                Field::new("packets", DataType::Int64, true),
                 Field::new("sampling_rate", DataType::Int64, false),
                 Field::new("in_if", DataType::Int64, false),
                 Field::new("out_if", DataType::Int64, false),
@@ -472,6 +543,7 @@ pub fn flow_schema() -> SchemaRef {
                     fields.push(Field::new(format!("{side}_{col}"), DataType::Utf8, true));
                 }
             }
+            fields.extend(crate::flow_details::detail_fields());
             let metadata = [(
                 crate::SCHEMA_VERSION_KEY.to_string(),
                 crate::SCHEMA_VERSION.to_string(),

@@ -105,7 +105,8 @@ pub fn ip_history_schema() -> SchemaRef {
                 Field::new("namespace", DataType::Utf8, true),
                 // Pod, node or service name.
                 Field::new("name", DataType::Utf8, false),
-                Field::new("uid", DataType::Utf8, false),
+                // Null for what an exporter reported (its identities carry no UID).
+                Field::new("uid", DataType::Utf8, true),
                 Field::new("workload_kind", DataType::Utf8, true),
                 Field::new("workload", DataType::Utf8, true),
                 Field::new("node", DataType::Utf8, true),
@@ -115,7 +116,9 @@ pub fn ip_history_schema() -> SchemaRef {
                 Field::new("valid_from", ts(), false),
                 // Null while the address is still held.
                 Field::new("valid_to", ts(), true),
-                // "watch" (live observation) or "import" (a recording's timestamps).
+                // "watch" (live observation), "import" (a recording's timestamps), or the
+                // exporter whose flows named the owner ("hubble", "netobserv"): evidence
+                // beside the history, not used to attribute.
                 Field::new("source", DataType::Utf8, false),
                 Field::new("recorded_at", ts(), false),
             ])

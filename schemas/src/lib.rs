@@ -6,6 +6,7 @@
 pub mod cidr;
 pub mod columns;
 pub mod flow;
+pub mod flow_details;
 pub mod history;
 pub mod ip;
 pub mod nat;

@@ -6,7 +6,8 @@
 //! (headers, set lengths, template) is encoded once. `--repeat` restores the older load: the
 //! pool re-sent unchanged but for sequence numbers.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -59,6 +60,10 @@ pub struct FlowgenArgs {
     /// store written by `hawking serve` covers a day (one file per hour touched per commit).
     #[arg(long, default_value_t = 1.0)]
     clock_speed: f64,
+    /// Send IPFIX over TCP (RFC 7011 §10.4), one connection per exporter, templates once at
+    /// the start of each; without it, UDP datagrams.
+    #[arg(long)]
+    tcp: bool,
     /// Seed for the synthetic flows.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -68,10 +73,38 @@ pub struct FlowgenArgs {
 const BURST: usize = 32;
 
 struct Exporter {
-    socket: UdpSocket,
+    link: Link,
     template: Vec<u8>,
     pool: Vec<Vec<u8>>,
     sequence: u32,
+}
+
+/// How an exporter's messages leave: datagrams, or one TCP stream (IPFIX's length field
+/// frames the messages).
+enum Link {
+    Udp(UdpSocket),
+    Tcp(TcpStream),
+}
+
+impl Link {
+    fn send(&mut self, message: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Link::Udp(s) => s.send(message).map(|_| ()).context("sending"),
+            Link::Tcp(s) => s.write_all(message).context("writing to the TCP stream"),
+        }
+    }
+
+    fn send_burst(&mut self, messages: &[&[u8]]) -> anyhow::Result<()> {
+        match self {
+            Link::Udp(s) => send_burst(s, messages),
+            Link::Tcp(s) => {
+                for m in messages {
+                    s.write_all(m).context("writing to the TCP stream")?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The exporter clock: `start_ms` at the first send, then `speed` exporter ms per real ms.
@@ -101,6 +134,10 @@ pub fn run(args: FlowgenArgs) -> anyhow::Result<()> {
         "ipfix" | "v10" => Version::Ipfix,
         other => anyhow::bail!("unknown protocol {other}: use v5, v9 or ipfix"),
     };
+    anyhow::ensure!(
+        !args.tcp || version == Version::Ipfix,
+        "--tcp sends IPFIX only (NetFlow v5 and v9 have no TCP framing): add --protocol ipfix"
+    );
     let per_packet = args
         .records_per_packet
         .clamp(1, if version == Version::V5 { 30 } else { 60 });
@@ -131,10 +168,18 @@ pub fn run(args: FlowgenArgs) -> anyhow::Result<()> {
     let mut layout = None;
     let mut exporters: Vec<Exporter> = (0..args.exporters.max(1))
         .map(|e| -> anyhow::Result<Exporter> {
-            let socket = UdpSocket::bind(bind).context("binding sender socket")?;
-            socket
-                .connect(args.to)
-                .with_context(|| format!("connecting to {}", args.to))?;
+            let link = if args.tcp {
+                let stream = TcpStream::connect(args.to)
+                    .with_context(|| format!("connecting to {} over TCP", args.to))?;
+                stream.set_nodelay(true)?;
+                Link::Tcp(stream)
+            } else {
+                let socket = UdpSocket::bind(bind).context("binding sender socket")?;
+                socket
+                    .connect(args.to)
+                    .with_context(|| format!("connecting to {}", args.to))?;
+                Link::Udp(socket)
+            };
             let t = flow_template(256 + e as u16, false, times);
             layout.get_or_insert_with(|| RecordLayout::new(version, &t));
             let template = if version == Version::V5 {
@@ -160,7 +205,7 @@ pub fn run(args: FlowgenArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             Ok(Exporter {
-                socket,
+                link,
                 template,
                 pool,
                 sequence: 0,
@@ -186,8 +231,14 @@ pub fn run(args: FlowgenArgs) -> anyhow::Result<()> {
                 break;
             }
             burst.clear();
-            if version != Version::V5 && round.is_multiple_of(args.template_every.max(1)) {
-                exp.socket.send(&exp.template).context("sending template")?;
+            // Over TCP a template holds for the whole connection: sent once.
+            let template_due = if args.tcp {
+                round == 0
+            } else {
+                round.is_multiple_of(args.template_every.max(1))
+            };
+            if version != Version::V5 && template_due {
+                exp.link.send(&exp.template).context("sending template")?;
                 sent_templates += 1;
             }
             let n = BURST.min((packets_total - sent_packets) as usize);
@@ -212,7 +263,7 @@ pub fn run(args: FlowgenArgs) -> anyhow::Result<()> {
                 burst.push(idx);
             }
             let packets: Vec<&[u8]> = burst.iter().map(|i| exp.pool[*i].as_slice()).collect();
-            send_burst(&exp.socket, &packets)?;
+            exp.link.send_burst(&packets)?;
             sent_packets += n as u64;
         }
         round += 1;

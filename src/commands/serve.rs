@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use hawking_collector::source::flow_file::{FlowFileFormat, FlowFileSourceConfig};
 use hawking_schemas::telemetry::Telemetry;
 
 use crate::config::Config;
@@ -43,6 +44,15 @@ pub struct ServeArgs {
     /// With --capture: a BPF filter as tcpdump takes it, e.g. "not port 2055".
     #[arg(long, value_name = "BPF", requires = "capture")]
     capture_filter: Option<String>,
+    /// Also read Cilium Hubble flows (JSON lines of `hubble observe -o json` or of Hubble's
+    /// exporter) from this file, followed as it grows and across rotation; `-` reads stdin.
+    /// Repeatable; see [[flow_files]] in the config for the exporter address.
+    #[arg(long, value_name = "PATH")]
+    hubble_file: Vec<PathBuf>,
+    /// Also read NetObserv flow records (flowlogs-pipeline's JSON lines) from this file, as
+    /// --hubble-file does.
+    #[arg(long, value_name = "PATH")]
+    netobserv_file: Vec<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -64,6 +74,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(filter) = args.capture_filter {
         config.capture.filter = Some(filter);
+    }
+    for (format, paths) in [
+        (FlowFileFormat::Hubble, args.hubble_file),
+        (FlowFileFormat::Netobserv, args.netobserv_file),
+    ] {
+        config.flow_files.extend(
+            paths
+                .into_iter()
+                .map(|path| FlowFileSourceConfig::new(format, path)),
+        );
     }
     if let Some(addr) = args.metrics {
         config.metrics.listen = addr;

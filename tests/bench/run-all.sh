@@ -39,3 +39,6 @@ python3 tests/bench/query_served_store.py
 echo
 echo "## Capture metering: Hawking beside softflowd on the same raw capture (python3 tests/bench/capture_meter.py)"
 python3 tests/bench/capture_meter.py
+echo
+echo "## In-cluster exports: Hubble JSON lines and IPFIX over TCP beside UDP (python3 tests/bench/flow_exports.py)"
+python3 tests/bench/flow_exports.py

@@ -4,6 +4,7 @@
 mod attribution;
 mod capture_replay;
 mod exporters;
+mod flow_exports;
 mod ipfix_tcp;
 mod kube_api;
 mod kube_api_tests;

@@ -2,7 +2,10 @@
 //! stream) into flows, NAT events and observations. A decoder knows nothing of where its
 //! messages come from; a transport ([`crate::transport`]) delivers them.
 
+pub mod hubble;
+mod json_lines;
 pub mod netflow;
+pub mod netobserv;
 pub mod packets;
 
 use std::net::SocketAddr;

@@ -3,6 +3,7 @@
 //! source has its own module here with its typed configuration and how it is built.
 
 pub mod capture;
+pub mod flow_file;
 pub mod netflow;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,6 +4,7 @@
 //! ([`crate::decode`]) reads them.
 
 pub mod capture;
+pub mod lines;
 pub mod tcp;
 pub mod udp;
 
@@ -39,6 +40,11 @@ pub enum TransportError {
     #[error("receiving on {addr}: {source}")]
     Receive {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reading {path}: {source}")]
+    Open {
+        path: String,
         source: std::io::Error,
     },
     #[error("capturing on {interface}: {message}")]

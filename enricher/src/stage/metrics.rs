@@ -28,6 +28,8 @@ pub(super) struct StageMetrics {
     cluster_in_gap: IntGaugeVec,
     nat_translations: IntGauge,
     nat_events: IntCounterVec,
+    reported_checks: IntCounterVec,
+    pub identities_sighted: IntCounter,
 }
 
 impl StageMetrics {
@@ -71,7 +73,35 @@ impl StageMetrics {
                  from_the_future (more than a minute ahead of this clock: dropped)",
                 &["effect"],
             )?,
+            reported_checks: t.counter_vec(
+                "hawking_reported_identity_checks_total",
+                "Flow endpoints whose owner an in-cluster exporter (Hubble, NetObserv) named, \
+                 compared with Hawking's attribution at the flow's time: result agree, or \
+                 conflict (either the history or the export is wrong)",
+                &["side", "result"],
+            )?,
+            identities_sighted: t.counter(
+                "hawking_reported_identities_sighted_total",
+                "Endpoint identities from exporters' flows kept as ip_history evidence",
+            )?,
         })
+    }
+
+    /// Counts one side's comparisons of reported identities with the attribution.
+    pub fn count_reported(&self, source: bool, found: &[Option<bool>]) {
+        let side = if source { "src" } else { "dst" };
+        let conflicts = found.iter().filter(|f| **f == Some(true)).count() as u64;
+        let agreed = found.iter().filter(|f| **f == Some(false)).count() as u64;
+        if conflicts > 0 {
+            self.reported_checks
+                .with_label_values(&[side, "conflict"])
+                .inc_by(conflicts);
+        }
+        if agreed > 0 {
+            self.reported_checks
+                .with_label_values(&[side, "agree"])
+                .inc_by(agreed);
+        }
     }
 
     pub fn count_endpoints(&self, attribution: &BatchAttribution) {

@@ -22,7 +22,10 @@ use hawking_schemas::time::now_micros;
 use crate::attribute::{ClusterSelector, attribute_batch, attribution_columns};
 use crate::keeper::HistoryKeeper;
 use crate::nat::{ANY_CLUSTER, NatCounters, NatIndex};
+use crate::reported;
+use crate::sightings::Sightings;
 use crate::watch_state::HistoryState;
+use hawking_schemas::flow_details::{CONFLICT_COLUMNS, bool_column};
 
 use metrics::StageMetrics;
 
@@ -74,6 +77,8 @@ pub struct EnrichmentStage {
     component: Component,
     /// Scratch for the clusters of one NAT event's exporter.
     scratch_clusters: Vec<u16>,
+    /// What exporters' identities said of addresses.
+    sightings: Sightings,
 }
 
 impl EnrichmentStage {
@@ -95,6 +100,7 @@ impl EnrichmentStage {
             metrics: StageMetrics::register(telemetry)?,
             component: telemetry.component(ComponentKind::Stage, "enrich"),
             scratch_clusters: Vec::new(),
+            sightings: Sightings::default(),
         })
     }
 
@@ -210,21 +216,84 @@ impl EnrichmentStage {
             self.component.sent(batch.len() as u64);
         }
         self.metrics.held_flows.set(self.held_flows as i64);
-        self.take_history_rows(out);
+        self.take_history_rows(out, closing);
         Ok(())
     }
 
     fn attribute(&mut self, batch: &FlowBatch) -> Result<RecordBatch, StageError> {
+        self.record_sightings(batch);
         let Some(c) = &self.clusters else {
             return Ok(batch.to_record_batch_unattributed()?);
         };
         let history = c.keeper.history();
         let attribution = attribute_batch(history, &self.nat, &c.selector, batch);
         self.metrics.count_endpoints(&attribution);
-        Ok(batch.to_record_batch(Some(attribution_columns(history, &attribution)))?)
+        let rows = batch.to_record_batch(Some(attribution_columns(history, &attribution)))?;
+        let Some(details) = &batch.details else {
+            return Ok(rows);
+        };
+        // Where the exporter named the endpoints itself, say whether it agrees.
+        let (schema, mut columns, _) = rows.into_parts();
+        for (side, (name, resolved)) in CONFLICT_COLUMNS
+            .iter()
+            .zip([&attribution.src, &attribution.dst])
+            .enumerate()
+        {
+            let found = reported::conflicts(history, resolved, details, side == 0);
+            self.metrics.count_reported(side == 0, &found);
+            let index = schema.index_of(name)?;
+            columns[index] = bool_column(&found);
+        }
+        Ok(RecordBatch::try_new(schema, columns)?)
     }
 
-    fn take_history_rows(&mut self, out: &mut Vec<(Table, RecordBatch)>) {
+    /// Keeps the identities an exporter's flows carry, in the flows' cluster.
+    fn record_sightings(&mut self, batch: &FlowBatch) {
+        if batch.details.is_none() {
+            return;
+        }
+        let clusters = self.clusters.as_ref();
+        let mut scratch = Vec::new();
+        let mut cluster_of = |i: usize, reported: Option<&str>, out: &mut String| -> bool {
+            let (exporter, domain) = (batch.exporter[i], batch.observation_domain[i]);
+            let only = |c: &Clusters, scratch: &[u16], out: &mut String| match scratch {
+                [one] => {
+                    out.push_str(c.keeper.history().cluster_name(*one));
+                    true
+                }
+                _ => false,
+            };
+            // A cluster that lists the exporter, else the one the export names, else the
+            // only cluster there is.
+            if let Some(c) = clusters {
+                c.selector.listing(exporter, domain, &mut scratch);
+                if only(c, &scratch, out) {
+                    return true;
+                }
+            }
+            if let Some(r) = reported {
+                out.push_str(r);
+                return true;
+            }
+            match clusters {
+                Some(c) => {
+                    c.selector.clusters_for(exporter, domain, &mut scratch);
+                    only(c, &scratch, out)
+                }
+                None => false,
+            }
+        };
+        let sighted = self.sightings.record(batch, &mut cluster_of, now_micros());
+        self.metrics.identities_sighted.inc_by(sighted);
+    }
+
+    fn take_history_rows(&mut self, out: &mut Vec<(Table, RecordBatch)>, closing: bool) {
+        self.sightings.close_idle(now_micros(), closing);
+        out.extend(
+            self.sightings
+                .take_rows()
+                .map(|rows| (Table::IpHistoryLog, rows)),
+        );
         if let Some(c) = &mut self.clusters {
             let names = c.keeper.history().clusters().iter();
             self.nat
