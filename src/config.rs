@@ -8,6 +8,7 @@ use anyhow::Context;
 use hawking_collector::NetflowSourceConfig;
 use hawking_collector::source::capture::CaptureSourceConfig;
 use hawking_collector::source::flow_file::FlowFileSourceConfig;
+use hawking_collector::source::hubble_grpc::HubbleGrpcSourceConfig;
 use hawking_enricher::EnricherConfig;
 use hawking_query::pg::PgConfig;
 use hawking_query::{QueryOptions, StoreConfig};
@@ -24,6 +25,8 @@ pub struct Config {
     pub capture: CaptureSourceConfig,
     /// In-cluster exporters' JSON lines (Hubble, NetObserv), each file a source of its own.
     pub flow_files: Vec<FlowFileSourceConfig>,
+    /// Hubble servers whose flows are followed over the Observer gRPC API.
+    pub hubble_grpc: Vec<HubbleGrpcSourceConfig>,
     /// How accepted flows become files.
     pub store: StoreConfig,
     /// The Prometheus endpoint.

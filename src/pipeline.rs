@@ -122,6 +122,12 @@ impl Pipeline {
                 .with_context(|| format!("[[flow_files]] {}", file.path.display()))?;
             sources.push(spawn_source(source, data_tx.clone(), shutdown.clone())?);
         }
+        for (index, hubble) in config.hubble_grpc.iter().enumerate() {
+            let source = hubble
+                .build(index, telemetry)
+                .with_context(|| format!("[[hubble_grpc]] {}", hubble.server))?;
+            sources.push(spawn_source(source, data_tx.clone(), shutdown.clone())?);
+        }
         if let Some(tcp) = netflow_tcp {
             sources.push(spawn_source(tcp, data_tx.clone(), shutdown.clone())?);
         }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use hawking_collector::source::flow_file::{FlowFileFormat, FlowFileSourceConfig};
+use hawking_collector::source::hubble_grpc::HubbleGrpcSourceConfig;
 use hawking_schemas::telemetry::Telemetry;
 
 use crate::config::Config;
@@ -53,6 +54,11 @@ pub struct ServeArgs {
     /// --hubble-file does.
     #[arg(long, value_name = "PATH")]
     netobserv_file: Vec<PathBuf>,
+    /// Also follow the flows of this Hubble server over its Observer gRPC API, e.g.
+    /// http://hubble-relay.kube-system:80 (reconnects after a break and resumes from the
+    /// last flow). Repeatable; see [[hubble_grpc]] in the config.
+    #[arg(long, value_name = "URL")]
+    hubble_grpc: Vec<String>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -85,6 +91,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .map(|path| FlowFileSourceConfig::new(format, path)),
         );
     }
+    config.hubble_grpc.extend(
+        args.hubble_grpc
+            .into_iter()
+            .map(HubbleGrpcSourceConfig::new),
+    );
     if let Some(addr) = args.metrics {
         config.metrics.listen = addr;
     }

@@ -5,6 +5,7 @@ mod attribution;
 mod capture_replay;
 mod exporters;
 mod flow_exports;
+mod hubble_grpc;
 mod ipfix_tcp;
 mod kube_api;
 mod kube_api_tests;

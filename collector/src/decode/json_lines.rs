@@ -24,6 +24,11 @@ impl LineDrops {
         }
     }
 
+    /// The component the counts go to.
+    pub fn component(&self) -> &Component {
+        &self.component
+    }
+
     /// The line as text without its line ending, or `None` (counted) when it is not UTF-8.
     /// Blank lines are skipped silently.
     pub fn line_text<'a>(&mut self, message: &'a [u8]) -> Option<&'a str> {

@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod flow_file;
+pub mod hubble_grpc;
 pub mod netflow;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,6 +4,7 @@
 //! ([`crate::decode`]) reads them.
 
 pub mod capture;
+pub mod hubble_grpc;
 pub mod lines;
 pub mod tcp;
 pub mod udp;

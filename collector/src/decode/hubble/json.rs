@@ -1,4 +1,4 @@
-//! Cilium Hubble flows as JSON lines: `hubble observe -o json`/`-o jsonpb` and Hubble's
+//! Hubble flows as JSON lines: `hubble observe -o json`/`-o jsonpb` and Hubble's
 //! flow exporter, in both shapes they come in (the `GetFlowsResponse` wrapper
 //! `{"flow":{…},"node_name":…,"time":…}` and the older bare `Flow` object), with the
 //! deprecated `reply` or the newer `is_reply`. Written from Hubble's public `flow.proto` as
@@ -7,15 +7,13 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-use hawking_schemas::flow::{FlowOrigin, FlowRecord, SourceKind};
-use hawking_schemas::flow_details::{DetailRow, Text};
-use hawking_schemas::ip::ip_to_u128;
 use hawking_schemas::pipeline::SourceBatch;
 use hawking_schemas::telemetry::Component;
 use serde::Deserialize;
 
-use super::Decoder;
-use super::json_lines::{Endpoint, LineDrops, parse_rfc3339_us};
+use super::{EndpointView, FlowView, direction, push};
+use crate::decode::Decoder;
+use crate::decode::json_lines::{LineDrops, parse_rfc3339_us};
 
 /// One line: a `GetFlowsResponse` (which may carry a non-flow event instead) or a bare Flow.
 #[derive(Deserialize)]
@@ -173,32 +171,18 @@ struct Interface<'a> {
     name: Option<Cow<'a, str>>,
 }
 
-impl HubbleEndpoint<'_> {
-    /// The cluster Cilium's policy label names (`k8s:io.cilium.k8s.policy.cluster=NAME`).
-    fn policy_cluster(&self) -> Option<&str> {
-        self.labels
-            .iter()
-            .find_map(|l| l.strip_prefix("k8s:io.cilium.k8s.policy.cluster="))
-    }
-
-    /// What the endpoint names: a pod, or the reserved identity Cilium gave the address
-    /// (`host` is the observing node itself, `world` outside the cluster).
-    fn identity<'s>(&'s self, observer_node: Option<&'s str>) -> Endpoint<'s> {
-        let reserved = self.labels.iter().find_map(|l| l.strip_prefix("reserved:"));
-        let workload = self.workloads.first();
-        let (kind, name) = match (&self.pod_name, reserved) {
-            (Some(pod), _) => (Some("pod"), Some(pod.as_ref())),
-            (None, Some("host")) => (Some("host"), observer_node),
-            (None, Some(other)) => (Some(other), None),
-            (None, None) => (None, None),
-        };
-        Endpoint {
-            kind,
-            namespace: self.namespace.as_deref(),
-            name,
-            workload_kind: workload.and_then(|w| w.kind.as_deref()),
-            workload: workload.and_then(|w| w.name.as_deref()),
+impl<'a> HubbleEndpoint<'a> {
+    fn view(&self) -> EndpointView<'_, Cow<'a, str>> {
+        EndpointView {
             identity: self.identity,
+            cluster_name: self.cluster_name.as_deref(),
+            namespace: self.namespace.as_deref(),
+            pod_name: self.pod_name.as_deref(),
+            labels: &self.labels,
+            workload: self
+                .workloads
+                .first()
+                .map(|w| (w.kind.as_deref(), w.name.as_deref())),
         }
     }
 }
@@ -261,131 +245,61 @@ impl Decoder for HubbleDecoder {
         let Some(at) = flow.time.as_deref().and_then(parse_rfc3339_us) else {
             return self.drops.drop("bad_time");
         };
-        let mut record = FlowRecord {
-            flow_start: at,
-            flow_end: at,
-            src_ip: ip_to_u128(src),
-            dst_ip: ip_to_u128(dst),
-            sampling_rate: 1,
-            ..FlowRecord::default()
-        };
-        if let Some(l4) = &flow.l4 {
-            let (protocol, ports) = if let Some(p) = &l4.tcp {
-                (6, Some(p))
-            } else if let Some(p) = &l4.udp {
-                (17, Some(p))
-            } else if let Some(p) = &l4.sctp {
-                (132, Some(p))
-            } else {
-                (0, None)
-            };
-            if let Some(p) = ports {
-                record.protocol = protocol;
-                record.src_port = p.source_port;
-                record.dst_port = p.destination_port;
-                if let Some(flags) = &p.flags {
-                    record.tcp_flags = flags.bits();
-                }
-            } else if let Some((proto, icmp)) = l4
-                .icmp4
-                .as_ref()
-                .map(|i| (1, i))
-                .or(l4.icmp6.as_ref().map(|i| (58, i)))
-            {
-                record.protocol = proto;
-                record.dst_port = ((icmp.kind as u16) << 8) | icmp.code as u16;
+        let mut l4 = (0, 0, 0, 0);
+        if let Some(layer) = &flow.l4 {
+            let ports = [(6, &layer.tcp), (17, &layer.udp), (132, &layer.sctp)]
+                .into_iter()
+                .find_map(|(proto, p)| p.as_ref().map(|p| (proto, p)));
+            let icmp = [(1, &layer.icmp4), (58, &layer.icmp6)]
+                .into_iter()
+                .find_map(|(proto, i)| i.as_ref().map(|i| (proto, i)));
+            if let Some((proto, p)) = ports {
+                let flags = p.flags.as_ref().map_or(0, TcpFlags::bits);
+                l4 = (proto, p.source_port, p.destination_port, flags);
+            } else if let Some((proto, i)) = icmp {
+                l4 = (proto, 0, ((i.kind as u16) << 8) | i.code as u16, 0);
             }
         }
-        let node = flow.node_name.as_deref().or(wrapper_node.as_deref());
-        let (node_cluster, node_only) = match node.and_then(|n| n.split_once('/')) {
-            Some((c, n)) => (Some(c), Some(n)),
-            None => (None, node),
-        };
-        let empty = HubbleEndpoint {
-            identity: None,
-            cluster_name: None,
-            namespace: None,
-            labels: Vec::new(),
-            pod_name: None,
-            workloads: Vec::new(),
-        };
-        let src_ep = flow.source.as_ref().unwrap_or(&empty);
-        let dst_ep = flow.destination.as_ref().unwrap_or(&empty);
-        for (buf, ep) in self.labels.iter_mut().zip([src_ep, dst_ep]) {
-            buf.clear();
-            for (i, l) in ep.labels.iter().enumerate() {
-                if i > 0 {
-                    buf.push(',');
-                }
-                buf.push_str(l);
-            }
-        }
-        let mut row = DetailRow {
+        let l7 = flow.l7.as_ref();
+        let view = FlowView {
+            at_us: at,
+            src,
+            dst,
+            src_xlated: ip.source_xlated.as_deref(),
+            l4,
+            verdict: flow.verdict.as_deref(),
+            drop_reason: flow.drop_reason_desc.as_deref(),
+            direction: flow.traffic_direction.as_deref().and_then(direction),
             is_reply: flow.is_reply.or(flow.reply),
-            counted: false,
-            ..DetailRow::default()
-        };
-        row.set(Text::Observer, node);
-        row.set(
-            Text::ReportedCluster,
-            node_cluster
-                .or(src_ep.cluster_name.as_deref())
-                .or(dst_ep.cluster_name.as_deref())
-                .or_else(|| src_ep.policy_cluster())
-                .or_else(|| dst_ep.policy_cluster()),
-        );
-        row.set(Text::Verdict, flow.verdict.as_deref());
-        row.set(Text::DropReason, flow.drop_reason_desc.as_deref());
-        row.set(
-            Text::Direction,
-            flow.traffic_direction.as_deref().and_then(|d| match d {
-                "INGRESS" => Some("ingress"),
-                "EGRESS" => Some("egress"),
-                _ => None,
+            l7_type: l7.and_then(|l| l.kind.as_deref()),
+            l7_protocol: l7.and_then(|l| {
+                [
+                    (l.dns.is_some(), "dns"),
+                    (l.http.is_some(), "http"),
+                    (l.kafka.is_some(), "kafka"),
+                ]
+                .into_iter()
+                .find_map(|(present, name)| present.then_some(name))
             }),
-        );
-        if let Some(l7) = &flow.l7 {
-            row.set(Text::L7Type, l7.kind.as_deref());
-            row.set(
-                Text::L7Protocol,
-                if l7.dns.is_some() {
-                    Some("dns")
-                } else if l7.http.is_some() {
-                    Some("http")
-                } else if l7.kafka.is_some() {
-                    Some("kafka")
-                } else {
-                    None
-                },
-            );
-        }
-        row.set(Text::SrcXlatedIp, ip.source_xlated.as_deref());
-        row.set(
-            Text::Interfaces,
-            flow.interface.as_ref().and_then(|i| i.name.as_deref()),
-        );
-        let labels = [self.labels[0].as_str(), self.labels[1].as_str()];
-        src_ep
-            .identity(node_only)
-            .fill(&mut row, true, Some(labels[0]).filter(|l| !l.is_empty()));
-        dst_ep
-            .identity(node_only)
-            .fill(&mut row, false, Some(labels[1]).filter(|l| !l.is_empty()));
-        let origin = FlowOrigin {
-            received_at: received_at_us,
-            exporter: ip_to_u128(from.ip()),
-            observation_domain: 0,
-            source_kind: SourceKind::Hubble,
+            node: flow.node_name.as_deref().or(wrapper_node.as_deref()),
+            interface: flow.interface.as_ref().and_then(|i| i.name.as_deref()),
+            source: flow
+                .source
+                .as_ref()
+                .map_or_else(EndpointView::empty, HubbleEndpoint::view),
+            destination: flow
+                .destination
+                .as_ref()
+                .map_or_else(EndpointView::empty, HubbleEndpoint::view),
         };
-        out.flows.details_mut().push(&row);
-        out.flows.push(&origin, &record);
+        push(&view, from, received_at_us, &mut self.labels, out);
     }
 
     fn housekeeping(&mut self) {
         self.drops.publish();
     }
 
-    fn finish(&mut self) -> Result<(), super::DecoderError> {
+    fn finish(&mut self) -> Result<(), crate::decode::DecoderError> {
         self.drops.publish();
         Ok(())
     }
@@ -394,7 +308,8 @@ impl Decoder for HubbleDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hawking_schemas::flow_details::Int;
+    use hawking_schemas::flow::SourceKind;
+    use hawking_schemas::flow_details::{Int, Text};
     use hawking_schemas::telemetry::{ComponentKind, Telemetry};
 
     fn decode(lines: &[&str]) -> SourceBatch {
