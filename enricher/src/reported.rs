@@ -35,15 +35,31 @@ pub fn conflicts(
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            conflict(
-                history,
-                r,
-                details.get_text(kind, i)?,
-                details.get_text(namespace, i),
-                details.get_text(name, i),
-            )
+            let (namespace, name) = (details.get_text(namespace, i), details.get_text(name, i));
+            match details.get_text(kind, i) {
+                Some(kind) => conflict(history, r, kind, namespace, name),
+                None => kindless_conflict(history, r, namespace, name?),
+            }
         })
         .collect()
+}
+
+/// A name without a kind (NetObserv's IPFIX elements carry any object's name): it agrees
+/// when the attributed owner has that name in that namespace (nodes have none). Both sides
+/// name the object that held the address, so the kinds match whenever the names do.
+fn kindless_conflict(
+    history: &IpHistory,
+    r: &Resolved,
+    namespace: Option<&str>,
+    name: &str,
+) -> Option<bool> {
+    let owners = &history.owners;
+    let Some(o) = r.owner else {
+        // The exporter names a cluster object where the history says none held the address.
+        return (r.attribution == Attribution::External).then_some(true);
+    };
+    let owner = owners.get(o);
+    Some(!(name == owners.name(o) && namespace == owners.text(owner.namespace)))
 }
 
 fn conflict(

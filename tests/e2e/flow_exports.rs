@@ -39,7 +39,8 @@ fn tsv(path: &Path) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
-fn text(v: Option<&Value>) -> String {
+/// A stored value as text: null and absent as empty.
+pub(crate) fn text(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -52,7 +53,7 @@ fn micros(rfc3339: &str) -> i64 {
 }
 
 /// Sorted rows of `columns`, one string per row, from the store.
-fn stored(data: &Path, kind: &str, columns: &[&str]) -> Vec<String> {
+pub(crate) fn stored(data: &Path, kind: &str, columns: &[&str]) -> Vec<String> {
     let select = columns
         .iter()
         .map(|c| match *c {

@@ -11,6 +11,7 @@ mod kube_api;
 mod kube_api_tests;
 mod malformed;
 mod netns;
+mod netobserv_ipfix;
 mod pgwire;
 mod recorded_cluster;
 mod replay;

@@ -116,12 +116,9 @@ struct TcpFlags {
 
 impl TcpFlags {
     fn bits(&self) -> u8 {
-        [
+        super::tcp_flag_bits([
             self.fin, self.syn, self.rst, self.psh, self.ack, self.urg, self.ece, self.cwr,
-        ]
-        .iter()
-        .enumerate()
-        .fold(0, |acc, (bit, set)| acc | ((*set as u8) << bit))
+        ])
     }
 }
 

@@ -95,6 +95,15 @@ pub(crate) struct FlowView<'a, L> {
 }
 
 /// Hubble's traffic direction as stored.
+/// Folds Hubble's TCP flag booleans (FIN first, CWR last) into the
+/// tcpControlBits byte NetFlow and IPFIX store.
+pub(crate) fn tcp_flag_bits(flags: [bool; 8]) -> u8 {
+    flags
+        .iter()
+        .enumerate()
+        .fold(0, |acc, (bit, set)| acc | ((*set as u8) << bit))
+}
+
 pub(crate) fn direction(name: &str) -> Option<&'static str> {
     match name {
         "INGRESS" => Some("ingress"),

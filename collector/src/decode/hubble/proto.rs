@@ -201,12 +201,9 @@ pub struct TcpFlags {
 
 impl TcpFlags {
     pub fn bits(&self) -> u8 {
-        [
+        super::tcp_flag_bits([
             self.fin, self.syn, self.rst, self.psh, self.ack, self.urg, self.ece, self.cwr,
-        ]
-        .iter()
-        .enumerate()
-        .fold(0, |acc, (bit, set)| acc | ((*set as u8) << bit))
+        ])
     }
 }
 

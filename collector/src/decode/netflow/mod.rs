@@ -43,7 +43,9 @@ use resolve::{
     SamplingTable, TimeBase, TimeSource, resolve_flow, resolve_nat_event, translation_in_flow,
 };
 use state::{StateError, TemplateState};
-use template::{CompiledTemplate, FieldSpec, RawRecord, Target, TemplateLayout};
+use template::{
+    CompiledTemplate, EnterpriseElements, FieldSpec, RawRecord, Target, TemplateLayout,
+};
 use wire::{Header, RawSet, Sets, Version, WireError};
 
 /// Limits of the decoder's state. Every bound exists so a hostile or broken exporter costs a
@@ -62,6 +64,20 @@ pub struct DecoderConfig {
     pub pending_max_bytes: usize,
     /// Seconds a held data set waits for its template before it is dropped. Default 60.
     pub pending_max_age_secs: u64,
+    /// The private enterprise number NetObserv's flowlogs-pipeline IPFIX writer was given
+    /// (its `write.ipfix.enterpriseId`): records then keep the Kubernetes names it added
+    /// (`src_reported_namespace`/`_name`, `dst_…`), its TCP RTT (`rtt_ns`) and interface
+    /// list (`interfaces`). NetObserv has no registered PEN, so there is no default: without
+    /// it those elements are skipped like any other enterprise's (the records still decode).
+    pub netobserv_enterprise_id: Option<u32>,
+}
+
+impl DecoderConfig {
+    fn enterprise(&self) -> EnterpriseElements {
+        EnterpriseElements {
+            netobserv: self.netobserv_enterprise_id,
+        }
+    }
 }
 
 impl Default for DecoderConfig {
@@ -72,6 +88,7 @@ impl Default for DecoderConfig {
             max_template_fields: 512,
             pending_max_bytes: 16 << 20,
             pending_max_age_secs: 60,
+            netobserv_enterprise_id: None,
         }
     }
 }
@@ -525,7 +542,7 @@ impl NetflowDecoder {
             {
                 continue;
             }
-            match CompiledTemplate::compile(layout, key.version) {
+            match CompiledTemplate::compile(layout, key.version, self.config.enterprise()) {
                 Ok(t) => {
                     scope.templates.insert(id, t);
                     learned.push(id);
@@ -668,7 +685,9 @@ impl NetflowDecoder {
             }
             let scope = self.scopes.entry(s.scope).or_default();
             for layout in s.templates {
-                if let Ok(t) = CompiledTemplate::compile(layout, s.scope.version) {
+                if let Ok(t) =
+                    CompiledTemplate::compile(layout, s.scope.version, self.config.enterprise())
+                {
                     scope.templates.insert(t.layout.template_id, t);
                     restored += 1;
                 }
@@ -763,6 +782,11 @@ fn decode_flows(
         }
         let (record, source) = resolve_flow(raw, base, sampling);
         by_export += (source == TimeSource::ExportTime) as u64;
+        if t.has_details() {
+            out.flows
+                .details_mut()
+                .push(&resolve::details(raw, t.is_netobserv()));
+        }
         out.flows.push(origin, &record);
         if raw.post_src_ip.is_some()
             && let Some(event) = translation_in_flow(raw, &record, origin)

@@ -3,6 +3,7 @@
 //! logging templates, into a [`NatEvent`].
 
 use hawking_schemas::flow::{FlowOrigin, FlowRecord};
+use hawking_schemas::flow_details::{DetailRow, Int, Text};
 use hawking_schemas::nat::NatEvent;
 
 use super::template::{RawRecord, Target};
@@ -268,6 +269,44 @@ pub fn translation_in_flow(
             .get(Target::PostNaptDstPort)
             .map_or(flow.dst_port, |p| p as u16),
     })
+}
+
+/// What a record says beyond NetFlow's fields: the direction, the interfaces, and what
+/// NetObserv's flowlogs-pipeline adds under its enterprise number (the endpoints' names and
+/// the TCP RTT). Names come without a kind (the elements carry any Kubernetes object's
+/// name), so the kind stays null rather than guessed. `netobserv`: flowlogs-pipeline wrote
+/// the record, and its flowDirection 2 means `inner` (between two interfaces of a node);
+/// for anyone else 2 is an unassigned value and says nothing.
+pub fn details(raw: &RawRecord, netobserv: bool) -> DetailRow<'_> {
+    let mut row = DetailRow {
+        counted: true,
+        ..DetailRow::default()
+    };
+    row.set(
+        Text::Direction,
+        match raw.get(Target::FlowDirection) {
+            Some(0) => Some("ingress"),
+            Some(1) => Some("egress"),
+            Some(2) if netobserv => Some("inner"),
+            _ => None,
+        },
+    );
+    row.set(
+        Text::Interfaces,
+        raw.text(Target::Interfaces)
+            .or_else(|| raw.text(Target::InterfaceName)),
+    );
+    row.set(Text::SrcReportedNamespace, raw.text(Target::SrcNamespace));
+    row.set(Text::SrcReportedName, raw.text(Target::SrcName));
+    row.set(Text::DstReportedNamespace, raw.text(Target::DstNamespace));
+    row.set(Text::DstReportedName, raw.text(Target::DstName));
+    row.set_int(
+        Int::RttNs,
+        raw.get(Target::RttNs)
+            .and_then(|ns| i64::try_from(ns).ok())
+            .filter(|ns| *ns > 0),
+    );
+    row
 }
 
 /// The record's start time from whichever start element it carries.

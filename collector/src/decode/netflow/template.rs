@@ -121,6 +121,10 @@ pub enum Target {
     SamplingSize,
     /// samplingPopulation (310)
     SamplingPopulation,
+    /// flowDirection (61): 0 ingress, 1 egress at the observation point.
+    FlowDirection,
+    /// NetObserv's timeFlowRttNs (its enterprise element 7740): TCP handshake RTT in ns.
+    RttNs,
     SrcV4,
     DstV4,
     SrcV6,
@@ -137,11 +141,38 @@ pub enum Target {
     FrameSection,
     /// ipHeaderPacketSection (313): the sampled IP packet's first bytes.
     IpSection,
+    /// interfaceName (82)
+    InterfaceName,
+    /// NetObserv's sourcePodNamespace (7733): the namespace of the source's Kubernetes
+    /// object, whatever its kind (flowlogs-pipeline writes its `SrcK8S_Namespace`).
+    SrcNamespace,
+    /// NetObserv's sourcePodName (7734): the source object's name (`SrcK8S_Name`: a pod,
+    /// node or service name; the element does not say which).
+    SrcName,
+    /// NetObserv's destinationPodNamespace (7735)
+    DstNamespace,
+    /// NetObserv's destinationPodName (7736)
+    DstName,
+    /// NetObserv's interfaces (7741): every interface the flow was seen on, comma-separated.
+    Interfaces,
     /// Present in the template but not needed: skipped.
     Skip,
 }
 
 const SCALAR_TARGETS: usize = Target::SrcV4 as usize;
+const FIRST_TEXT: usize = Target::InterfaceName as usize;
+const TEXT_TARGETS: usize = Target::Skip as usize - FIRST_TEXT;
+// Presence of scalar targets is one bit each in a u64.
+const _: () = assert!(SCALAR_TARGETS <= 64 && TEXT_TARGETS <= 8);
+
+/// The private-enterprise elements the decoder reads; every other enterprise element is
+/// skipped (kept in the template, so records still decode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnterpriseElements {
+    /// The enterprise number flowlogs-pipeline's IPFIX writer was configured with
+    /// (`enterpriseId`): NetObserv has no registered PEN, so its operator picks one.
+    pub netobserv: Option<u32>,
+}
 
 impl Target {
     /// Maps an IANA information element (or v9 field type, identical below 128 and for the
@@ -205,15 +236,51 @@ impl Target {
             310 => SamplingPopulation,
             313 => IpSection,
             315 => FrameSection,
+            61 => FlowDirection,
+            82 => InterfaceName,
             _ => Skip,
         };
+        t.if_fits(width)
+    }
+
+    /// Maps flowlogs-pipeline's enterprise elements (the IDs it registers under the PEN it
+    /// was given).
+    fn of_netobserv(id: u16, width: u16) -> Target {
+        use Target::*;
+        let t = match id {
+            7733 => SrcNamespace,
+            7734 => SrcName,
+            7735 => DstNamespace,
+            7736 => DstName,
+            7740 => RttNs,
+            7741 => Interfaces,
+            // 7737/7738 (the endpoints' node names) and 7742 (per-interface directions)
+            // have no column: the first flowDirection stands for the flow's direction.
+            _ => Skip,
+        };
+        t.if_fits(width)
+    }
+
+    fn is_text(self) -> bool {
+        (FIRST_TEXT..Target::Skip as usize).contains(&(self as usize))
+    }
+
+    /// Whether the target is one of the in-cluster exporters' details.
+    fn is_detail(self) -> bool {
+        self.is_text() || matches!(self, Target::FlowDirection | Target::RttNs)
+    }
+
+    fn if_fits(self, width: u16) -> Target {
+        use Target::*;
+        let t = self;
         let fits = match t {
             SrcV4 | DstV4 | PostSrcV4 | PostDstV4 => width == 4,
             SrcV6 | DstV6 | PostSrcV6 | PostDstV6 => width == 16,
             StartUsNtp | EndUsNtp | StartNsNtp | EndNsNtp => width == 8,
             SamplingProbability => width == 4 || width == 8,
-            // Usually variable-length; any length is a (possibly empty) section.
+            // Usually variable-length; any length is a (possibly empty) section or string.
             FrameSection | IpSection | Skip => true,
+            _ if t.is_text() => true,
             _ => (1..=8).contains(&width),
         };
         if fits { t } else { Skip }
@@ -242,6 +309,11 @@ pub struct CompiledTemplate {
     ops: Vec<FieldOp>,
     /// The template carries natEvent: its records are NAT session events, not flows.
     nat_events: bool,
+    /// The template carries details (direction, interface names, NetObserv's names and
+    /// RTT): its flows get a details row.
+    details: bool,
+    /// The template carries NetObserv's enterprise elements: flowlogs-pipeline wrote it.
+    netobserv: bool,
 }
 
 /// Refusal to compile a template that could not describe a real record.
@@ -249,7 +321,11 @@ pub struct CompiledTemplate {
 pub struct UncompilableTemplate;
 
 impl CompiledTemplate {
-    pub fn compile(layout: TemplateLayout, version: Version) -> Result<Self, UncompilableTemplate> {
+    pub fn compile(
+        layout: TemplateLayout,
+        version: Version,
+        enterprise: EnterpriseElements,
+    ) -> Result<Self, UncompilableTemplate> {
         let mut ops = Vec::with_capacity(layout.fields.len());
         let mut offset = 0usize;
         let mut min_len = 0usize;
@@ -260,10 +336,13 @@ impl CompiledTemplate {
             let v9_scope =
                 version == Version::V9 && layout.options && i < layout.scope_fields as usize;
             // Variable-length fields other than packet sections fall out in `Target::of`.
-            let target = if f.enterprise.is_some() || v9_scope {
-                Target::Skip
-            } else {
-                Target::of(f.id, f.length)
+            let target = match f.enterprise {
+                _ if v9_scope => Target::Skip,
+                None => Target::of(f.id, f.length),
+                Some(pen) if Some(pen) == enterprise.netobserv => {
+                    Target::of_netobserv(f.id, f.length)
+                }
+                Some(_) => Target::Skip,
             };
             if variable || target != Target::Skip {
                 ops.push(FieldOp {
@@ -292,7 +371,15 @@ impl CompiledTemplate {
                     Target::Bytes | Target::Packets | Target::BytesTotal | Target::PacketsTotal
                 )
             });
+        let details = ops.iter().any(|op| op.target.is_detail());
+        let netobserv = enterprise.netobserv.is_some()
+            && layout
+                .fields
+                .iter()
+                .any(|f| f.enterprise == enterprise.netobserv);
         Ok(CompiledTemplate {
+            details,
+            netobserv,
             nat_events,
             layout,
             fixed_len,
@@ -308,6 +395,18 @@ impl CompiledTemplate {
     /// Whether the records are NAT session events (the template has natEvent, IE 230).
     pub fn is_nat_events(&self) -> bool {
         self.nat_events
+    }
+
+    /// Whether the records carry details beyond NetFlow's fields ([`RawRecord::text`],
+    /// [`Target::FlowDirection`], [`Target::RttNs`]).
+    pub fn has_details(&self) -> bool {
+        self.details
+    }
+
+    /// Whether flowlogs-pipeline wrote the template (it carries NetObserv's enterprise
+    /// elements), so its values mean what NetObserv means by them.
+    pub fn is_netobserv(&self) -> bool {
+        self.netobserv
     }
 
     /// Decodes every record of a data set body, calling `each` per record. Returns the number
@@ -387,6 +486,12 @@ pub struct RawRecord {
     pub post_dst_ip: Option<u128>,
     /// What the record's packet section (IE 315 or 313) said, when it carried one.
     pub frame: Option<Result<FrameTuple, FrameError>>,
+    /// The text fields' bytes, one after the other (reused across records: no allocation
+    /// once it has grown to the longest record's).
+    text: Vec<u8>,
+    /// Each text target's (start, end) in `text`, valid where its bit of `text_set` is.
+    text_at: [(u32, u32); TEXT_TARGETS],
+    text_set: u8,
 }
 
 impl Default for RawRecord {
@@ -399,6 +504,9 @@ impl Default for RawRecord {
             post_src_ip: None,
             post_dst_ip: None,
             frame: None,
+            text: Vec::new(),
+            text_at: [(0, 0); TEXT_TARGETS],
+            text_set: 0,
         }
     }
 }
@@ -433,6 +541,8 @@ impl RawRecord {
         self.post_src_ip = None;
         self.post_dst_ip = None;
         self.frame = None;
+        self.text.clear();
+        self.text_set = 0;
     }
 
     #[inline]
@@ -454,6 +564,15 @@ impl RawRecord {
             }
             Target::FrameSection | Target::IpSection => {}
             Target::Skip => {}
+            text if text.is_text() => {
+                let i = text as usize - FIRST_TEXT;
+                if self.text_set & (1 << i) == 0 {
+                    let start = self.text.len() as u32;
+                    self.text.extend_from_slice(field);
+                    self.text_at[i] = (start, self.text.len() as u32);
+                    self.text_set |= 1 << i;
+                }
+            }
             Target::SamplingProbability => {
                 let p = if field.len() == 4 {
                     f32::from_bits(be_uint(field) as u32) as f64
@@ -518,6 +637,24 @@ impl RawRecord {
         })
     }
 
+    /// A text target's value, when the record carried one that says something: valid UTF-8,
+    /// fixed-length padding (NULs, spaces) trimmed, not empty, and not flowlogs-pipeline's
+    /// `none` (what it writes where its record had no name).
+    pub fn text(&self, target: Target) -> Option<&str> {
+        if !target.is_text() {
+            return None;
+        }
+        let i = target as usize - FIRST_TEXT;
+        if self.text_set & (1 << i) == 0 {
+            return None;
+        }
+        let (start, end) = self.text_at[i];
+        let bytes = self.text.get(start as usize..end as usize)?;
+        let s = std::str::from_utf8(bytes).ok()?;
+        let s = s.trim_end_matches(['\0', ' ']);
+        (!s.is_empty() && s != "none").then_some(s)
+    }
+
     /// Test and builder helper: sets a scalar target.
     pub fn with(mut self, target: Target, v: u64) -> Self {
         self.put(target, v);
@@ -545,7 +682,8 @@ mod tests {
             options: false,
             fields: vec![spec(8, 4), spec(1, 3), spec(2, 1), spec(999, 2), spec(7, 2)],
         };
-        let t = CompiledTemplate::compile(layout, Version::Ipfix).unwrap();
+        let t = CompiledTemplate::compile(layout, Version::Ipfix, EnterpriseElements::default())
+            .unwrap();
         let rec = [10, 0, 0, 1, 0x01, 0x00, 0x00, 7, 0xaa, 0xbb, 0x1f, 0x90];
         let mut seen = vec![];
         let n = t
@@ -578,7 +716,8 @@ mod tests {
             options: false,
             fields: vec![spec(7, 2), spec(82, VARIABLE_LENGTH), spec(11, 2)],
         };
-        let t = CompiledTemplate::compile(layout, Version::Ipfix).unwrap();
+        let t = CompiledTemplate::compile(layout, Version::Ipfix, EnterpriseElements::default())
+            .unwrap();
         let mut body = vec![0, 80, 3, b'e', b't', b'h', 1, 187];
         body.extend_from_slice(&[0, 81, 255, 0, 2, b'x', b'y', 0, 53]);
         let mut ports = vec![];
@@ -602,7 +741,9 @@ mod tests {
             options: false,
             fields: vec![spec(8, 0)],
         };
-        assert!(CompiledTemplate::compile(layout, Version::V9).is_err());
+        assert!(
+            CompiledTemplate::compile(layout, Version::V9, EnterpriseElements::default()).is_err()
+        );
     }
 
     #[test]
@@ -614,7 +755,8 @@ mod tests {
             options: true,
             fields: vec![spec(1, 4), spec(34, 4)],
         };
-        let t = CompiledTemplate::compile(layout, Version::V9).unwrap();
+        let t =
+            CompiledTemplate::compile(layout, Version::V9, EnterpriseElements::default()).unwrap();
         let mut got = None;
         t.decode_set(&[0, 0, 0, 9, 0, 0, 0, 100], |r| {
             got = Some((r.get(Target::Bytes), r.get(Target::SamplingInterval)))
@@ -633,7 +775,8 @@ mod tests {
             options: false,
             fields: vec![spec(27, 16), spec(8, 4), spec(12, 4), spec(28, 16)],
         };
-        let t = CompiledTemplate::compile(layout, Version::Ipfix).unwrap();
+        let t = CompiledTemplate::compile(layout, Version::Ipfix, EnterpriseElements::default())
+            .unwrap();
         let mut rec = vec![0u8; 16];
         rec.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
         rec.extend_from_slice(&[0u8; 16]);
@@ -655,7 +798,8 @@ mod tests {
             options: false,
             fields: vec![spec(8, 4), spec(12, 4)],
         };
-        let t = CompiledTemplate::compile(layout, Version::Ipfix).unwrap();
+        let t = CompiledTemplate::compile(layout, Version::Ipfix, EnterpriseElements::default())
+            .unwrap();
         let mut got = None;
         t.decode_set(&[0, 0, 0, 0, 255, 255, 255, 255], |r| {
             got = r.flow_addresses()
@@ -672,7 +816,8 @@ mod tests {
             options: false,
             fields: vec![spec(10, 4), spec(315, VARIABLE_LENGTH)],
         };
-        let t = CompiledTemplate::compile(layout, Version::Ipfix).unwrap();
+        let t = CompiledTemplate::compile(layout, Version::Ipfix, EnterpriseElements::default())
+            .unwrap();
         let mut frame = vec![2; 12];
         frame.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 60, 0, 0, 0, 0, 64, 17, 0, 0]);
         frame.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2, 0x14, 0xe9, 0, 53]);
@@ -706,5 +851,102 @@ mod tests {
                 (None, None, None, None, true),
             ]
         );
+    }
+
+    #[test]
+    fn netobserv_elements_are_read_only_under_the_configured_enterprise_number() {
+        let pen = |id, length| FieldSpec {
+            id,
+            length,
+            enterprise: Some(2),
+        };
+        let layout = TemplateLayout {
+            template_id: 256,
+            scope_fields: 0,
+            options: false,
+            fields: vec![
+                spec(61, 1),
+                spec(82, VARIABLE_LENGTH),
+                pen(7733, VARIABLE_LENGTH),
+                pen(7734, VARIABLE_LENGTH),
+                pen(7737, VARIABLE_LENGTH),
+                pen(7740, 8),
+                pen(7741, VARIABLE_LENGTH),
+            ],
+        };
+        let mut body = vec![1, 4];
+        body.extend_from_slice(b"eth0");
+        body.push(0); // no namespace: a node
+        body.push(4);
+        body.extend_from_slice(b"none"); // flowlogs-pipeline's word for no name
+        body.push(6);
+        body.extend_from_slice(b"node-a");
+        body.extend_from_slice(&4_047_000u64.to_be_bytes());
+        body.push(10);
+        body.extend_from_slice(b"eth0,br-ex");
+        let mut record = body.clone();
+        // A second record: a pod's names, the interface name padded as fixed strings are.
+        record[1] = 6;
+        record.splice(2..6, b"eth0\0\0".iter().copied());
+        let at = 8;
+        record.splice(at..at + 1, [7, b'd', b'e', b'f', b'a', b'u', b'l', b't']);
+        body.extend_from_slice(&record);
+        let decode = |netobserv| {
+            let t = CompiledTemplate::compile(
+                layout.clone(),
+                Version::Ipfix,
+                EnterpriseElements { netobserv },
+            )
+            .unwrap();
+            let mut seen = vec![];
+            t.decode_set(&body, |r| {
+                seen.push((
+                    r.get(Target::FlowDirection),
+                    r.text(Target::InterfaceName).map(str::to_string),
+                    r.text(Target::SrcNamespace).map(str::to_string),
+                    r.text(Target::SrcName).map(str::to_string),
+                    r.get(Target::RttNs),
+                    r.text(Target::Interfaces).map(str::to_string),
+                ))
+            })
+            .unwrap();
+            (t.has_details(), t.is_netobserv(), seen)
+        };
+        let s = |v: &str| Some(v.to_string());
+        let (details, netobserv, seen) = decode(Some(2));
+        assert!(details && netobserv);
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    Some(1),
+                    s("eth0"),
+                    None,
+                    None,
+                    Some(4_047_000),
+                    s("eth0,br-ex")
+                ),
+                (
+                    Some(1),
+                    s("eth0"),
+                    s("default"),
+                    None,
+                    Some(4_047_000),
+                    s("eth0,br-ex")
+                ),
+            ]
+        );
+        // Another enterprise's elements (or none configured) are skipped, records still read.
+        let (details, netobserv, seen) = decode(Some(9));
+        assert!(
+            details && !netobserv,
+            "flowDirection and interfaceName are IANA's"
+        );
+        assert_eq!(seen.len(), 2);
+        assert!(
+            seen.iter()
+                .all(|r| r.2.is_none() && r.4.is_none() && r.5.is_none())
+        );
+        assert_eq!(seen[1].1, s("eth0"));
     }
 }
