@@ -154,6 +154,20 @@ pub fn parse_rfc3339_us(text: &str) -> Option<i64> {
     Some(ts.as_microsecond())
 }
 
+/// Test helper: every line through `decoder`, from 127.0.0.1, received at 5 µs.
+#[cfg(test)]
+pub(crate) fn decode_lines(
+    decoder: &mut impl super::Decoder,
+    lines: &[&str],
+) -> hawking_schemas::pipeline::SourceBatch {
+    let mut out = hawking_schemas::pipeline::SourceBatch::default();
+    let from: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    for l in lines {
+        decoder.decode(from, l.as_bytes(), 5, &mut out);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -328,13 +328,10 @@ mod tests {
 
     fn decode(lines: &[&str]) -> SourceBatch {
         let t = Telemetry::detached();
-        let mut d = NetObservDecoder::new(t.component(ComponentKind::Source, "netobserv"));
-        let mut out = SourceBatch::default();
-        let from: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        for l in lines {
-            d.decode(from, l.as_bytes(), 5, &mut out);
-        }
-        out
+        crate::decode::json_lines::decode_lines(
+            &mut NetObservDecoder::new(t.component(ComponentKind::Source, "netobserv")),
+            lines,
+        )
     }
 
     #[test]

@@ -311,13 +311,10 @@ mod tests {
 
     fn decode(lines: &[&str]) -> SourceBatch {
         let t = Telemetry::detached();
-        let mut d = HubbleDecoder::new(t.component(ComponentKind::Source, "hubble"));
-        let mut out = SourceBatch::default();
-        let from: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        for l in lines {
-            d.decode(from, l.as_bytes(), 5, &mut out);
-        }
-        out
+        crate::decode::json_lines::decode_lines(
+            &mut HubbleDecoder::new(t.component(ComponentKind::Source, "hubble")),
+            lines,
+        )
     }
 
     #[test]
