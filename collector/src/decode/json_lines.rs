@@ -1,7 +1,12 @@
 //! What the JSON-lines decoders (Hubble, NetObserv) share: reading a line as text, counting
 //! what they drop or skip and why, the reported identity of an endpoint, and timestamps.
 
+use std::net::SocketAddr;
+
+use hawking_schemas::flow::{FlowOrigin, FlowRecord, SourceKind};
 use hawking_schemas::flow_details::{DetailRow, Int, Text};
+use hawking_schemas::ip::ip_to_u128;
+use hawking_schemas::pipeline::SourceBatch;
 use hawking_schemas::telemetry::Component;
 use serde::Deserialize;
 
@@ -124,6 +129,26 @@ impl<'a> Endpoint<'a> {
             self.identity,
         );
     }
+}
+
+/// Appends one flow an in-cluster exporter reported, with its details, as coming from
+/// `from` (the source's exporter address).
+pub fn push_flow(
+    out: &mut SourceBatch,
+    from: SocketAddr,
+    received_at_us: i64,
+    source_kind: SourceKind,
+    row: &DetailRow<'_>,
+    record: &FlowRecord,
+) {
+    let origin = FlowOrigin {
+        received_at: received_at_us,
+        exporter: ip_to_u128(from.ip()),
+        observation_domain: 0,
+        source_kind,
+    };
+    out.flows.details_mut().push(row);
+    out.flows.push(&origin, record);
 }
 
 /// A number that may come as JSON text (`"1"`: Loki hands NetObserv's labels back as

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use hawking_schemas::flow::{FlowOrigin, FlowRecord, SourceKind};
+use hawking_schemas::flow::{FlowRecord, SourceKind};
 use hawking_schemas::flow_details::{DetailRow, Int, Text};
 use hawking_schemas::ip::ip_to_u128;
 use hawking_schemas::pipeline::SourceBatch;
@@ -15,7 +15,7 @@ use hawking_schemas::telemetry::Component;
 use serde::Deserialize;
 
 use super::Decoder;
-use super::json_lines::{Endpoint, LineDrops, lenient_i64};
+use super::json_lines::{Endpoint, LineDrops, lenient_i64, push_flow};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -301,14 +301,14 @@ impl Decoder for NetObservDecoder {
         };
         src.fill(&mut row, true, None);
         dst.fill(&mut row, false, None);
-        let origin = FlowOrigin {
-            received_at: received_at_us,
-            exporter: ip_to_u128(from.ip()),
-            observation_domain: 0,
-            source_kind: SourceKind::NetObserv,
-        };
-        out.flows.details_mut().push(&row);
-        out.flows.push(&origin, &record);
+        push_flow(
+            out,
+            from,
+            received_at_us,
+            SourceKind::NetObserv,
+            &row,
+            &record,
+        );
     }
 
     fn housekeeping(&mut self) {

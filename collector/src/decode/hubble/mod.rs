@@ -9,12 +9,12 @@ pub mod proto;
 
 use std::net::{IpAddr, SocketAddr};
 
-use hawking_schemas::flow::{FlowOrigin, FlowRecord, SourceKind};
+use hawking_schemas::flow::{FlowRecord, SourceKind};
 use hawking_schemas::flow_details::{DetailRow, Text};
 use hawking_schemas::ip::ip_to_u128;
 use hawking_schemas::pipeline::SourceBatch;
 
-use super::json_lines::Endpoint;
+use super::json_lines::{Endpoint, push_flow};
 
 pub use json::HubbleDecoder;
 pub use proto::HubbleProtoDecoder;
@@ -179,12 +179,5 @@ pub(crate) fn push<L: AsRef<str>>(
         false,
         Some(dst_labels.as_str()).filter(|l| !l.is_empty()),
     );
-    let origin = FlowOrigin {
-        received_at: received_at_us,
-        exporter: ip_to_u128(from.ip()),
-        observation_domain: 0,
-        source_kind: SourceKind::Hubble,
-    };
-    out.flows.details_mut().push(&row);
-    out.flows.push(&origin, &record);
+    push_flow(out, from, received_at_us, SourceKind::Hubble, &row, &record);
 }
