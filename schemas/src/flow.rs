@@ -374,14 +374,26 @@ impl FlowBatch {
             ("src_ip", &mut b.src_ip),
             ("dst_ip", &mut b.dst_ip),
         ] {
+            // An exporter's address repeats row after row: parsed once per run.
+            let mut last: Option<(String, u128)> = None;
             texts(name, &mut |row, text| {
-                out.push(
-                    crate::ip::parse_ip(text).ok_or_else(|| StoredFlowError::BadAddress {
-                        column: name,
-                        row,
-                        text: text.to_string(),
-                    })?,
-                );
+                let ip = match &last {
+                    Some((t, ip)) if t == text => *ip,
+                    _ => {
+                        let ip = crate::ip::parse_ip(text).ok_or_else(|| {
+                            StoredFlowError::BadAddress {
+                                column: name,
+                                row,
+                                text: text.to_string(),
+                            }
+                        })?;
+                        if name == "exporter" {
+                            last = Some((text.to_string(), ip));
+                        }
+                        ip
+                    }
+                };
+                out.push(ip);
                 Ok(())
             })?;
         }

@@ -21,10 +21,12 @@ compacts it with `hawking store compact` and runs them again:
 5. `hawking store compact --before now` (timed: CPU and wall seconds), then the same queries on
    the compacted store (--no-compact skips it);
 6. re-attribution (issue 18): `hawking replay` of the whole day with serve's configuration,
-   written as Parquet, timed: flows per wall second and per CPU-second (--no-replay skips it).
+   written as Parquet, then again with --diff, timed: flows per wall second and per
+   CPU-second, peak memory (--no-replay skips it).
 
     tests/bench/query_served_store.py [--hawking target/release/hawking] [--rate 100000]
         [--speed 100] [--flush 0.05] [--runs 5] [--dir /work/benchdata/served] [--keep]
+        [--no-queries] [--no-compact] [--no-replay]
 """
 
 import argparse
@@ -53,6 +55,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the store afterwards")
     ap.add_argument("--no-compact", action="store_true", help="skip step 5")
     ap.add_argument("--no-replay", action="store_true", help="skip step 6")
+    ap.add_argument("--no-queries", action="store_true",
+                    help="skip the query runs of steps 4 and 5 (the store, compaction and replay only)")
     args = ap.parse_args()
     hawking = os.path.abspath(args.hawking)
     netflow_ingest.HAWKING = hawking
@@ -126,8 +130,9 @@ def main():
         sys.exit(f"only {pod} of {stored} source endpoints attributed to pods: the history does not cover the flows")
 
     day = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(day_start))
-    status = subprocess.run([sys.executable, os.path.join(HERE, "query_top_workloads.py"), data,
-                             "--runs", str(args.runs), "--hawking", hawking, "--day-start", day]).returncode
+    queries = [sys.executable, os.path.join(HERE, "query_top_workloads.py"), data,
+               "--runs", str(args.runs), "--hawking", hawking, "--day-start", day]
+    status = 0 if args.no_queries else subprocess.run(queries).returncode
     if status == 0 and not args.no_compact:
         before = os.times()
         wall = time.monotonic()
@@ -138,24 +143,26 @@ def main():
         files_after = sum(1 for _, _, fs in os.walk(flows_dir) for f in fs if f.endswith(".parquet"))  # the tree engines glob
         print(f"\nhawking store compact: {files:,} files -> {files_after:,} in {time.monotonic() - wall:.1f} s "
               f"wall, {cpu:.1f} CPU-s ({cpu * 1e6 / max(stored, 1):.2f} CPU-s per million flows)\n")
-        status = subprocess.run([sys.executable, os.path.join(HERE, "query_top_workloads.py"), data,
-                                 "--runs", str(args.runs), "--hawking", hawking, "--day-start", day]).returncode
+        status = 0 if args.no_queries else subprocess.run(queries).returncode
     if status == 0 and not args.no_replay:
-        out = os.path.join(args.dir, "replayed.parquet")
-        wall = time.monotonic()
-        proc = subprocess.Popen([hawking, "replay", "--from", netflow_ingest.rfc3339(day_start),
-                                 "--to", netflow_ingest.rfc3339(day_end), "--data", data, "--config", config,
-                                 "--format", "parquet", "--out", out],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, st, usage = os.wait4(proc.pid, 0)
-        wall = time.monotonic() - wall
-        err = proc.stderr.read().decode(errors="replace")
-        if os.waitstatus_to_exitcode(st) != 0:
-            sys.exit(f"hawking replay failed: {err}")
-        cpu = usage.ru_utime + usage.ru_stime
-        print(f"\nhawking replay (re-attribution of the day, Parquet out): {stored:,} flows in {wall:.1f} s wall, "
-              f"{cpu:.1f} CPU-s: {stored / wall / 1e6:.2f}M flows/s, {stored / cpu / 1e6:.2f}M flows per CPU-s")
-        os.remove(out)
+        out = os.path.join(args.dir, "replayed")
+        for what, flags in [("re-attributed flows written as Parquet", ["--format", "parquet", "--out", out]),
+                            ("--diff: the endpoints whose attribution changed, as CSV",
+                             ["--diff", "--format", "csv", "--out", out])]:
+            wall = time.monotonic()
+            proc = subprocess.Popen([hawking, "replay", "--from", netflow_ingest.rfc3339(day_start),
+                                     "--to", netflow_ingest.rfc3339(day_end), "--data", data, "--config", config]
+                                    + flags, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            _, st, usage = os.wait4(proc.pid, 0)
+            wall = time.monotonic() - wall
+            err = proc.stderr.read().decode(errors="replace")
+            if os.waitstatus_to_exitcode(st) != 0:
+                sys.exit(f"hawking replay failed: {err}")
+            cpu = usage.ru_utime + usage.ru_stime
+            print(f"\nhawking replay of the day ({what}): {stored:,} flows in {wall:.1f} s wall, "
+                  f"{cpu:.1f} CPU-s, max RSS {usage.ru_maxrss / 1024:.0f} MiB: {stored / wall / 1e6:.2f}M flows/s, "
+                  f"{stored / cpu / 1e6:.2f}M flows per CPU-s")
+            os.remove(out)
     if not args.keep:
         shutil.rmtree(args.dir, ignore_errors=True)
     return status

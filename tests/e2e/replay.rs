@@ -202,7 +202,67 @@ fn replay_shows_and_rewrites_what_a_late_import_changed() {
             assert!(c["why"].as_str().unwrap().contains("now covers"), "{c}");
         }
     }
-    // The store is untouched by --diff.
+    // A plain replay to Parquet: the flows of a window that --where picks, with today's
+    // attribution, in time order, whole.
+    let window = tmp.path().join("window.parquet");
+    let out = Command::new(hawking_bin())
+        .arg("replay")
+        .args([
+            "--from",
+            &rfc3339(DAY + 1200),
+            "--to",
+            &rfc3339(DAY + 11_400),
+        ])
+        .args([
+            "--where",
+            "src_port % 2 = 0",
+            "--format",
+            "parquet",
+            "--out",
+        ])
+        .arg(&window)
+        .arg("--data")
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut starts, mut pods) = (Vec::new(), 0);
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&window).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    for batch in reader {
+        use arrow::array::AsArray;
+        let batch = batch.unwrap();
+        let start = batch.column_by_name("flow_start").unwrap();
+        let start = start.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        starts.extend(start.values().iter().copied());
+        let pod = batch.column_by_name("src_attribution").unwrap();
+        pods += pod
+            .as_string::<i32>()
+            .iter()
+            .filter(|a| *a == Some("pod"))
+            .count();
+    }
+    // Flow i starts at 6i + 0.5 s into the day and has source port 30000 + i: the window
+    // holds flows 200 to 1899, the even ones pass --where.
+    assert_eq!(starts.len(), 850);
+    assert_eq!(pods, 850, "the import covers the window");
+    assert!(
+        starts.windows(2).all(|w| w[0] < w[1]),
+        "in flow_start order"
+    );
+    assert_eq!(starts[0], (DAY + 1200) * 1_000_000 + 500_000);
+
+    // The store is untouched by --diff and by a replay.
     assert_eq!(
         sql_i64(
             &data,

@@ -3,11 +3,9 @@
 //! enrichment stage makes, applied to flows read back from the store.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema};
 use hawking_enricher::nat::{ANY_CLUSTER, NatTrust};
 use hawking_enricher::{
     ClusterSelector, Clusters, EnricherConfig, EnrichmentStage, HistoryKeeper, HistoryState, Mode,
@@ -15,6 +13,7 @@ use hawking_enricher::{
 };
 use hawking_schemas::FlowBatch;
 use hawking_schemas::flow::ENDPOINT_COLUMNS;
+use hawking_schemas::pipeline::Table;
 use hawking_schemas::telemetry::Telemetry;
 
 /// The history, translations and cluster rules replay attributes with.
@@ -118,20 +117,22 @@ pub fn attribution_column_names() -> Vec<String> {
         .collect()
 }
 
+/// A batch of the flows table's columns: the attribution columns from `new` (in
+/// [`attribution_column_names`] order), every other column from `rows`, which may or may
+/// not hold the stored attribution.
 fn replace_attribution(rows: &RecordBatch, new: Vec<ArrayRef>) -> anyhow::Result<RecordBatch> {
     let names = attribution_column_names();
-    let schema = rows.schema();
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
-    for (name, column) in names.iter().zip(new) {
-        let i = schema
-            .index_of(name)
-            .with_context(|| format!("stored flows have no column {name}"))?;
-        fields[i] = Field::new(name, DataType::Utf8, true);
-        columns[i] = column;
-    }
-    Ok(RecordBatch::try_new(
-        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
-        columns,
-    )?)
+    let schema = Table::Flows.schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match names.iter().position(|n| n == f.name()) {
+            Some(i) => Ok(new[i].clone()),
+            None => rows
+                .column_by_name(f.name())
+                .cloned()
+                .with_context(|| format!("stored flows have no column {}", f.name())),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema, columns)?)
 }

@@ -58,7 +58,7 @@ pub async fn replay_capture(args: &ReplayArgs, path: &Path, config: &Config) -> 
     };
     let mut decoder = NetflowDecoder::new(config.netflow.decoder.clone())
         .context("the [netflow.decoder] configuration")?;
-    let mut out = Output::open(args)?;
+    let mut out = Output::open(args, &config.store.writer)?;
     let mut batch = SourceBatch::default();
     let mut rows = Vec::new();
     let mut flows = 0u64;

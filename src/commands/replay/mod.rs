@@ -11,6 +11,8 @@
 mod attribution;
 mod capture;
 mod diff;
+mod hours;
+mod parquet_out;
 mod progress;
 mod rewrite;
 
@@ -21,14 +23,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use arrow::array::RecordBatch;
 use datafusion::common::DFSchema;
-use futures::StreamExt;
-use hawking_query::store::layout::{HOUR_US, hour_of};
 use hawking_schemas::time::{format_time, parse_time};
 
 use crate::config::Config;
 use attribution::Reattribution;
+use hours::{Columns, OpenHour, Selection};
+use parquet_out::ParquetOut;
 use progress::Progress;
-use rewrite::Selection;
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
@@ -177,65 +178,205 @@ async fn replay(args: &ReplayArgs, from: i64, to: i64, config: &Config) -> anyho
         format_time(from),
         format_time(to)
     );
-    let ctx = hawking_query::open_session(&args.data, &Default::default()).await?;
-    let condition = args.predicate.as_deref().unwrap_or("true");
-    // Validate the condition once, where the flag can be named.
-    let check = format!("SELECT count(*) FROM flows WHERE false AND ({condition})");
-    ctx.sql(&check)
-        .await
-        .with_context(|| format!("--where {condition:?}"))?;
-    let range = format!(
-        "flow_start >= '{}' AND flow_start < '{}'",
-        format_time(from),
-        format_time(to)
-    );
-    let total = count(&ctx, &format!("{range} AND ({condition})")).await?;
-    let mut progress = Progress::new(total, "flows");
-    if args.rewrite {
-        let predicate = match &args.predicate {
+    let selection = Selection {
+        from,
+        to,
+        predicate: match &args.predicate {
             None => None,
-            Some(p) => {
-                let schema = DFSchema::try_from(hawking_schemas::flow_schema().as_ref().clone())?;
-                let expr = ctx
-                    .parse_sql_expr(p, &schema)
-                    .with_context(|| format!("--where {p:?}"))?;
-                Some(ctx.create_physical_expr(expr, &schema)?)
-            }
-        };
-        let selection = Selection {
-            from,
-            to,
-            predicate,
-        };
+            Some(p) => Some(compile_predicate(&args.data, p).await?),
+        },
+    };
+    let mut stored = 0;
+    for hour in selection.hours() {
+        stored += OpenHour::open(&args.data, hour)?.rows()?;
+    }
+    let mut progress = Progress::new(stored, "stored flows read");
+    if args.rewrite {
         return rewrite_hours(args, &selection, &reattribution, &mut progress);
     }
-    let sql = format!("SELECT * FROM flows WHERE {range} AND ({condition}) ORDER BY flow_start");
-    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
-    let mut out = Output::open(args)?;
-    let mut changed = 0u64;
-    while let Some(batch) = stream.next().await {
-        if interrupted() {
-            out.abandon();
-            anyhow::bail!(Interrupted);
-        }
-        let batch = batch?;
-        let after = reattribution.reattribute(&batch)?;
-        progress.advance(batch.num_rows() as u64);
-        if args.diff {
-            if let Some(d) = diff::diff(&batch, &after)? {
-                changed += d.num_rows() as u64;
-                out.write(&d)?;
-            }
-        } else {
-            out.write(&after)?;
-        }
-    }
-    progress.finish();
-    out.finish()?;
+    let out = Output::open(args, &config.store.writer)?;
+    let changed = stream_replay(args, &selection, &reattribution, out, &mut progress)?;
     if args.diff {
         eprintln!("replay: {changed} endpoints' attribution changed");
     }
     Ok(())
+}
+
+/// `--where`, checked where the flag can be named, as an expression over stored rows.
+async fn compile_predicate(
+    data: &std::path::Path,
+    predicate: &str,
+) -> anyhow::Result<std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>> {
+    let ctx = hawking_query::open_session(data, &Default::default()).await?;
+    let at = || format!("--where {predicate:?}");
+    // Through the SQL planner first: its errors name the column or function at fault.
+    ctx.sql(&format!(
+        "SELECT count(*) FROM flows WHERE false AND ({predicate})"
+    ))
+    .await
+    .with_context(at)?;
+    let schema = DFSchema::try_from(hawking_schemas::flow_schema().as_ref().clone())?;
+    let expr = ctx.parse_sql_expr(predicate, &schema).with_context(at)?;
+    ctx.create_physical_expr(expr, &schema).with_context(at)
+}
+
+/// What the reading thread hands on: selected stored rows, and how many stored rows it read
+/// since the last message (for progress).
+struct Read {
+    rows: Option<RecordBatch>,
+    examined: u64,
+}
+
+/// The next stage of the replay stopped (its own error says why).
+#[derive(Debug, thiserror::Error)]
+#[error("the next stage of the replay stopped")]
+struct Downstream;
+
+/// What the writing thread is handed: rows to write, then `Done`. A channel that closes
+/// without `Done` (an error, an interruption upstream) leaves no output file.
+enum ToWrite {
+    Rows(RecordBatch),
+    Done,
+}
+
+/// Threads re-attributing batches side by side (attribution is the costly stage of a
+/// replay that writes little, `--diff`'s).
+const ATTRIBUTING_THREADS: usize = 2;
+
+/// Replays the selection to `out` as a pipeline: one thread reads the hours' files, a few
+/// re-attribute (batches dealt round-robin and gathered back in the same order, so the
+/// output keeps the read order), one writes; short queues between them, so reading,
+/// attribution and encoding overlap. Returns the rows written (`--diff`: endpoints changed).
+fn stream_replay(
+    args: &ReplayArgs,
+    selection: &Selection,
+    reattribution: &Reattribution,
+    out: Output,
+    progress: &mut Progress,
+) -> anyhow::Result<u64> {
+    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+    let (to_workers, worker_inputs): (Vec<SyncSender<Read>>, Vec<Receiver<Read>>) =
+        (0..ATTRIBUTING_THREADS).map(|_| sync_channel(2)).unzip();
+    let (worker_outputs, results): (Vec<SyncSender<anyhow::Result<Read>>>, Vec<_>) =
+        (0..ATTRIBUTING_THREADS).map(|_| sync_channel(2)).unzip();
+    let (to_write, written) = sync_channel::<ToWrite>(2);
+    // --diff compares the stored attribution; otherwise it is replaced, unread.
+    let columns = if args.diff {
+        Columns::All
+    } else {
+        Columns::WithoutAttribution
+    };
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> anyhow::Result<()> {
+            let mut next = (0..ATTRIBUTING_THREADS).cycle();
+            let mut send = |read: Read| {
+                let worker = next.next().expect("a cycle");
+                to_workers[worker]
+                    .send(read)
+                    .map_err(|_| anyhow::Error::new(Downstream))
+            };
+            for hour in selection.hours() {
+                if interrupted() {
+                    anyhow::bail!(Interrupted);
+                }
+                let examined = std::cell::Cell::new(0);
+                OpenHour::open(&args.data, hour)?.selected(
+                    selection,
+                    columns,
+                    &mut |rows| {
+                        let (rows, examined) = (Some(rows), examined.take());
+                        send(Read { rows, examined })
+                    },
+                    &mut |n| examined.set(examined.get() + n),
+                )?;
+                let (rows, examined) = (None, examined.take());
+                send(Read { rows, examined })?;
+            }
+            Ok(())
+        });
+        for (input, output) in worker_inputs.into_iter().zip(worker_outputs) {
+            scope.spawn(move || {
+                for Read { rows, examined } in input {
+                    let result = match rows {
+                        None => Ok(Read { rows, examined }),
+                        Some(rows) => attribute_rows(args, reattribution, &rows)
+                            .map(|rows| Read { rows, examined }),
+                    };
+                    let failed = result.is_err();
+                    if output.send(result).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        let writer = scope.spawn(move || -> anyhow::Result<()> {
+            let mut out = out;
+            for message in written {
+                match message {
+                    ToWrite::Rows(rows) => out.write(&rows)?,
+                    ToWrite::Done => return out.finish(),
+                }
+            }
+            // Dropped unfinished: no output file.
+            Ok(())
+        });
+        let gathered = (|| -> anyhow::Result<u64> {
+            let mut rows_out = 0u64;
+            // In the order the reader dealt them; the first queue found closed and empty
+            // is the end (or a worker's failure, already received).
+            for worker in (0..ATTRIBUTING_THREADS).cycle() {
+                let Ok(result) = results[worker].recv() else {
+                    break;
+                };
+                if interrupted() {
+                    anyhow::bail!(Interrupted);
+                }
+                let Read { rows, examined } = result?;
+                progress.advance(examined);
+                let Some(batch) = rows else { continue };
+                rows_out += batch.num_rows() as u64;
+                if to_write.send(ToWrite::Rows(batch)).is_err() {
+                    // The writer stopped: its error says why.
+                    return Ok(rows_out);
+                }
+            }
+            Ok(rows_out)
+        })();
+        let finished = match &gathered {
+            Ok(_) => to_write.send(ToWrite::Done).is_ok(),
+            Err(_) => false,
+        };
+        drop(to_write);
+        // Unblocks a reader or worker still sending when this stage stopped early.
+        drop(results);
+        let written = writer.join().expect("the writing thread does not panic");
+        let read = reader.join().expect("the reading thread does not panic");
+        // A stage that stopped because the next one had failed is not the cause.
+        match read {
+            Err(e) if e.is::<Downstream>() => {}
+            other => other?,
+        }
+        let rows_out = gathered?;
+        written?;
+        anyhow::ensure!(finished, "the output was not finished");
+        progress.finish();
+        Ok(rows_out)
+    })
+}
+
+/// One batch of stored rows re-attributed: the rows with today's attribution, or with
+/// `--diff` the endpoints whose attribution changed (none: `None`).
+fn attribute_rows(
+    args: &ReplayArgs,
+    reattribution: &Reattribution,
+    rows: &RecordBatch,
+) -> anyhow::Result<Option<RecordBatch>> {
+    let after = reattribution.reattribute(rows)?;
+    if args.diff {
+        diff::diff(rows, &after)
+    } else {
+        Ok(Some(after))
+    }
 }
 
 fn rewrite_hours(
@@ -245,10 +386,9 @@ fn rewrite_hours(
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
     let (mut hours, mut replaced, mut changed) = (0u64, 0u64, 0u64);
-    let mut hour = hour_of(selection.from);
-    while hour < selection.to {
+    for hour in selection.hours() {
         let done = rewrite::rewrite_hour(&args.data, hour, selection, reattribution, &interrupted)?;
-        progress.advance(done.selected);
+        progress.advance(done.flows);
         hours += 1;
         changed += done.changed;
         if done.replaced {
@@ -261,7 +401,6 @@ fn rewrite_hours(
                 done.changed
             ));
         }
-        hour += HOUR_US;
     }
     progress.finish();
     eprintln!(
@@ -270,40 +409,24 @@ fn rewrite_hours(
     Ok(())
 }
 
-async fn count(ctx: &datafusion::prelude::SessionContext, condition: &str) -> anyhow::Result<u64> {
-    use arrow::array::AsArray;
-    let batches = ctx
-        .sql(&format!(
-            "SELECT count(*) AS n FROM flows WHERE {condition}"
-        ))
-        .await?
-        .collect()
-        .await?;
-    Ok(batches
-        .first()
-        .and_then(|b| {
-            b.column(0)
-                .as_primitive_opt::<arrow::datatypes::Int64Type>()
-        })
-        .map_or(0, |c| c.value(0) as u64))
-}
-
 /// Where results go: standard output, or a file that appears only when complete.
 struct Output {
     file: Option<(PathBuf, PathBuf)>,
     sink: Sink,
+    /// How `--format parquet` encodes: as the store encodes the files it ingests.
+    parquet: parquet::file::properties::WriterProperties,
 }
 
 enum Sink {
-    Table(Vec<RecordBatch>, Box<dyn Write>),
-    Csv(arrow::csv::Writer<Box<dyn Write>>),
-    Json(arrow::json::ArrayWriter<Box<dyn Write>>),
-    Parquet(Option<parquet::arrow::ArrowWriter<std::fs::File>>),
+    Table(Vec<RecordBatch>, Box<dyn Write + Send>),
+    Csv(Box<arrow::csv::Writer<Box<dyn Write + Send>>>),
+    Json(arrow::json::ArrayWriter<Box<dyn Write + Send>>),
+    Parquet(Option<ParquetOut>),
     Nothing,
 }
 
 impl Output {
-    fn open(args: &ReplayArgs) -> anyhow::Result<Output> {
+    fn open(args: &ReplayArgs, encoding: &hawking_query::WriterOptions) -> anyhow::Result<Output> {
         let file = match &args.out {
             Some(path) => {
                 let name = path
@@ -314,7 +437,7 @@ impl Output {
             }
             None => None,
         };
-        let writer = || -> anyhow::Result<Box<dyn Write>> {
+        let writer = || -> anyhow::Result<Box<dyn Write + Send>> {
             Ok(match &file {
                 Some((path, tmp)) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(tmp)
@@ -325,15 +448,22 @@ impl Output {
         };
         let sink = match args.format {
             Format::Table => Sink::Table(Vec::new(), writer()?),
-            Format::Csv => Sink::Csv(
+            Format::Csv => Sink::Csv(Box::new(
                 arrow::csv::WriterBuilder::new()
                     .with_header(true)
                     .build(writer()?),
-            ),
+            )),
             Format::Json => Sink::Json(arrow::json::ArrayWriter::new(writer()?)),
             Format::Parquet => Sink::Parquet(None),
         };
-        Ok(Output { file, sink })
+        let parquet = encoding.properties(hawking_query::store::tuning_of(
+            hawking_schemas::pipeline::Table::Flows,
+        ))?;
+        Ok(Output {
+            file,
+            sink,
+            parquet,
+        })
     }
 
     fn write(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
@@ -347,11 +477,7 @@ impl Output {
                     let (path, tmp) = self.file.as_ref().expect("parquet has --out");
                     let f = std::fs::File::create(tmp)
                         .with_context(|| format!("--out {}", path.display()))?;
-                    *w = Some(parquet::arrow::ArrowWriter::try_new(
-                        f,
-                        batch.schema(),
-                        None,
-                    )?);
+                    *w = Some(ParquetOut::create(f, batch.schema(), self.parquet.clone())?);
                 }
                 w.as_mut().expect("opened").write(&batch)?;
             }
@@ -366,7 +492,7 @@ impl Output {
                 hawking_query::write_batches(&mut w, &batches, hawking_query::OutputFormat::Table)?;
                 w.flush()?;
             }
-            Sink::Csv(w) => w.into_inner().flush()?,
+            Sink::Csv(w) => (*w).into_inner().flush()?,
             Sink::Json(mut w) => {
                 w.finish()?;
                 w.into_inner().flush()?;
@@ -379,7 +505,7 @@ impl Output {
                     // No rows: still a valid, empty file of the flows schema.
                     let (_, tmp) = self.file.as_ref().expect("parquet has --out");
                     let f = std::fs::File::create(tmp)?;
-                    parquet::arrow::ArrowWriter::try_new(f, hawking_schemas::flow_schema(), None)?
+                    ParquetOut::create(f, hawking_schemas::flow_schema(), self.parquet.clone())?
                         .close()?;
                 }
             },
