@@ -93,7 +93,37 @@ pub fn ip_text(ip: u128) -> String {
 
 /// Parses the text form written by [`push_ip_text`] (or any standard address text).
 pub fn parse_ip(text: &str) -> Option<u128> {
+    // Stored flows are read back address by address (replay): the dotted quads Hawking
+    // writes take a direct path; anything else is the standard library's to judge.
+    if let Some(v4) = dotted_quad(text.as_bytes()) {
+        return Some(v4_to_u128(v4));
+    }
     text.trim().parse::<IpAddr>().ok().map(ip_to_u128)
+}
+
+/// `a.b.c.d` as Hawking writes it: four decimal octets of one to three digits, no leading
+/// zeros (a text the standard parser reads the same way); `None` for anything else.
+fn dotted_quad(text: &[u8]) -> Option<u32> {
+    let mut value = 0u32;
+    let mut parts = text.split(|b| *b == b'.');
+    for _ in 0..4 {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
+            return None;
+        }
+        let mut octet = 0u32;
+        for d in part {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            octet = octet * 10 + u32::from(d - b'0');
+        }
+        if octet > 255 {
+            return None;
+        }
+        value = value << 8 | octet;
+    }
+    parts.next().is_none().then_some(value)
 }
 
 #[cfg(test)]
@@ -111,6 +141,41 @@ mod tests {
         ] {
             let parsed: Ipv4Addr = ip.parse().unwrap();
             assert_eq!(ip_text(v4_to_u128(u32::from(parsed))), ip);
+        }
+    }
+
+    #[test]
+    fn address_text_parses_as_the_standard_library_reads_it() {
+        let texts = [
+            "0.0.0.0",
+            "10.4.3.7",
+            "255.255.255.255",
+            "1.20.255.0",
+            " 10.1.2.3 ",
+            "256.1.1.1",
+            "1.2.3",
+            "1.2.3.4.5",
+            "01.2.3.4",
+            "1.2.3.04",
+            "1..2.3",
+            "1.2.3.",
+            ".1.2.3",
+            "a.b.c.d",
+            "1.2.3.4a",
+            "1.2.3.1000",
+            "",
+            "::",
+            "::ffff:10.1.2.3",
+            "2001:db8::1",
+            "fe80::1%eth0",
+        ];
+        for t in texts {
+            let std = t.trim().parse::<IpAddr>().ok().map(ip_to_u128);
+            assert_eq!(parse_ip(t), std, "{t:?}");
+        }
+        for o in 0..=255u32 {
+            let t = format!("{o}.{o}.0.{o}");
+            assert_eq!(parse_ip(&t), Some(v4_to_u128(o << 24 | o << 16 | o)), "{t}");
         }
     }
 
