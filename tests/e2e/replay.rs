@@ -67,14 +67,14 @@ fn import(data: &Path, file: &Path, until: i64) {
 
 /// `hawking replay` over the two stored days of `data`, with `config`'s clusters.
 fn replay_command(data: &Path, config: &Path) -> Command {
+    replay_between(data, config, DAY, DAY + HOURS * 3600)
+}
+
+/// `hawking replay` of the flows of `data` that started from `from` to `to` (seconds).
+fn replay_between(data: &Path, config: &Path, from: i64, to: i64) -> Command {
     let mut c = Command::new(hawking_bin());
     c.arg("replay")
-        .args([
-            "--from",
-            &rfc3339(DAY),
-            "--to",
-            &rfc3339(DAY + HOURS * 3600),
-        ])
+        .args(["--from", &rfc3339(from), "--to", &rfc3339(to)])
         .arg("--data")
         .arg(data)
         .arg("--config")
@@ -83,7 +83,12 @@ fn replay_command(data: &Path, config: &Path) -> Command {
 }
 
 fn replay(data: &Path, config: &Path, args: &[&str]) -> std::process::Output {
-    let out = replay_command(data, config).args(args).output().unwrap();
+    succeeded(replay_command(data, config), args)
+}
+
+/// The output of `command` with `args`, which must succeed.
+fn succeeded(mut command: Command, args: &[&str]) -> std::process::Output {
+    let out = command.args(args).output().unwrap();
     assert!(
         out.status.success(),
         "replay {args:?}: {}",
@@ -205,32 +210,16 @@ fn replay_shows_and_rewrites_what_a_late_import_changed() {
     // A plain replay to Parquet: the flows of a window that --where picks, with today's
     // attribution, in time order, whole.
     let window = tmp.path().join("window.parquet");
-    let out = Command::new(hawking_bin())
-        .arg("replay")
-        .args([
-            "--from",
-            &rfc3339(DAY + 1200),
-            "--to",
-            &rfc3339(DAY + 11_400),
-        ])
-        .args([
+    succeeded(
+        replay_between(&data, &config, DAY + 1200, DAY + 11_400),
+        &[
             "--where",
             "src_port % 2 = 0",
             "--format",
             "parquet",
             "--out",
-        ])
-        .arg(&window)
-        .arg("--data")
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            window.to_str().unwrap(),
+        ],
     );
     let (mut starts, mut pods) = (Vec::new(), 0);
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
