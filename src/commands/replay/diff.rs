@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringBuilder, UInt32Array,
+};
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use hawking_schemas::flow::ENDPOINT_COLUMNS;
@@ -49,6 +51,20 @@ fn text_columns(rows: &RecordBatch, side: &str) -> anyhow::Result<Vec<ArrayRef>>
         .collect()
 }
 
+/// The rows where any of one side's columns differ between `before` and `after` (a null
+/// beside a value differs; two nulls do not), compared a column at a time.
+fn changed_rows(before: &[ArrayRef], after: &[ArrayRef]) -> anyhow::Result<BooleanArray> {
+    let mut changed: Option<BooleanArray> = None;
+    for (b, a) in before.iter().zip(after) {
+        let differs = arrow::compute::kernels::cmp::distinct(b, a)?;
+        changed = Some(match changed {
+            None => differs,
+            Some(c) => arrow::compute::or(&c, &differs)?,
+        });
+    }
+    Ok(changed.unwrap_or_else(|| BooleanArray::from(Vec::<bool>::new())))
+}
+
 impl<'a> Side<'a> {
     fn new(columns: &'a [ArrayRef]) -> Self {
         Side {
@@ -60,12 +76,6 @@ impl<'a> Side<'a> {
         let i = ENDPOINT_COLUMNS.iter().position(|c| *c == column)?;
         let c = self.columns[i];
         (!c.is_null(row)).then(|| c.value(row))
-    }
-
-    fn same(&self, other: &Side<'_>, row: usize) -> bool {
-        self.columns.iter().zip(&other.columns).all(|(a, b)| {
-            a.is_null(row) == b.is_null(row) && (a.is_null(row) || a.value(row) == b.value(row))
-        })
     }
 
     /// Who it names, as people read it: `namespace/pod (Kind workload)`, a node, a service,
@@ -125,18 +135,17 @@ pub fn diff(before: &RecordBatch, after: &RecordBatch) -> anyhow::Result<Option<
     let (dst_b, dst_a) = (text_columns(before, "dst")?, text_columns(after, "dst")?);
     let mut changes = Vec::new();
     for (side, b, a) in [("src", &src_b, &src_a), ("dst", &dst_b, &dst_a)] {
+        let changed = changed_rows(b, a)?;
         let (b, a) = (Side::new(b), Side::new(a));
-        for row in 0..before.num_rows() {
-            if !b.same(&a, row) {
-                changes.push(Change {
-                    row: row as u32,
-                    side,
-                    was: b.get("attribution", row),
-                    is: a.get("attribution", row),
-                    owner_was: b.owner(row),
-                    owner_is: a.owner(row),
-                });
-            }
+        for row in changed.values().set_indices() {
+            changes.push(Change {
+                row: row as u32,
+                side,
+                was: b.get("attribution", row),
+                is: a.get("attribution", row),
+                owner_was: b.owner(row),
+                owner_is: a.owner(row),
+            });
         }
     }
     // In the flows' order, each flow's src before its dst.
