@@ -5,7 +5,11 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringBuilder};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int32DictionaryArray, StringArray, StringBuilder, StringViewArray,
+};
+use arrow::datatypes::Int32Type;
+use arrow::error::ArrowError;
 use hawking_schemas::flow::FlowBatch;
 use hawking_schemas::{Attribution, OwnerKind};
 
@@ -339,67 +343,152 @@ pub fn attribute_batch(
     out
 }
 
+/// The nine attribution values of one endpoint, in `ENDPOINT_COLUMNS` order, as the
+/// attribution columns hold them; `candidates` is where an ambiguous answer's list is
+/// written.
+fn endpoint_values<'a>(
+    history: &'a IpHistory,
+    r: &Resolved,
+    candidates: &'a mut String,
+) -> [Option<&'a str>; 9] {
+    let owners = &history.owners;
+    let mut v = [None; 9];
+    v[0] = (r.cluster != NO_CLUSTER).then(|| history.cluster_name(r.cluster));
+    if let Some(o) = r.owner {
+        let owner = owners.get(o);
+        let name = owners.name(o);
+        v[1] = owners.text(owner.namespace);
+        match owner.kind {
+            OwnerKind::Pod | OwnerKind::HostNetworkPod => {
+                v[2] = Some(name);
+                v[5] = owners.text(owner.node);
+            }
+            OwnerKind::Node => v[5] = Some(name),
+            OwnerKind::Service => v[6] = Some(name),
+        }
+        v[3] = owners.text(owner.workload_kind);
+        v[4] = owners.text(owner.workload);
+    }
+    v[7] = Some(r.attribution.as_str());
+    if r.n_candidates > 0 {
+        candidates.clear();
+        for (i, o) in r.candidates[..r.n_candidates as usize].iter().enumerate() {
+            if i > 0 {
+                candidates.push_str(", ");
+            }
+            candidates.push_str(&owners.display(*o));
+        }
+        v[8] = Some(candidates.as_str());
+    }
+    v
+}
+
+/// Owners and their names are scattered over a large table: fetch them ahead (the owner 32
+/// rows on, the name of the owner 16 rows on, whose record is cached by then) so a loop over
+/// `resolved` does not wait on two memory reads per row.
+#[inline(always)]
+fn prefetch_owner(history: &IpHistory, resolved: &[Resolved], i: usize) {
+    let owners = &history.owners;
+    if let Some(o) = resolved.get(i + 32).and_then(|r| r.owner) {
+        prefetch(owners.get(o));
+    }
+    if let Some(o) = resolved.get(i + 16).and_then(|r| r.owner) {
+        prefetch(owners.name(o).as_ptr());
+    }
+}
+
 /// The nine attribution columns of one endpoint side, in `ENDPOINT_COLUMNS` order.
 pub fn endpoint_columns(history: &IpHistory, resolved: &[Resolved]) -> Vec<ArrayRef> {
     let n = resolved.len();
     let mut b: Vec<StringBuilder> = (0..9)
         .map(|_| StringBuilder::with_capacity(n, n * 8))
         .collect();
-    let owners = &history.owners;
     let mut candidates = String::new();
     for (i, r) in resolved.iter().enumerate() {
-        // Owners and their names are scattered over a large table: fetch them ahead (the
-        // owner 16 rows on, the name of the owner 8 rows on, whose record is cached by then)
-        // so the loop does not wait on two memory reads per row.
-        if let Some(o) = resolved.get(i + 32).and_then(|r| r.owner) {
-            prefetch(owners.get(o));
-        }
-        if let Some(o) = resolved.get(i + 16).and_then(|r| r.owner) {
-            prefetch(owners.name(o).as_ptr());
-        }
-        let cluster = (r.cluster != NO_CLUSTER).then(|| history.cluster_name(r.cluster));
-        b[0].append_option(cluster);
-        match r.owner {
-            Some(o) => {
-                let owner = owners.get(o);
-                let name = owners.name(o);
-                let (pod, node, service) = match owner.kind {
-                    OwnerKind::Pod | OwnerKind::HostNetworkPod => {
-                        (Some(name), owners.text(owner.node), None)
-                    }
-                    OwnerKind::Node => (None, Some(name), None),
-                    OwnerKind::Service => (None, None, Some(name)),
-                };
-                b[1].append_option(owners.text(owner.namespace));
-                b[2].append_option(pod);
-                b[3].append_option(owners.text(owner.workload_kind));
-                b[4].append_option(owners.text(owner.workload));
-                b[5].append_option(node);
-                b[6].append_option(service);
-            }
-            None => {
-                for col in &mut b[1..7] {
-                    col.append_null();
-                }
-            }
-        }
-        b[7].append_value(r.attribution.as_str());
-        if r.n_candidates > 0 {
-            candidates.clear();
-            for (i, o) in r.candidates[..r.n_candidates as usize].iter().enumerate() {
-                if i > 0 {
-                    candidates.push_str(", ");
-                }
-                candidates.push_str(&owners.display(*o));
-            }
-            b[8].append_value(&candidates);
-        } else {
-            b[8].append_null();
+        prefetch_owner(history, resolved, i);
+        for (column, value) in b
+            .iter_mut()
+            .zip(endpoint_values(history, r, &mut candidates))
+        {
+            column.append_option(value);
         }
     }
     b.into_iter()
         .map(|mut c| Arc::new(c.finish()) as ArrayRef)
         .collect()
+}
+
+/// One side's stored attribution column as read back from the store, in any of the text
+/// encodings a reader may give (dictionary-encoded is what replay reads: the values are
+/// then not copied out of the file's dictionary pages).
+enum StoredText<'a> {
+    Plain(&'a StringArray),
+    View(&'a StringViewArray),
+    Dictionary(&'a Int32DictionaryArray, &'a StringArray),
+}
+
+impl<'a> StoredText<'a> {
+    fn new(column: &'a dyn Array) -> Result<StoredText<'a>, ArrowError> {
+        if let Some(c) = column.as_string_opt::<i32>() {
+            return Ok(StoredText::Plain(c));
+        }
+        if let Some(c) = column.as_string_view_opt() {
+            return Ok(StoredText::View(c));
+        }
+        if let Some(d) = column.as_dictionary_opt::<Int32Type>()
+            && let Some(values) = d.values().as_string_opt::<i32>()
+        {
+            return Ok(StoredText::Dictionary(d, values));
+        }
+        Err(ArrowError::InvalidArgumentError(format!(
+            "an attribution column of type {} is not text",
+            column.data_type()
+        )))
+    }
+
+    #[inline]
+    fn get(&self, row: usize) -> Option<&'a str> {
+        match self {
+            StoredText::Plain(c) => c.is_valid(row).then(|| c.value(row)),
+            StoredText::View(c) => c.is_valid(row).then(|| c.value(row)),
+            StoredText::Dictionary(d, values) => d.is_valid(row).then(|| {
+                let key = d.keys().values()[row] as usize;
+                values.value(key)
+            }),
+        }
+    }
+}
+
+/// The rows of `resolved` whose stored attribution (`stored`: one side's nine columns in
+/// `ENDPOINT_COLUMNS` order, row for row) differs from what [`endpoint_columns`] would
+/// build for them now — a null beside a value differs, two nulls do not — compared value by
+/// value, without building today's columns.
+pub fn changed_endpoints(
+    history: &IpHistory,
+    resolved: &[Resolved],
+    stored: &[ArrayRef],
+) -> Result<Vec<u32>, ArrowError> {
+    if stored.len() != 9 || stored.iter().any(|c| c.len() != resolved.len()) {
+        return Err(ArrowError::InvalidArgumentError(format!(
+            "{} stored attribution columns for {} endpoints",
+            stored.len(),
+            resolved.len()
+        )));
+    }
+    let stored = stored
+        .iter()
+        .map(|c| StoredText::new(c.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut changed = Vec::new();
+    let mut candidates = String::new();
+    for (i, r) in resolved.iter().enumerate() {
+        prefetch_owner(history, resolved, i);
+        let now = endpoint_values(history, r, &mut candidates);
+        if now.iter().zip(&stored).any(|(now, was)| *now != was.get(i)) {
+            changed.push(i as u32);
+        }
+    }
+    Ok(changed)
 }
 
 /// Hints the CPU to load `p`'s cache line.
@@ -520,6 +609,74 @@ mod tests {
             Some("shop/web-eu, shop/web-us")
         );
         assert_eq!(s("src_pod", 1), None, "an ambiguous endpoint names no pod");
+    }
+
+    #[test]
+    fn stored_answers_are_compared_with_todays_in_every_text_encoding() {
+        use arrow::array::{DictionaryArray, StringArray};
+        use arrow::compute::cast;
+        use arrow::datatypes::DataType;
+        let (h, sel, _, _) = two_clusters_with_the_same_pod_range();
+        let mut batch = FlowBatch::default();
+        // A pod (one owner), an ambiguous address (candidates), an external address.
+        for (exporter, src) in [
+            (0xc0a8_0105u32, 0x0a04_010au32),
+            (0x0101_0101, 0x0a04_010a),
+            (0xc0a8_0105, 0x0808_0808),
+        ] {
+            let origin = FlowOrigin {
+                received_at: 0,
+                exporter: v4_to_u128(exporter),
+                observation_domain: 0,
+                source_kind: SourceKind::Ipfix,
+            };
+            let record = FlowRecord {
+                flow_start: 10,
+                flow_end: 20,
+                src_ip: v4_to_u128(src),
+                dst_ip: v4_to_u128(0x0808_0808),
+                protocol: 6,
+                ..Default::default()
+            };
+            batch.push(&origin, &record);
+        }
+        let attribution = attribute_batch(&h, &NatIndex::default(), &sel, &batch);
+        let built = endpoint_columns(&h, &attribution.src);
+        let as_type = |columns: &[ArrayRef], t: &DataType| -> Vec<ArrayRef> {
+            columns.iter().map(|c| cast(c, t).unwrap()).collect()
+        };
+        let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        for stored in [
+            built.clone(),
+            as_type(&built, &DataType::Utf8View),
+            as_type(&built, &dictionary),
+        ] {
+            assert_eq!(
+                changed_endpoints(&h, &attribution.src, &stored).unwrap(),
+                Vec::<u32>::new(),
+                "{} columns as built say what is resolved now",
+                stored[0].data_type()
+            );
+        }
+        // What the store held: row 0 another pod, row 1 no candidates (a null where today
+        // names some), row 2 as today.
+        let mut stored = built.clone();
+        stored[2] = Arc::new(StringArray::from(vec![Some("web-old"), None, None]));
+        stored[8] = Arc::new(StringArray::from(vec![None::<&str>, None, None]));
+        assert_eq!(
+            changed_endpoints(&h, &attribution.src, &stored).unwrap(),
+            [0, 1]
+        );
+        let keys: DictionaryArray<Int32Type> =
+            vec![Some("web-old"), None, None].into_iter().collect();
+        stored[2] = Arc::new(keys);
+        assert_eq!(
+            changed_endpoints(&h, &attribution.src, &stored).unwrap(),
+            [0, 1]
+        );
+        // Columns that do not line up with the endpoints are an error, not a guess.
+        assert!(changed_endpoints(&h, &attribution.src[..2], &stored).is_err());
+        assert!(changed_endpoints(&h, &attribution.src, &stored[..8]).is_err());
     }
 
     /// A node (192.168.5.10) masquerading pod 10.4.1.10's connection to 93.184.216.34:443.

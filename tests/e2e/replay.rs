@@ -207,6 +207,25 @@ fn replay_shows_and_rewrites_what_a_late_import_changed() {
             assert!(c["why"].as_str().unwrap().contains("now covers"), "{c}");
         }
     }
+    // --where may select by the stored attribution, with --diff as without it.
+    let selected = "src_port % 2 = 0 AND src_attribution = 'unknown'";
+    let out = replay(
+        &data,
+        &config,
+        &["--diff", "--format", "json", "--where", selected],
+    );
+    let changes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let even_in_gap = sql_i64(
+        &data,
+        &format!("SELECT count(*) FROM flows WHERE {selected}"),
+    );
+    assert!(even_in_gap > 0 && even_in_gap < in_gap);
+    assert_eq!(changes.len() as i64, 2 * even_in_gap);
+    assert!(
+        changes
+            .iter()
+            .all(|c| c["src_port"].as_i64().unwrap() % 2 == 0)
+    );
     // A plain replay to Parquet: the flows of a window that --where picks, with today's
     // attribution, in time order, whole.
     let window = tmp.path().join("window.parquet");
@@ -250,6 +269,38 @@ fn replay_shows_and_rewrites_what_a_late_import_changed() {
         "in flow_start order"
     );
     assert_eq!(starts[0], (DAY + 1200) * 1_000_000 + 500_000);
+    // The same window to Parquet selected by what the store said: the gap's flows in it
+    // (from 1800 s on: flows 300 to 1899, the even ones), now the pod's.
+    succeeded(
+        replay_between(&data, &config, DAY + 1200, DAY + 11_400),
+        &[
+            "--where",
+            selected,
+            "--format",
+            "parquet",
+            "--out",
+            window.to_str().unwrap(),
+        ],
+    );
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&window).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let (mut rows, mut pods) = (0, 0);
+    for batch in reader {
+        use arrow::array::AsArray;
+        let batch = batch.unwrap();
+        rows += batch.num_rows();
+        let pod = batch.column_by_name("src_attribution").unwrap();
+        pods += pod
+            .as_string::<i32>()
+            .iter()
+            .filter(|a| *a == Some("pod"))
+            .count();
+    }
+    assert_eq!((rows, pods), (800, 800));
 
     // The store is untouched by --diff and by a replay.
     assert_eq!(

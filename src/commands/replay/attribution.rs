@@ -8,8 +8,8 @@ use anyhow::Context;
 use arrow::array::{ArrayRef, RecordBatch};
 use hawking_enricher::nat::{ANY_CLUSTER, NatTrust};
 use hawking_enricher::{
-    ClusterSelector, Clusters, EnricherConfig, EnrichmentStage, HistoryKeeper, HistoryState, Mode,
-    NatIndex, StageConfig, attribute_batch, attribution_columns,
+    BatchAttribution, ClusterSelector, Clusters, EnricherConfig, EnrichmentStage, HistoryKeeper,
+    HistoryState, IpHistory, Mode, NatIndex, StageConfig, attribute_batch, attribution_columns,
 };
 use hawking_schemas::FlowBatch;
 use hawking_schemas::flow::ENDPOINT_COLUMNS;
@@ -100,11 +100,25 @@ impl Reattribution {
     /// `rows` (stored flows, any text encoding) with their attribution columns replaced by
     /// today's answer; every other column is kept as it was read.
     pub fn reattribute(&self, rows: &RecordBatch) -> anyhow::Result<RecordBatch> {
-        let flows = FlowBatch::from_stored(rows)?;
-        let history = self.keeper.history();
-        let attribution = attribute_batch(history, &self.nat, &self.selector, &flows);
-        let columns = attribution_columns(history, &attribution);
+        let attribution = self.attribute(rows)?;
+        let columns = attribution_columns(self.history(), &attribution);
         replace_attribution(rows, columns)
+    }
+
+    /// Today's answer for both endpoints of every stored flow of `rows`.
+    pub fn attribute(&self, rows: &RecordBatch) -> anyhow::Result<BatchAttribution> {
+        let flows = FlowBatch::from_stored(rows)?;
+        Ok(attribute_batch(
+            self.history(),
+            &self.nat,
+            &self.selector,
+            &flows,
+        ))
+    }
+
+    /// The history replay attributes with (names the owners of an attribution).
+    pub fn history(&self) -> &IpHistory {
+        self.keeper.history()
     }
 }
 

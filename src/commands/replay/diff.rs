@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringBuilder, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder, UInt32Array};
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use hawking_enricher::attribute::{changed_endpoints, endpoint_columns};
+use hawking_enricher::{BatchAttribution, IpHistory};
 use hawking_schemas::flow::ENDPOINT_COLUMNS;
 
 /// One row per changed endpoint.
@@ -38,31 +38,25 @@ struct Side<'a> {
     columns: Vec<&'a arrow::array::StringArray>,
 }
 
-fn text_columns(rows: &RecordBatch, side: &str) -> anyhow::Result<Vec<ArrayRef>> {
+/// One side's nine stored attribution columns, as read.
+fn stored_columns(rows: &RecordBatch, side: &str) -> anyhow::Result<Vec<ArrayRef>> {
     ENDPOINT_COLUMNS
         .iter()
         .map(|c| {
             let name = format!("{side}_{c}");
-            let col = rows
-                .column_by_name(&name)
-                .ok_or_else(|| anyhow::anyhow!("no column {name}"))?;
-            Ok(cast(col, &DataType::Utf8)?)
+            rows.column_by_name(&name)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no column {name}"))
         })
         .collect()
 }
 
-/// The rows where any of one side's columns differ between `before` and `after` (a null
-/// beside a value differs; two nulls do not), compared a column at a time.
-fn changed_rows(before: &[ArrayRef], after: &[ArrayRef]) -> anyhow::Result<BooleanArray> {
-    let mut changed: Option<BooleanArray> = None;
-    for (b, a) in before.iter().zip(after) {
-        let differs = arrow::compute::kernels::cmp::distinct(b, a)?;
-        changed = Some(match changed {
-            None => differs,
-            Some(c) => arrow::compute::or(&c, &differs)?,
-        });
-    }
-    Ok(changed.unwrap_or_else(|| BooleanArray::from(Vec::<bool>::new())))
+/// `columns` at `rows`, as plain text.
+fn text_at(columns: &[ArrayRef], rows: &UInt32Array) -> anyhow::Result<Vec<ArrayRef>> {
+    columns
+        .iter()
+        .map(|c| Ok(cast(&take(c.as_ref(), rows, None)?, &DataType::Utf8)?))
+        .collect()
 }
 
 impl<'a> Side<'a> {
@@ -120,9 +114,14 @@ fn why(before: Option<&str>, after: Option<&str>) -> &'static str {
     }
 }
 
-/// The changed endpoints of `before` (stored rows) against `after` (the same rows
-/// re-attributed), or `None` when nothing changed.
-pub fn diff(before: &RecordBatch, after: &RecordBatch) -> anyhow::Result<Option<RecordBatch>> {
+/// The changed endpoints of `before` (stored rows) against `after` (today's answer for
+/// the same rows), or `None` when nothing changed. Only the changed endpoints' answers are
+/// turned into text.
+pub fn diff(
+    before: &RecordBatch,
+    history: &IpHistory,
+    after: &BatchAttribution,
+) -> anyhow::Result<Option<RecordBatch>> {
     struct Change<'a> {
         row: u32,
         side: &'static str,
@@ -131,20 +130,27 @@ pub fn diff(before: &RecordBatch, after: &RecordBatch) -> anyhow::Result<Option<
         owner_was: Option<String>,
         owner_is: Option<String>,
     }
-    let (src_b, src_a) = (text_columns(before, "src")?, text_columns(after, "src")?);
-    let (dst_b, dst_a) = (text_columns(before, "dst")?, text_columns(after, "dst")?);
+    let mut texts = Vec::new();
+    for (side, resolved) in [("src", &after.src), ("dst", &after.dst)] {
+        let stored = stored_columns(before, side)?;
+        let rows = changed_endpoints(history, resolved, &stored)?;
+        let changed: Vec<_> = rows.iter().map(|r| resolved[*r as usize]).collect();
+        let rows = UInt32Array::from(rows);
+        let was = text_at(&stored, &rows)?;
+        let is = endpoint_columns(history, &changed);
+        texts.push((side, rows, was, is));
+    }
     let mut changes = Vec::new();
-    for (side, b, a) in [("src", &src_b, &src_a), ("dst", &dst_b, &dst_a)] {
-        let changed = changed_rows(b, a)?;
-        let (b, a) = (Side::new(b), Side::new(a));
-        for row in changed.values().set_indices() {
+    for (side, rows, was, is) in &texts {
+        let (b, a) = (Side::new(was), Side::new(is));
+        for (i, row) in rows.values().iter().enumerate() {
             changes.push(Change {
-                row: row as u32,
+                row: *row,
                 side,
-                was: b.get("attribution", row),
-                is: a.get("attribution", row),
-                owner_was: b.owner(row),
-                owner_is: a.owner(row),
+                was: b.get("attribution", i),
+                is: a.get("attribution", i),
+                owner_was: b.owner(i),
+                owner_is: a.owner(i),
             });
         }
     }

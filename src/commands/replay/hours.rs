@@ -8,14 +8,17 @@ use std::sync::Arc;
 use anyhow::Context;
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, new_null_array};
 use arrow::compute::{concat_batches, filter_record_batch, sort_to_indices, take_record_batch};
-use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
 use datafusion::physical_expr::PhysicalExpr;
 use hawking_query::store::compact::is_compacted;
 use hawking_query::store::hour::visible_files;
 use hawking_query::store::layout::{HOUR_US, partition_dir, table_dir};
 use hawking_schemas::pipeline::Table;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
 use parquet::file::statistics::Statistics;
 
 /// Rows per batch read from the store.
@@ -218,6 +221,9 @@ pub enum Columns {
     All,
     /// All but the stored attribution, which is replaced.
     WithoutAttribution,
+    /// Every column, the stored attribution read dictionary-encoded as the files hold it
+    /// (its values are not copied out of the dictionary pages): it is compared, not kept.
+    ToCompare,
 }
 
 impl Columns {
@@ -226,6 +232,18 @@ impl Columns {
         let table = Table::Flows.schema();
         match self {
             Columns::All => table,
+            Columns::ToCompare => {
+                let compared = super::attribution::attribution_column_names();
+                let fields: Vec<Field> = table
+                    .fields()
+                    .iter()
+                    .map(|f| match compared.iter().any(|n| n == f.name()) {
+                        true => f.as_ref().clone().with_data_type(stored_dictionary()),
+                        false => f.as_ref().clone(),
+                    })
+                    .collect();
+                Arc::new(Schema::new_with_metadata(fields, table.metadata().clone()))
+            }
             Columns::WithoutAttribution => {
                 let replaced = super::attribution::attribution_column_names();
                 let indices: Vec<usize> = (0..table.fields().len())
@@ -241,6 +259,11 @@ impl Columns {
     }
 }
 
+/// How [`Columns::ToCompare`] reads the stored attribution columns.
+fn stored_dictionary() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
 /// A reader of `file`'s row groups (those `within`'s time range can reach, if given) and of
 /// the columns `schema` names that the file has.
 fn reader(
@@ -250,9 +273,32 @@ fn reader(
     schema: &SchemaRef,
 ) -> anyhow::Result<ParquetRecordBatchReader> {
     let at = || path.display().to_string();
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file.try_clone().with_context(at)?)
-        .with_context(at)?
-        .with_batch_size(BATCH_ROWS);
+    let mut metadata =
+        ArrowReaderMetadata::load(file, ArrowReaderOptions::new()).with_context(at)?;
+    // Text columns `schema` wants dictionary-encoded are read so: the reader keeps the
+    // file's dictionary pages instead of copying out every value.
+    let stored = metadata.schema().clone();
+    if stored.fields().iter().any(|f| wants_dictionary(schema, f)) {
+        let fields: Vec<Field> = stored
+            .fields()
+            .iter()
+            .map(|f| match wants_dictionary(schema, f) {
+                true => f.as_ref().clone().with_data_type(stored_dictionary()),
+                false => f.as_ref().clone(),
+            })
+            .collect();
+        let hint = Arc::new(Schema::new_with_metadata(fields, stored.metadata().clone()));
+        metadata = ArrowReaderMetadata::try_new(
+            metadata.metadata().clone(),
+            ArrowReaderOptions::new().with_schema(hint),
+        )
+        .with_context(at)?;
+    }
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+        file.try_clone().with_context(at)?,
+        metadata,
+    )
+    .with_batch_size(BATCH_ROWS);
     let wanted: Vec<usize> = builder
         .parquet_schema()
         .columns()
@@ -285,6 +331,16 @@ fn reader(
         })
         .collect();
     builder.with_row_groups(groups).build().with_context(at)
+}
+
+/// Whether `schema` wants the file's text column `stored` read dictionary-encoded.
+fn wants_dictionary(schema: &SchemaRef, stored: &Field) -> bool {
+    matches!(
+        stored.data_type(),
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+    ) && schema
+        .field_with_name(stored.name())
+        .is_ok_and(|f| matches!(f.data_type(), DataType::Dictionary(..)))
 }
 
 /// `batch` as a batch of `schema` (the flows table's current columns, or some of them):

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use arrow::array::RecordBatch;
 use datafusion::common::DFSchema;
+use datafusion::prelude::{Expr, SessionContext};
 use hawking_schemas::time::{format_time, parse_time};
 
 use crate::config::Config;
@@ -178,12 +179,17 @@ async fn replay(args: &ReplayArgs, from: i64, to: i64, config: &Config) -> anyho
         format_time(from),
         format_time(to)
     );
+    let predicate = match &args.predicate {
+        None => None,
+        Some(p) => Some(parse_predicate(&args.data, p).await?),
+    };
+    let columns = columns_read(args, predicate.as_ref().map(|(_, expr)| expr));
     let selection = Selection {
         from,
         to,
-        predicate: match &args.predicate {
+        predicate: match predicate {
             None => None,
-            Some(p) => Some(compile_predicate(&args.data, p).await?),
+            Some((ctx, expr)) => Some(compile_predicate(&ctx, expr, columns)?),
         },
     };
     let mut stored = 0;
@@ -195,18 +201,26 @@ async fn replay(args: &ReplayArgs, from: i64, to: i64, config: &Config) -> anyho
         return rewrite_hours(args, &selection, &reattribution, &mut progress);
     }
     let out = Output::open(args, &config.store.writer)?;
-    let changed = stream_replay(args, &selection, &reattribution, out, &mut progress)?;
+    let changed = stream_replay(
+        args,
+        &selection,
+        columns,
+        &reattribution,
+        out,
+        &mut progress,
+    )?;
     if args.diff {
         eprintln!("replay: {changed} endpoints' attribution changed");
     }
     Ok(())
 }
 
-/// `--where`, checked where the flag can be named, as an expression over stored rows.
-async fn compile_predicate(
+/// `--where`, checked where the flag can be named, as an expression over the stored flows'
+/// columns (and the session that parsed it).
+async fn parse_predicate(
     data: &std::path::Path,
     predicate: &str,
-) -> anyhow::Result<std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>> {
+) -> anyhow::Result<(SessionContext, Expr)> {
     let ctx = hawking_query::open_session(data, &Default::default()).await?;
     let at = || format!("--where {predicate:?}");
     // Through the SQL planner first: its errors name the column or function at fault.
@@ -217,7 +231,41 @@ async fn compile_predicate(
     .with_context(at)?;
     let schema = DFSchema::try_from(hawking_schemas::flow_schema().as_ref().clone())?;
     let expr = ctx.parse_sql_expr(predicate, &schema).with_context(at)?;
-    ctx.create_physical_expr(expr, &schema).with_context(at)
+    Ok((ctx, expr))
+}
+
+/// Which stored columns a replay reads: `--rewrite` keeps every column of the rows it does
+/// not select, `--diff` compares the stored attribution; otherwise it is replaced, and read
+/// only when `--where` selects by it.
+fn columns_read(args: &ReplayArgs, predicate: Option<&Expr>) -> Columns {
+    if args.rewrite {
+        return Columns::All;
+    }
+    if args.diff {
+        return Columns::ToCompare;
+    }
+    let replaced = attribution::attribution_column_names();
+    let selects_by_attribution = predicate.is_some_and(|p| {
+        p.column_refs()
+            .iter()
+            .any(|c| replaced.contains(&c.name))
+    });
+    match selects_by_attribution {
+        true => Columns::All,
+        false => Columns::WithoutAttribution,
+    }
+}
+
+/// `--where` as an expression over the `columns` a replay reads (columns are found by
+/// position in a batch, so it is compiled for the very batches it will see).
+fn compile_predicate(
+    ctx: &SessionContext,
+    expr: Expr,
+    columns: Columns,
+) -> anyhow::Result<std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>> {
+    let schema = DFSchema::try_from(columns.schema().as_ref().clone())?;
+    ctx.create_physical_expr(expr, &schema)
+        .context("--where over the stored flows' columns")
 }
 
 /// What the reading thread hands on: selected stored rows, and how many stored rows it read
@@ -250,6 +298,7 @@ const ATTRIBUTING_THREADS: usize = 2;
 fn stream_replay(
     args: &ReplayArgs,
     selection: &Selection,
+    columns: Columns,
     reattribution: &Reattribution,
     out: Output,
     progress: &mut Progress,
@@ -260,12 +309,6 @@ fn stream_replay(
     let (worker_outputs, results): (Vec<SyncSender<anyhow::Result<Read>>>, Vec<_>) =
         (0..ATTRIBUTING_THREADS).map(|_| sync_channel(2)).unzip();
     let (to_write, written) = sync_channel::<ToWrite>(2);
-    // --diff compares the stored attribution; otherwise it is replaced, unread.
-    let columns = if args.diff {
-        Columns::All
-    } else {
-        Columns::WithoutAttribution
-    };
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> anyhow::Result<()> {
             let mut next = (0..ATTRIBUTING_THREADS).cycle();
@@ -371,11 +414,11 @@ fn attribute_rows(
     reattribution: &Reattribution,
     rows: &RecordBatch,
 ) -> anyhow::Result<Option<RecordBatch>> {
-    let after = reattribution.reattribute(rows)?;
     if args.diff {
-        diff::diff(rows, &after)
+        let after = reattribution.attribute(rows)?;
+        diff::diff(rows, reattribution.history(), &after)
     } else {
-        Ok(Some(after))
+        Ok(Some(reattribution.reattribute(rows)?))
     }
 }
 
