@@ -245,11 +245,8 @@ fn columns_read(args: &ReplayArgs, predicate: Option<&Expr>) -> Columns {
         return Columns::ToCompare;
     }
     let replaced = attribution::attribution_column_names();
-    let selects_by_attribution = predicate.is_some_and(|p| {
-        p.column_refs()
-            .iter()
-            .any(|c| replaced.contains(&c.name))
-    });
+    let selects_by_attribution =
+        predicate.is_some_and(|p| p.column_refs().iter().any(|c| replaced.contains(&c.name)));
     match selects_by_attribution {
         true => Columns::All,
         false => Columns::WithoutAttribution,
