@@ -10,6 +10,7 @@ use hawking_collector::source::capture::CaptureSourceConfig;
 use hawking_collector::source::flow_file::FlowFileSourceConfig;
 use hawking_collector::source::hubble_grpc::HubbleGrpcSourceConfig;
 use hawking_enricher::EnricherConfig;
+use hawking_kafka::KafkaSinkConfig;
 use hawking_query::pg::PgConfig;
 use hawking_query::{QueryOptions, StoreConfig};
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,8 @@ pub struct Config {
     pub enricher: EnricherConfig,
     /// The PostgreSQL-wire endpoint (Grafana, psql); off unless users are configured.
     pub pg: PgConfig,
+    /// Attributed flows to a Kafka topic; off unless brokers are set.
+    pub kafka: KafkaSinkConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -110,6 +113,7 @@ mod tests {
         );
         assert_eq!(example.store.retention, defaults.store.retention);
         assert_eq!(example.metrics.listen, defaults.metrics.listen);
+        assert_eq!(example.kafka, defaults.kafka);
         assert_eq!(example.pg.listen, defaults.pg.listen);
         assert_eq!(example.pg.auth, defaults.pg.auth);
         assert!(example.pg.users.is_empty() && !example.pg.enabled());

@@ -27,6 +27,7 @@ use hawking_enricher::watch::{client_for, spawn_cluster_watch};
 use hawking_enricher::{
     Clusters, EnrichmentStage, HistoryKeeper, HistoryState, Mode, NatIndex, StageConfig,
 };
+use hawking_kafka::KafkaSink;
 use hawking_query::StoreSink;
 use hawking_query::history::{load_history, load_translations};
 use hawking_query::store::maintenance::Maintenance;
@@ -84,11 +85,18 @@ impl Pipeline {
             .context("the NetFlow source has no address")?;
         let netflow_tcp = config.netflow.build_tcp(telemetry)?;
         let netflow_tcp_addr = netflow_tcp.as_ref().and_then(Source::local_addr);
-        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(StoreSink::open(
+        let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StoreSink::open(
             &data_dir,
             &config.store,
             telemetry,
         )?)];
+        if config.kafka.brokers.is_some() {
+            sinks.push(Box::new(KafkaSink::open(
+                &config.kafka,
+                &data_dir,
+                telemetry,
+            )?));
+        }
 
         config
             .store

@@ -7,6 +7,7 @@ mod exporters;
 mod flow_exports;
 mod hubble_grpc;
 mod ipfix_tcp;
+mod kafka;
 mod kube_api;
 mod kube_api_tests;
 mod malformed;

@@ -17,13 +17,13 @@ use crate::pgwire::pg::{PASSWORD, USER, pg_section, psql, start_with_pg, stdout}
 use crate::support::{hawking_bin, kill_after_line, rfc3339, send_ipfix, sql, sql_i64};
 
 /// 2026-11-20T00:00:00Z.
-const DAY: i64 = 1_795_132_800;
+pub(crate) const DAY: i64 = 1_795_132_800;
 const HOURS: i64 = 48;
 const FLOWS_PER_HOUR: i64 = 600;
 /// The first recording stops here (its `--until`): after it, the history knows nothing.
 const FIRST_RECORDING_ENDS: i64 = DAY + 1800;
 
-fn recording(path: &Path) {
+pub(crate) fn recording(path: &Path) {
     let started = rfc3339(DAY - 3600);
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -50,7 +50,7 @@ fn recording(path: &Path) {
     .unwrap();
 }
 
-fn import(data: &Path, file: &Path, until: i64) {
+pub(crate) fn import(data: &Path, file: &Path, until: i64) {
     let out = Command::new(hawking_bin())
         .args(["history", "import"])
         .arg(file)

@@ -17,9 +17,17 @@ have_cmd pkg-config || need+=(pkg-config)
 have_cmd curl || need+=(curl)
 [ -e /usr/include/pcap.h ] || need+=(libpcap-dev)
 
-# Python peers for the PostgreSQL-wire tests and the query benchmark (pip is a no-op when present).
-if ! python3 -c "import psycopg, asyncpg, duckdb" >/dev/null 2>&1; then
+# Python peers for the PostgreSQL-wire and Kafka tests and the query benchmark (pip is a no-op
+# when present).
+if ! python3 -c "import psycopg, asyncpg, duckdb, confluent_kafka" >/dev/null 2>&1; then
   python3 -m pip install -q -r "$(dirname "$0")/requirements.txt" >&2
+fi
+
+# tansu, a Kafka-compatible broker, for the Kafka tests: built once (about 9 minutes on 2
+# cores), then found in ~/.cargo/bin.
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+  echo "installing tansu (cargo install, once)" >&2
+  cargo install tansu --locked --features dynostore >&2
 fi
 
 if [ ${#need[@]} -eq 0 ]; then
