@@ -42,3 +42,6 @@ python3 tests/bench/capture_meter.py
 echo
 echo "## In-cluster exports: Hubble JSON lines and IPFIX over TCP beside UDP (python3 tests/bench/flow_exports.py)"
 python3 tests/bench/flow_exports.py
+echo
+echo "## Kafka sink: attributed ingest with [kafka] on beside off (python3 tests/bench/kafka_sink.py)"
+python3 tests/bench/kafka_sink.py
