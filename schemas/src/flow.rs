@@ -24,6 +24,10 @@ pub enum SourceKind {
     Ebpf = 4,
     Hubble = 5,
     NetObserv = 6,
+    /// sFlow v5 samples (as goflow2 decoded them).
+    Sflow = 7,
+    /// goflow2 messages that do not say which protocol the device exported.
+    Goflow2 = 8,
 }
 
 impl SourceKind {
@@ -37,6 +41,8 @@ impl SourceKind {
             "ebpf" => SourceKind::Ebpf,
             "hubble" => SourceKind::Hubble,
             "netobserv" => SourceKind::NetObserv,
+            "sflow" => SourceKind::Sflow,
+            "goflow2" => SourceKind::Goflow2,
             _ => return None,
         })
     }
@@ -51,6 +57,8 @@ impl SourceKind {
             SourceKind::Ebpf => "ebpf",
             SourceKind::Hubble => "hubble",
             SourceKind::NetObserv => "netobserv",
+            SourceKind::Sflow => "sflow",
+            SourceKind::Goflow2 => "goflow2",
         }
     }
 }

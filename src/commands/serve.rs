@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// --hubble-file does.
     #[arg(long, value_name = "PATH")]
     netobserv_file: Vec<PathBuf>,
+    /// Also read goflow2's flows (its `-format=json` or `-format=text` lines, as its file
+    /// transport writes them) from this file, as --hubble-file does; each flow's exporter
+    /// is the device goflow2 names.
+    #[arg(long, value_name = "PATH")]
+    goflow2_file: Vec<PathBuf>,
     /// Also follow the flows of this Hubble server over its Observer gRPC API, e.g.
     /// http://hubble-relay.kube-system:80 (reconnects after a break and resumes from the
     /// last flow). Repeatable; see [[hubble_grpc]] in the config.
@@ -84,6 +89,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     for (format, paths) in [
         (FlowFileFormat::Hubble, args.hubble_file),
         (FlowFileFormat::Netobserv, args.netobserv_file),
+        (FlowFileFormat::Goflow2, args.goflow2_file),
     ] {
         config.flow_files.extend(
             paths

@@ -2,6 +2,7 @@
 //! stream) into flows, NAT events and observations. A decoder knows nothing of where its
 //! messages come from; a transport ([`crate::transport`]) delivers them.
 
+pub mod goflow2;
 pub mod hubble;
 mod json_lines;
 pub mod netflow;

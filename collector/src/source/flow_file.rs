@@ -1,4 +1,4 @@
-//! In-cluster flow exporters' JSON lines (Hubble, NetObserv) from a followed file or
+//! Flow exporters' lines (Hubble, NetObserv, goflow2) from a followed file or
 //! standard input: the line transport and the format's decoder.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Batching, Source};
 use crate::decode::Decoder;
+use crate::decode::goflow2::{Goflow2Decoder, Goflow2Format};
 use crate::decode::hubble::HubbleDecoder;
 use crate::decode::netobserv::NetObservDecoder;
 use crate::transport::TransportError;
@@ -23,6 +24,10 @@ pub enum FlowFileFormat {
     Hubble,
     /// NetObserv: flowlogs-pipeline's JSON records.
     Netobserv,
+    /// goflow2's JSON (`-format=json`) or text (`-format=text`) lines, as its file
+    /// transport or standard output writes them; each flow's exporter is the device goflow2
+    /// names (`sampler_address`), not `exporter`.
+    Goflow2,
 }
 
 impl FlowFileFormat {
@@ -30,6 +35,7 @@ impl FlowFileFormat {
         match self {
             FlowFileFormat::Hubble => "hubble",
             FlowFileFormat::Netobserv => "netobserv",
+            FlowFileFormat::Goflow2 => "goflow2",
         }
     }
 }
@@ -38,7 +44,7 @@ impl FlowFileFormat {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowFileSourceConfig {
-    /// `hubble` or `netobserv`.
+    /// `hubble`, `netobserv` or `goflow2`.
     pub format: FlowFileFormat,
     /// The file, followed as it grows and across rotation (Hubble's exporter writes
     /// `/var/run/cilium/hubble/events.log`); `-` reads standard input until it ends.
@@ -99,6 +105,9 @@ impl FlowFileSourceConfig {
         let decoder: Box<dyn Decoder> = match self.format {
             FlowFileFormat::Hubble => Box::new(HubbleDecoder::new(component.clone())),
             FlowFileFormat::Netobserv => Box::new(NetObservDecoder::new(component.clone())),
+            FlowFileFormat::Goflow2 => {
+                Box::new(Goflow2Decoder::new(Goflow2Format::Lines, component.clone()))
+            }
         };
         tracing::info!(source = %name, path = %self.path.display(), "reading flow lines");
         Ok(Source::new(
