@@ -60,13 +60,7 @@ impl EncodedBatch {
         let mut writer = arrow::json::LineDelimitedWriter::new(&mut self.buf);
         writer.write(&batch)?;
         writer.finish()?;
-        self.ends.extend(
-            self.buf
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| **b == b'\n')
-                .map(|(i, _)| i),
-        );
+        self.ends.extend(memchr::memchr_iter(b'\n', &self.buf));
         if self.ends.len() != batch.num_rows() {
             return Err(ArrowError::JsonError(format!(
                 "{} rows encoded as {} lines",

@@ -263,7 +263,8 @@ impl KafkaSink {
         origin: usize,
         wait: Duration,
     ) -> Result<(), KafkaError> {
-        let deadline = Instant::now() + wait;
+        // The clock is read only once the queue is full: a send is per flow.
+        let mut deadline = None;
         loop {
             let mut record = BaseRecord::with_opaque_to(&self.config.topic, origin)
                 .payload(payload)
@@ -274,7 +275,7 @@ impl KafkaSink {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if Instant::now() < deadline =>
+                    if Instant::now() < *deadline.get_or_insert_with(|| Instant::now() + wait) =>
                 {
                     std::thread::sleep(Duration::from_millis(1));
                 }

@@ -12,7 +12,7 @@ modes alternate, --runs times each. CPU seconds are the serve process's own (wai
 system, all threads, start to exit); tansu's are not counted, but it shares the two cores.
 
     tests/bench/kafka_sink.py [--hawking target/release/hawking] [--rate 200000]
-                              [--flows 2000000] [--runs 3]
+                              [--flows 2000000] [--runs 3] [--kafka-extra TOML]
 """
 
 import argparse
@@ -72,7 +72,7 @@ def run(mode, args, tmp, broker_port):
         config = os.path.join(tmp, "kafka.toml")
         with open(extra[1]) as f, open(config, "w") as out:
             out.write(f.read())
-            out.write(f'\n[kafka]\nbrokers = "127.0.0.1:{broker_port}"\n')
+            out.write(f'\n[kafka]\nbrokers = "127.0.0.1:{broker_port}"\n{args.kafka_extra}\n')
         extra = ["--config", config]
     proc = subprocess.Popen([ni.HAWKING, "serve", "--netflow", "127.0.0.1:0", "--metrics",
                              "127.0.0.1:0", "--data", data] + extra,
@@ -108,6 +108,8 @@ def main():
     ap.add_argument("--rate", type=int, default=200000)
     ap.add_argument("--flows", type=int, default=2000000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--kafka-extra", default="",
+                    help='more [kafka] lines, e.g. properties = { "compression.type" = "none" }')
     args = ap.parse_args()
     ni.HAWKING = os.path.abspath(args.hawking)
     results = {"off": [], "kafka": []}
