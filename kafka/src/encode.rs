@@ -21,7 +21,7 @@ pub struct EncodedBatch {
 }
 
 /// `batch` with its `UTC` timestamps labelled `+00:00`: the same instants, which the JSON
-/// writer prints as RFC 3339 without a time-zone database.
+/// writer prints as RFC 3339 (`...Z`) without a time-zone database.
 fn with_offset_times(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
     let schema = batch.schema();
     let mut fields = Vec::with_capacity(schema.fields().len());
@@ -126,5 +126,99 @@ impl EncodedBatch {
                 Some(scratch.as_bytes())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+    use hawking_schemas::FlowBatch;
+    use hawking_schemas::flow::{ENDPOINT_COLUMNS, FlowOrigin, FlowRecord, SourceKind};
+    use hawking_schemas::ip::v4_to_u128;
+
+    /// Two flows from 192.0.2.1: the first a workload's (prod/shop/web), the second from an
+    /// address no workload held.
+    fn flows() -> RecordBatch {
+        let mut b = FlowBatch::default();
+        let origin = FlowOrigin {
+            received_at: 1_796_083_200_000_000,
+            exporter: v4_to_u128(0xc000_0201),
+            observation_domain: 0,
+            source_kind: SourceKind::Ipfix,
+        };
+        for i in 0..2u32 {
+            let record = FlowRecord {
+                flow_start: 1_796_083_200_000_000,
+                flow_end: 1_796_083_200_500_000,
+                src_ip: v4_to_u128(0x0a00_0001 + i),
+                dst_ip: v4_to_u128(0x0808_0808),
+                protocol: 17,
+                bytes: 100,
+                packets: 1,
+                ..Default::default()
+            };
+            b.push(&origin, &record);
+        }
+        let side = |values: [[Option<&str>; 2]; 9]| -> Vec<ArrayRef> {
+            values
+                .iter()
+                .map(|v| Arc::new(StringArray::from(v.to_vec())) as ArrayRef)
+                .collect()
+        };
+        let mut src = [[None, None]; 9];
+        let at = |c: &str| ENDPOINT_COLUMNS.iter().position(|n| *n == c).unwrap();
+        src[at("cluster")] = [Some("prod"), Some("prod")];
+        src[at("namespace")] = [Some("shop"), None];
+        src[at("workload")] = [Some("web"), None];
+        src[at("attribution")] = [Some("pod"), Some("unknown")];
+        let mut columns = side(src);
+        columns.extend(side([[None, None]; 9]));
+        b.to_record_batch(Some(columns)).unwrap()
+    }
+
+    fn keys(key: MessageKey) -> Vec<Option<String>> {
+        let mut e = EncodedBatch::default();
+        e.encode(&flows(), key).unwrap();
+        let mut scratch = String::new();
+        (0..e.len())
+            .map(|i| {
+                e.key(i, &mut scratch)
+                    .map(|k| String::from_utf8(k.to_vec()).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn messages_are_keyed_as_configured() {
+        assert_eq!(
+            keys(MessageKey::Exporter),
+            [Some("192.0.2.1".into()), Some("192.0.2.1".into())]
+        );
+        assert_eq!(
+            keys(MessageKey::SourceWorkload),
+            [Some("prod/shop/web".into()), None],
+            "no workload, no key: a made-up key would gather unrelated flows"
+        );
+        assert_eq!(keys(MessageKey::None), [None, None]);
+    }
+
+    #[test]
+    fn each_row_is_one_json_object_with_what_it_holds() {
+        let mut e = EncodedBatch::default();
+        e.encode(&flows(), MessageKey::None).unwrap();
+        assert_eq!(e.len(), 2);
+        let first: serde_json::Value = serde_json::from_slice(e.payload(0)).unwrap();
+        let second: serde_json::Value = serde_json::from_slice(e.payload(1)).unwrap();
+        assert_eq!(first["src_ip"], "10.0.0.1");
+        assert_eq!(second["src_ip"], "10.0.0.2");
+        assert_eq!(first["src_workload"], "web");
+        assert_eq!(first["flow_start"], "2026-12-01T00:00:00Z");
+        assert_eq!(first["flow_end"], "2026-12-01T00:00:00.500Z");
+        assert!(second.get("src_workload").is_none());
+        assert!(
+            second.get("dst_attribution").is_none(),
+            "not attributed: left out"
+        );
     }
 }

@@ -16,7 +16,7 @@ pub fn flow_message_schema() -> Value {
             DataType::Timestamp(..) => json!({
                 "type": "string",
                 "format": "date-time",
-                "description": "RFC 3339, UTC (+00:00), microseconds when not whole seconds"
+                "description": "RFC 3339 in UTC (`Z`), with the fraction of a second when there is one"
             }),
             DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => json!({"type": "string"}),
             DataType::Boolean => json!({"type": "boolean"}),
