@@ -14,7 +14,8 @@ pub struct KafkaSinkConfig {
     /// The topic flows go to. Default `hawking.flows`.
     pub topic: String,
     /// How a flow is written: `json` (default; one JSON object per message, the fields of
-    /// `schemas/kafka/flow.v1.schema.json`).
+    /// `schemas/kafka/flow.v1.schema.json`) or `protobuf` (one `hawking.flows.v1.Flow` of
+    /// `schemas/kafka/flow_v1.proto` per message).
     pub format: MessageFormat,
     /// The message key, which decides the partition: `exporter` (default: one exporter's
     /// flows stay in order on one partition), `source_workload` (`cluster/namespace/workload`
@@ -58,6 +59,18 @@ impl Default for KafkaSinkConfig {
 pub enum MessageFormat {
     /// One JSON object, the flows table's columns by name; absent values are left out.
     Json,
+    /// One protobuf `Flow`; absent values are absent fields.
+    Protobuf,
+}
+
+impl MessageFormat {
+    /// The `hawking-schema` header of its messages.
+    pub fn schema_header(self) -> &'static str {
+        match self {
+            MessageFormat::Json => "hawking.flows.v1+json",
+            MessageFormat::Protobuf => "hawking.flows.v1+protobuf",
+        }
+    }
 }
 
 /// What a message is keyed by.

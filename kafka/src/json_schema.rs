@@ -4,6 +4,7 @@
 use arrow::datatypes::DataType;
 use serde_json::{Map, Value, json};
 
+use crate::config::MessageFormat;
 use crate::sink::SCHEMA_HEADER;
 
 /// The JSON Schema (draft 2020-12) every message of format `json` satisfies.
@@ -39,7 +40,8 @@ pub fn flow_message_schema() -> Value {
             "One attributed flow per Kafka message (header {}: {}). The fields are the columns \
              of Hawking's flows table; a field whose value is absent (not reported, or not \
              attributed) is left out, never written as a made-up value.",
-            SCHEMA_HEADER.0, SCHEMA_HEADER.1
+            SCHEMA_HEADER,
+            MessageFormat::Json.schema_header()
         ),
         "type": "object",
         "properties": properties,

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod encode;
 pub mod json_schema;
+pub mod proto_schema;
 pub mod sink;
 pub mod spool;
 

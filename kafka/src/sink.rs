@@ -31,8 +31,9 @@ use crate::config::KafkaSinkConfig;
 use crate::encode::EncodedBatch;
 use crate::spool::{Spool, SpoolError, Spooled};
 
-/// What every message says it is, so consumers can tell versions apart.
-pub const SCHEMA_HEADER: (&str, &str) = ("hawking-schema", "hawking.flows.v1+json");
+/// The header every message carries, saying what it is (`MessageFormat::schema_header`), so
+/// consumers can tell formats and versions apart.
+pub const SCHEMA_HEADER: &str = "hawking-schema";
 
 /// How long a send waits for room in the producer's queue before it spools instead.
 const QUEUE_WAIT: Duration = Duration::from_millis(200);
@@ -247,10 +248,10 @@ impl KafkaSink {
             .set(self.spool.age(SystemTime::now()).as_secs() as i64);
     }
 
-    fn headers() -> OwnedHeaders {
+    fn headers(&self) -> OwnedHeaders {
         OwnedHeaders::new().insert(Header {
-            key: SCHEMA_HEADER.0,
-            value: Some(SCHEMA_HEADER.1),
+            key: SCHEMA_HEADER,
+            value: Some(self.config.format.schema_header()),
         })
     }
 
@@ -268,7 +269,7 @@ impl KafkaSink {
         loop {
             let mut record = BaseRecord::with_opaque_to(&self.config.topic, origin)
                 .payload(payload)
-                .headers(Self::headers());
+                .headers(self.headers());
             if let Some(k) = key {
                 record = record.key(k);
             }
@@ -470,7 +471,7 @@ impl Sink for KafkaSink {
         let mut encoded = std::mem::take(&mut self.encoded);
         let result = (|| {
             encoded
-                .encode(&rows, self.config.key)
+                .encode(&rows, self.config.key, self.config.format)
                 .map_err(|e| SinkError::Rejected {
                     sink: "kafka".into(),
                     table,
@@ -658,10 +659,10 @@ mod tests {
                 let headers = m.headers().expect("headers");
                 let schema = headers
                     .iter()
-                    .find(|h| h.key == SCHEMA_HEADER.0)
+                    .find(|h| h.key == SCHEMA_HEADER)
                     .and_then(|h| h.value)
                     .expect("the schema header");
-                assert_eq!(schema, SCHEMA_HEADER.1.as_bytes());
+                assert_eq!(schema, b"hawking.flows.v1+json");
                 out.push((
                     m.key().map(|k| String::from_utf8(k.to_vec()).unwrap()),
                     serde_json::from_slice(m.payload().unwrap()).unwrap(),

@@ -97,14 +97,25 @@ fn proxy(listen: u16, target: u16) -> Running {
     Running(child)
 }
 
-/// Every message on the topic, read by confluent-kafka: (key, payload).
+/// Every message on the topic, read by confluent-kafka: (key, payload), JSON messages.
 fn consume(bootstrap: &str, count: usize) -> Vec<(Option<String>, Value)> {
+    consume_as(bootstrap, count, None)
+}
+
+/// As `consume`; with `proto`, the messages are protobuf decoded by code protoc generates
+/// from that file, and must say so in their header.
+fn consume_as(bootstrap: &str, count: usize, proto: Option<&Path>) -> Vec<(Option<String>, Value)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/kafka_consume.py");
     let out = Command::new("python3")
         .arg(script)
         .args([bootstrap, TOPIC, &count.to_string(), "90"])
+        .args(proto)
         .output()
         .unwrap();
+    let header = match proto {
+        Some(_) => "hawking.flows.v1+protobuf",
+        None => "hawking.flows.v1+json",
+    };
     assert!(
         out.status.success(),
         "consumer: {}",
@@ -115,10 +126,7 @@ fn consume(bootstrap: &str, count: usize) -> Vec<(Option<String>, Value)> {
         .lines()
         .map(|l| {
             let m: Value = serde_json::from_str(l).unwrap();
-            assert_eq!(
-                m["headers"]["hawking-schema"], "hawking.flows.v1+json",
-                "{m}"
-            );
+            assert_eq!(m["headers"]["hawking-schema"], header, "{m}");
             (m["key"].as_str().map(str::to_string), m["value"].clone())
         })
         .collect()
@@ -188,12 +196,16 @@ type Said = (
 fn said_by_messages(messages: &[(Option<String>, Value)]) -> BTreeMap<u64, Vec<Said>> {
     let mut by_bytes: BTreeMap<u64, Vec<Said>> = BTreeMap::new();
     for (_, m) in messages {
-        let start: jiff::Timestamp = m["flow_start"].as_str().unwrap().parse().unwrap();
+        // JSON says RFC 3339, protobuf µs.
+        let start = match &m["flow_start"] {
+            Value::String(t) => t.parse::<jiff::Timestamp>().unwrap().as_microsecond(),
+            v => v.as_i64().unwrap(),
+        };
         by_bytes
             .entry(m["bytes"].as_u64().unwrap())
             .or_default()
             .push((
-                start.as_microsecond(),
+                start,
                 text(&m["src_ip"]),
                 text(&m["src_attribution"]),
                 text(&m["src_pod"]),
@@ -324,6 +336,53 @@ fn every_stored_flow_reaches_an_outside_consumer_with_its_attribution() {
     );
     let report = hawking.stop();
     assert_eq!(report.flows, sent.len() as u64);
+}
+
+#[test]
+fn protobuf_messages_decoded_from_the_published_proto_say_what_the_store_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_tcp_port();
+    let _broker = tansu(port, port, &tmp.path().join("tansu.log"));
+    let brokers = format!("127.0.0.1:{port}");
+    let (data, config) = set_up(
+        tmp.path(),
+        &brokers,
+        "format = \"protobuf\"\nkey = \"source_workload\"",
+    );
+    let hawking = Hawking::start(&data, &["--config", config.to_str().unwrap()]);
+    let sent = flows(0, 1000);
+    send_ipfix(hawking.netflow, "127.0.0.1", &sent);
+    let total = sent.len() as f64;
+    hawking.wait_metric(
+        "hawking_store_rows_written_total",
+        &[("table", "flows")],
+        total,
+    );
+    wait_until(
+        "every flow delivered to Kafka",
+        Duration::from_secs(30),
+        || kafka_sent(&hawking) >= total,
+    );
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/kafka/flow_v1.proto");
+    let messages = consume_as(&brokers, sent.len(), Some(&proto));
+    assert_eq!(messages.len(), sent.len());
+    assert_eq!(said_by_messages(&messages), said_by_store(&data));
+    // Keyed by the source workload where there is one; an unknown source has no key.
+    for (key, m) in &messages {
+        match m["src_attribution"].as_str() {
+            Some("pod") => assert_eq!(key.as_deref(), Some("prod/shop/web"), "{m}"),
+            _ => assert_eq!(key, &None, "{m}"),
+        }
+    }
+    let unknown = messages
+        .iter()
+        .filter(|(_, m)| m["src_attribution"] == "unknown" && m.get("src_pod").is_none())
+        .count();
+    assert_eq!(
+        unknown, 200,
+        "an absent value is an absent field, not an empty string"
+    );
+    hawking.stop();
 }
 
 #[test]

@@ -19,7 +19,7 @@ have_cmd curl || need+=(curl)
 
 # Python peers for the PostgreSQL-wire and Kafka tests and the query benchmark (pip is a no-op
 # when present).
-if ! python3 -c "import psycopg, asyncpg, duckdb, confluent_kafka" >/dev/null 2>&1; then
+if ! python3 -c "import psycopg, asyncpg, duckdb, confluent_kafka, grpc_tools" >/dev/null 2>&1; then
   python3 -m pip install -q -r "$(dirname "$0")/requirements.txt" >&2
 fi
 
