@@ -285,28 +285,54 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A `hawking serve` publishing to a tansu broker (with `kafka_extra` in `[kafka]`), after
+/// `n` flows were sent and both stored and acknowledged by the broker.
+struct Published {
+    hawking: Hawking,
+    data: PathBuf,
+    brokers: String,
+    sent: Vec<FlowRecord>,
+    _broker: Running,
+    _tmp: tempfile::TempDir,
+}
+
+impl Published {
+    fn run(n: i64, kafka_extra: &str) -> Published {
+        let tmp = tempfile::tempdir().unwrap();
+        let port = free_tcp_port();
+        let broker = tansu(port, port, &tmp.path().join("tansu.log"));
+        let brokers = format!("127.0.0.1:{port}");
+        let (data, config) = set_up(tmp.path(), &brokers, kafka_extra);
+        let hawking = Hawking::start(&data, &["--config", config.to_str().unwrap()]);
+        let sent = flows(0, n);
+        send_ipfix(hawking.netflow, "127.0.0.1", &sent);
+        let total = sent.len() as f64;
+        hawking.wait_metric(
+            "hawking_store_rows_written_total",
+            &[("table", "flows")],
+            total,
+        );
+        wait_until(
+            "every flow delivered to Kafka",
+            Duration::from_secs(30),
+            || kafka_sent(&hawking) >= total,
+        );
+        Published {
+            hawking,
+            data,
+            brokers,
+            sent,
+            _broker: broker,
+            _tmp: tmp,
+        }
+    }
+}
+
 #[test]
 fn every_stored_flow_reaches_an_outside_consumer_with_its_attribution() {
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_tcp_port();
-    let _broker = tansu(port, port, &tmp.path().join("tansu.log"));
-    let brokers = format!("127.0.0.1:{port}");
-    let (data, config) = set_up(tmp.path(), &brokers, "");
-    let hawking = Hawking::start(&data, &["--config", config.to_str().unwrap()]);
-    let sent = flows(0, 2000);
-    send_ipfix(hawking.netflow, "127.0.0.1", &sent);
-    let total = sent.len() as f64;
-    hawking.wait_metric(
-        "hawking_store_rows_written_total",
-        &[("table", "flows")],
-        total,
-    );
-    wait_until(
-        "every flow delivered to Kafka",
-        Duration::from_secs(30),
-        || kafka_sent(&hawking) >= total,
-    );
-    let messages = consume(&brokers, sent.len());
+    let run = Published::run(2000, "");
+    let (sent, data) = (&run.sent, &run.data);
+    let messages = consume(&run.brokers, sent.len());
     assert_eq!(messages.len(), sent.len(), "one message per flow, no more");
     // Keyed by the exporter (the default): one exporter's flows keep their order.
     assert!(
@@ -315,7 +341,7 @@ fn every_stored_flow_reaches_an_outside_consumer_with_its_attribution() {
             .all(|(k, _)| k.as_deref() == Some("127.0.0.1"))
     );
     follow_the_published_schema(&messages);
-    let (kafka, store) = (said_by_messages(&messages), said_by_store(&data));
+    let (kafka, store) = (said_by_messages(&messages), said_by_store(data));
     assert_eq!(kafka.len(), sent.len());
     assert_eq!(
         kafka, store,
@@ -334,39 +360,18 @@ fn every_stored_flow_reaches_an_outside_consumer_with_its_attribution() {
         unknown, 400,
         "an address no one held is unknown, with no pod made up"
     );
-    let report = hawking.stop();
+    let report = run.hawking.stop();
     assert_eq!(report.flows, sent.len() as u64);
 }
 
 #[test]
 fn protobuf_messages_decoded_from_the_published_proto_say_what_the_store_says() {
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_tcp_port();
-    let _broker = tansu(port, port, &tmp.path().join("tansu.log"));
-    let brokers = format!("127.0.0.1:{port}");
-    let (data, config) = set_up(
-        tmp.path(),
-        &brokers,
-        "format = \"protobuf\"\nkey = \"source_workload\"",
-    );
-    let hawking = Hawking::start(&data, &["--config", config.to_str().unwrap()]);
-    let sent = flows(0, 1000);
-    send_ipfix(hawking.netflow, "127.0.0.1", &sent);
-    let total = sent.len() as f64;
-    hawking.wait_metric(
-        "hawking_store_rows_written_total",
-        &[("table", "flows")],
-        total,
-    );
-    wait_until(
-        "every flow delivered to Kafka",
-        Duration::from_secs(30),
-        || kafka_sent(&hawking) >= total,
-    );
+    let run = Published::run(1000, "format = \"protobuf\"\nkey = \"source_workload\"");
+    let (sent, data) = (&run.sent, &run.data);
     let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/kafka/flow_v1.proto");
-    let messages = consume_as(&brokers, sent.len(), Some(&proto));
+    let messages = consume_as(&run.brokers, sent.len(), Some(&proto));
     assert_eq!(messages.len(), sent.len());
-    assert_eq!(said_by_messages(&messages), said_by_store(&data));
+    assert_eq!(said_by_messages(&messages), said_by_store(data));
     // Keyed by the source workload where there is one; an unknown source has no key.
     for (key, m) in &messages {
         match m["src_attribution"].as_str() {
@@ -382,7 +387,7 @@ fn protobuf_messages_decoded_from_the_published_proto_say_what_the_store_says() 
         unknown, 200,
         "an absent value is an absent field, not an empty string"
     );
-    hawking.stop();
+    run.hawking.stop();
 }
 
 #[test]
