@@ -129,12 +129,10 @@ impl Spool {
         let mut done = Appended::default();
         // Each segment starts with its header (one per SEGMENT_MESSAGES messages).
         let headers = messages.len().div_ceil(SEGMENT_MESSAGES) as u64 * MAGIC.len() as u64;
-        let replaced = self
-            .segments
-            .iter()
-            .filter(|s| Some(s.id) == replacing)
-            .map(|s| s.bytes)
-            .sum::<u64>();
+        let replaced = self.segments.iter().find(|s| Some(s.id) == replacing);
+        // What failed again of a segment has waited since that segment's messages did.
+        let waiting_since = replaced.map_or_else(SystemTime::now, |s| s.written);
+        let replaced = replaced.map_or(0, |s| s.bytes);
         let mut room = self
             .max_bytes
             .saturating_sub(self.bytes() - replaced)
@@ -150,13 +148,19 @@ impl Spool {
             .count();
         done.dropped = (messages.len() - fits) as u64;
         for chunk in messages[..fits].chunks(SEGMENT_MESSAGES) {
-            self.write_segment(chunk)?;
+            self.write_segment(chunk, waiting_since)?;
             done.stored += chunk.len() as u64;
         }
         Ok(done)
     }
 
-    fn write_segment(&mut self, messages: &[Spooled]) -> Result<(), SpoolError> {
+    /// Writes one segment; `waiting_since` is when its oldest message first waited (kept as
+    /// the file's modification time, so the age survives a restart and a re-spooling).
+    fn write_segment(
+        &mut self,
+        messages: &[Spooled],
+        waiting_since: SystemTime,
+    ) -> Result<(), SpoolError> {
         let id = self.next_id;
         let path = self.dir.join(format!("{id:020}.spool"));
         let partial = self.dir.join(format!("{id:020}.spool.partial"));
@@ -176,6 +180,7 @@ impl Spool {
             bytes += m.size();
         }
         let file = w.into_inner().map_err(|e| io(&partial)(e.into_error()))?;
+        file.set_modified(waiting_since).map_err(io(&partial))?;
         file.sync_all().map_err(io(&partial))?;
         drop(file);
         fs::rename(&partial, &path).map_err(io(&path))?;
@@ -189,7 +194,7 @@ impl Spool {
             path,
             messages: messages.len() as u64,
             bytes,
-            written: SystemTime::now(),
+            written: waiting_since,
         });
         Ok(())
     }
@@ -356,6 +361,36 @@ mod tests {
                 stored: 0,
                 dropped: 1
             }
+        );
+    }
+
+    #[test]
+    fn messages_spooled_again_keep_the_age_of_their_first_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool.append(&[message(1), message(2)], None).unwrap();
+        let first = spool.oldest().unwrap().clone();
+        let an_hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&first.path)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        // As after a restart: the age comes from the file.
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert!(spool.age(SystemTime::now()).as_secs() >= 3599);
+        // Sent, failed again, spooled again in place of that segment: still an hour old.
+        spool.append(&[message(2)], Some(first.id)).unwrap();
+        spool.remove(first.id).unwrap();
+        assert_eq!(spool.messages(), 1);
+        assert!(spool.age(SystemTime::now()).as_secs() >= 3599);
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert!(
+            spool.age(SystemTime::now()).as_secs() >= 3599,
+            "and across a restart"
         );
     }
 
