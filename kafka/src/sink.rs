@@ -288,18 +288,23 @@ impl KafkaSink {
     /// Writes `messages` to the spool, counting what did not fit (or could not be written:
     /// a disk error loses them, counted and logged, rather than stopping the pipeline).
     /// With `replacing`, the messages include what failed of that segment, which is removed
-    /// next: its room is theirs.
-    fn spool_messages(&mut self, messages: &[Spooled], replacing: Option<u64>) {
+    /// next: its room is theirs. Whether the spool took them (all, or all that fit).
+    fn spool_messages(&mut self, messages: &[Spooled], replacing: Option<u64>) -> bool {
         if messages.is_empty() {
-            return;
+            return true;
         }
         match self.spool.append(messages, replacing) {
-            Ok(done) if done.dropped > 0 => self.component.dropped(done.dropped, "spool_full"),
-            Ok(_) => {}
+            Ok(done) => {
+                if done.dropped > 0 {
+                    self.component.dropped(done.dropped, "spool_full");
+                }
+                true
+            }
             Err(e) => {
                 self.component.error("spool_write_failed", &e);
                 self.component
                     .dropped(messages.len() as u64, "spool_write_failed");
+                false
             }
         }
     }
@@ -332,8 +337,11 @@ impl KafkaSink {
             true => self.sending_segment.take(),
             false => None,
         };
-        self.spool_messages(&failed, answered);
-        if let Some(id) = answered {
+        // A segment whose failures could not be written again stays, to be sent again
+        // (what of it was delivered then arrives twice, rather than the rest never).
+        if self.spool_messages(&failed, answered)
+            && let Some(id) = answered
+        {
             self.spool.remove(id)?;
         }
         Ok(())
@@ -376,7 +384,7 @@ impl KafkaSink {
             self.deliveries
                 .spool_outstanding
                 .fetch_sub(refused.len() as u64, Ordering::AcqRel);
-            self.spool_messages(&refused, None);
+            let _ = self.spool_messages(&refused, None);
         }
         Ok(())
     }
@@ -504,7 +512,7 @@ impl Sink for KafkaSink {
             }
             if !refused.is_empty() {
                 self.failing_since.get_or_insert_with(Instant::now);
-                self.spool_messages(&refused, None);
+                let _ = self.spool_messages(&refused, None);
                 self.publish_gauges();
             }
             Ok(())
