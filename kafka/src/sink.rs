@@ -619,6 +619,24 @@ mod tests {
         b.to_record_batch_unattributed().unwrap()
     }
 
+    /// A one-broker mock cluster with the flows topic (its broker down when `down`), a
+    /// spool directory and a registry for the sink's metrics.
+    fn mock_cluster(
+        partitions: i32,
+        down: bool,
+    ) -> (
+        MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        tempfile::TempDir,
+        Telemetry,
+    ) {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic(TOPIC, partitions, 1).unwrap();
+        if down {
+            mock.broker_down(1).unwrap();
+        }
+        (mock, tempfile::tempdir().unwrap(), Telemetry::detached())
+    }
+
     fn config(
         mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
         spool: &Path,
@@ -699,10 +717,7 @@ mod tests {
 
     #[test]
     fn every_flow_becomes_one_message_keyed_by_its_exporter() {
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic(TOPIC, 3, 1).unwrap();
-        let spool = tempfile::tempdir().unwrap();
-        let telemetry = Telemetry::detached();
+        let (mock, spool, telemetry) = mock_cluster(3, false);
         let mut sink =
             KafkaSink::open(&config(&mock, spool.path()), spool.path(), &telemetry).unwrap();
         sink.write(Table::Flows, flows(1000, 500)).unwrap();
@@ -739,10 +754,7 @@ mod tests {
 
     #[test]
     fn flows_wait_in_the_spool_while_the_broker_is_down_and_arrive_once_it_is_back() {
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic(TOPIC, 1, 1).unwrap();
-        let spool = tempfile::tempdir().unwrap();
-        let telemetry = Telemetry::detached();
+        let (mock, spool, telemetry) = mock_cluster(1, false);
         let mut sink =
             KafkaSink::open(&config(&mock, spool.path()), spool.path(), &telemetry).unwrap();
         sink.write(Table::Flows, flows(0, 100)).unwrap();
@@ -780,11 +792,7 @@ mod tests {
 
     #[test]
     fn a_shutdown_with_the_broker_away_keeps_the_flows_for_the_next_start() {
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic(TOPIC, 1, 1).unwrap();
-        mock.broker_down(1).unwrap();
-        let spool = tempfile::tempdir().unwrap();
-        let telemetry = Telemetry::detached();
+        let (mock, spool, telemetry) = mock_cluster(1, true);
         let mut config = config(&mock, spool.path());
         config.delivery_timeout_secs = 60.0;
         let mut sink = KafkaSink::open(&config, spool.path(), &telemetry).unwrap();
@@ -803,11 +811,7 @@ mod tests {
 
     #[test]
     fn a_full_spool_counts_what_it_drops() {
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic(TOPIC, 1, 1).unwrap();
-        mock.broker_down(1).unwrap();
-        let spool = tempfile::tempdir().unwrap();
-        let telemetry = Telemetry::detached();
+        let (mock, spool, telemetry) = mock_cluster(1, true);
         let mut config = config(&mock, spool.path());
         config.spool_max_bytes = 20_000;
         config.retry_interval_secs = 600.0;

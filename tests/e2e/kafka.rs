@@ -11,10 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hawking_schemas::flow::FlowRecord;
-use hawking_schemas::ip::parse_ip;
 use serde_json::Value;
 
-use crate::replay::{DAY, import, recording};
+use crate::replay::{DAY, flow_to_the_web, import, recording};
 use crate::support::{Hawking, metric_sum, require_tool, send_ipfix, sql};
 
 const TOPIC: &str = "hawking.flows";
@@ -157,23 +156,8 @@ fn set_up(tmp: &Path, brokers: &str, kafka_extra: &str) -> (PathBuf, PathBuf) {
 fn flows(first: i64, n: i64) -> Vec<FlowRecord> {
     (first..first + n)
         .map(|i| {
-            let start = DAY * 1_000_000 + i * 1_000_000;
             let src = if i % 5 == 0 { "10.4.9.9" } else { "10.4.1.10" };
-            FlowRecord {
-                flow_start: start,
-                flow_end: start + 500_000,
-                src_ip: parse_ip(src).unwrap(),
-                dst_ip: parse_ip("93.184.216.34").unwrap(),
-                src_port: 30000 + (i % 20000) as u16,
-                dst_port: 443,
-                protocol: 6,
-                tcp_flags: 0x1b,
-                bytes: 1000 + i as u64,
-                packets: 2,
-                sampling_rate: 1,
-                in_if: 1,
-                out_if: 2,
-            }
+            flow_to_the_web(i, DAY * 1_000_000 + i * 1_000_000, 500_000, src)
         })
         .collect()
 }

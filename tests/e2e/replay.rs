@@ -50,6 +50,26 @@ pub(crate) fn recording(path: &Path) {
     .unwrap();
 }
 
+/// Flow `i` from `src` to 93.184.216.34:443 (TCP) starting at `start` µs and lasting
+/// `duration` µs, of `1000 + i` bytes (its identity in the checks) from port 30000 + i.
+pub(crate) fn flow_to_the_web(i: i64, start: i64, duration: i64, src: &str) -> FlowRecord {
+    FlowRecord {
+        flow_start: start,
+        flow_end: start + duration,
+        src_ip: parse_ip(src).unwrap(),
+        dst_ip: parse_ip("93.184.216.34").unwrap(),
+        src_port: 30000 + (i % 20000) as u16,
+        dst_port: 443,
+        protocol: 6,
+        tcp_flags: 0x1b,
+        bytes: 1000 + i as u64,
+        packets: 2,
+        sampling_rate: 1,
+        in_if: 1,
+        out_if: 2,
+    }
+}
+
 pub(crate) fn import(data: &Path, file: &Path, until: i64) {
     let out = Command::new(hawking_bin())
         .args(["history", "import"])
@@ -140,21 +160,7 @@ fn replay_shows_and_rewrites_what_a_late_import_changed() {
     let flows: Vec<FlowRecord> = (0..HOURS * FLOWS_PER_HOUR)
         .map(|i| {
             let start = DAY * 1_000_000 + i * step + 500_000;
-            FlowRecord {
-                flow_start: start,
-                flow_end: start + 1_000_000,
-                src_ip: parse_ip("10.4.1.10").unwrap(),
-                dst_ip: parse_ip("93.184.216.34").unwrap(),
-                src_port: 30000 + (i % 20000) as u16,
-                dst_port: 443,
-                protocol: 6,
-                tcp_flags: 0x1b,
-                bytes: 1000 + i as u64,
-                packets: 2,
-                sampling_rate: 1,
-                in_if: 1,
-                out_if: 2,
-            }
+            flow_to_the_web(i, start, 1_000_000, "10.4.1.10")
         })
         .collect();
     send_ipfix(hawking.netflow, "127.0.0.1", &flows);
