@@ -10,7 +10,7 @@ use hawking_collector::source::capture::CaptureSourceConfig;
 use hawking_collector::source::flow_file::FlowFileSourceConfig;
 use hawking_collector::source::hubble_grpc::HubbleGrpcSourceConfig;
 use hawking_enricher::EnricherConfig;
-use hawking_kafka::KafkaSinkConfig;
+use hawking_kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use hawking_query::pg::PgConfig;
 use hawking_query::{QueryOptions, StoreConfig};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,9 @@ pub struct Config {
     pub flow_files: Vec<FlowFileSourceConfig>,
     /// Hubble servers whose flows are followed over the Observer gRPC API.
     pub hubble_grpc: Vec<HubbleGrpcSourceConfig>,
+    /// Kafka topics consumed in a consumer group (goflow2's messages), offsets committed
+    /// once the flows are stored.
+    pub kafka_sources: Vec<KafkaSourceConfig>,
     /// How accepted flows become files.
     pub store: StoreConfig,
     /// The Prometheus endpoint.

@@ -31,7 +31,7 @@ use hawking_kafka::KafkaSink;
 use hawking_query::StoreSink;
 use hawking_query::history::{load_history, load_translations};
 use hawking_query::store::maintenance::Maintenance;
-use hawking_schemas::pipeline::{Committed, Sink, SourceBatch};
+use hawking_schemas::pipeline::{Committed, Receipt, Sink, SourceBatch};
 use hawking_schemas::telemetry::Telemetry;
 use hawking_schemas::time::now_micros;
 
@@ -134,6 +134,10 @@ impl Pipeline {
             let source = hubble
                 .build(index, telemetry)
                 .with_context(|| format!("[[hubble_grpc]] {}", hubble.server))?;
+            sources.push(spawn_source(source, data_tx.clone(), shutdown.clone())?);
+        }
+        for (index, kafka) in config.kafka_sources.iter().enumerate() {
+            let source = kafka.build(index, telemetry)?;
             sources.push(spawn_source(source, data_tx.clone(), shutdown.clone())?);
         }
         if let Some(tcp) = netflow_tcp {
@@ -312,6 +316,8 @@ fn run_stage(
     mut sinks: Vec<Box<dyn Sink>>,
 ) -> anyhow::Result<Committed> {
     let mut rows = Vec::new();
+    // Receipts of rows handed to the sinks that the store has not committed yet.
+    let mut unstored = Vec::new();
     let mut stored = Committed::default();
     let mut heartbeat = Instant::now();
     loop {
@@ -347,17 +353,23 @@ fn run_stage(
                 sink.write(table, batch.clone())?;
             }
         }
+        stage.take_receipts(&mut unstored);
         for sink in &mut sinks {
             let committed = if closed {
                 sink.shutdown()?
             } else if sink.commit_due(now) {
                 // A failed commit keeps its rows (the sink counted and logged it): next time.
-                sink.commit().unwrap_or_default()
+                match sink.commit() {
+                    Ok(committed) => committed,
+                    Err(_) => continue,
+                }
             } else {
                 continue;
             };
             if sink.name() == "store" {
                 stored += committed;
+                // Every row written before this commit is in the store now.
+                unstored.drain(..).for_each(Receipt::stored);
             }
         }
         if closed {

@@ -209,6 +209,76 @@ fn closing_releases_everything_held_at_once() {
     assert_eq!(flows, 2);
 }
 
+/// Receipts a test source issued, and the highest one the stage let complete.
+#[derive(Default)]
+struct Ledger(std::sync::Mutex<Vec<u64>>);
+
+impl hawking_schemas::pipeline::ReceiptLedger for Ledger {
+    fn stored(&self, seq: u64) {
+        self.0.lock().unwrap().push(seq);
+    }
+}
+
+#[test]
+fn a_receipt_is_handed_out_only_with_the_rows_of_its_batch_and_of_every_batch_before_it() {
+    use hawking_schemas::pipeline::Receipt;
+    let ledger = std::sync::Arc::new(Ledger::default());
+    let receipt = |seq| Receipt::new(ledger.clone(), seq);
+    let mut stage = stage(Duration::from_secs(5));
+    let start = Instant::now();
+    let mut first = batch();
+    first.receipts.push(receipt(1));
+    stage.accept(first, start);
+    // A batch with no flows (the rest of the input was malformed) comes a second later: its
+    // receipt says the first batch is stored too, so it waits behind its flows.
+    let mut empty = SourceBatch::default();
+    empty.receipts.push(receipt(2));
+    stage.accept(empty, start + Duration::from_secs(1));
+    let mut later = batch();
+    later.receipts.push(receipt(3));
+    stage.accept(later, start + Duration::from_secs(2));
+
+    let (mut out, mut receipts) = (Vec::new(), Vec::new());
+    let completed = |receipts: &mut Vec<Receipt>| {
+        receipts.drain(..).for_each(Receipt::stored);
+        ledger.0.lock().unwrap().clone()
+    };
+    stage
+        .release(start + Duration::from_secs(4), false, &mut out)
+        .unwrap();
+    stage.take_receipts(&mut receipts);
+    assert_eq!(
+        completed(&mut receipts),
+        Vec::<u64>::new(),
+        "all still held"
+    );
+    stage
+        .release(start + Duration::from_secs(5), false, &mut out)
+        .unwrap();
+    stage.take_receipts(&mut receipts);
+    assert_eq!(
+        completed(&mut receipts),
+        [1, 2],
+        "the first batch's rows are out"
+    );
+    stage
+        .release(start + Duration::from_secs(7), false, &mut out)
+        .unwrap();
+    stage.take_receipts(&mut receipts);
+    assert_eq!(completed(&mut receipts), [1, 2, 3]);
+    // With nothing held, a batch without flows is handed out with the next release.
+    let mut empty = SourceBatch::default();
+    empty.receipts.push(receipt(4));
+    stage.accept(empty, start + Duration::from_secs(8));
+    stage.take_receipts(&mut receipts);
+    assert!(receipts.is_empty(), "not before a release");
+    stage
+        .release(start + Duration::from_secs(8), false, &mut out)
+        .unwrap();
+    stage.take_receipts(&mut receipts);
+    assert_eq!(completed(&mut receipts), [1, 2, 3, 4]);
+}
+
 /// The attributions of the flows a stage releases when closing.
 fn attributions(stage: &mut EnrichmentStage, column: &str) -> Vec<Option<String>> {
     let mut out = Vec::new();

@@ -72,17 +72,6 @@ struct Deliveries {
 }
 
 impl Deliveries {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "kafka", "{facility}: {message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "kafka", "{facility}: {message}"),
-            _ => tracing::debug!(target: "kafka", "{facility}: {message}"),
-        }
-    }
-
     fn error(&self, error: KafkaError, reason: &str) {
         // Brokers down are reported here every few seconds; the counters and the spool say
         // what it costs, the log says why once per occurrence.
@@ -451,7 +440,7 @@ struct SharedDeliveries(Arc<Deliveries>);
 
 impl ClientContext for SharedDeliveries {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        self.0.log(level, facility, message)
+        crate::log_librdkafka(level, facility, message)
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

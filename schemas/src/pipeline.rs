@@ -6,6 +6,7 @@
 //! source (transport + decoder) ──SourceBatch──▶ enrichment stage ──(Table, RecordBatch)──▶ sinks
 //! ```
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -29,6 +30,44 @@ pub struct SourceBatch {
     /// What the source says about who held which address (cluster watches; eBPF exporters'
     /// endpoint identities).
     pub observations: Vec<Observation>,
+    /// Whom to tell once everything in this batch (and before it, from the same source) is
+    /// durably stored: a Kafka source commits its offsets then. Empty for sources that
+    /// cannot replay their input.
+    pub receipts: Vec<Receipt>,
+}
+
+/// Where a source learns that what it handed over is stored. Receipts of one source are
+/// issued with increasing sequence numbers and complete in that order.
+pub trait ReceiptLedger: Send + Sync {
+    /// Everything the source handed over up to and including receipt `seq` is stored.
+    fn stored(&self, seq: u64);
+}
+
+/// A source's claim on being told when a batch is stored ([`SourceBatch::receipts`]). The
+/// stage passes it along with the batch's rows; the pipeline completes it after a store
+/// commit that included them. A receipt dropped without completing (a crash, a failed store)
+/// tells the source nothing, so it replays that input when it starts again.
+#[derive(Clone)]
+pub struct Receipt {
+    ledger: Arc<dyn ReceiptLedger>,
+    seq: u64,
+}
+
+impl Receipt {
+    pub fn new(ledger: Arc<dyn ReceiptLedger>, seq: u64) -> Self {
+        Receipt { ledger, seq }
+    }
+
+    /// The batch it came with is stored.
+    pub fn stored(self) {
+        self.ledger.stored(self.seq);
+    }
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Receipt({})", self.seq)
+    }
 }
 
 impl SourceBatch {
@@ -60,6 +99,7 @@ impl SourceBatch {
         self.nat_events.clear();
         self.nat_alive.clear();
         self.observations.clear();
+        self.receipts.clear();
     }
 }
 

@@ -18,7 +18,7 @@ use crate::support::{Hawking, metric_sum, require_tool, send_ipfix, sql};
 
 const TOPIC: &str = "hawking.flows";
 
-fn free_tcp_port() -> u16 {
+pub(crate) fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -35,7 +35,7 @@ fn wait_listening(port: u16, what: &str) {
 }
 
 /// A child process killed when the test is done with it.
-struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -47,6 +47,16 @@ impl Drop for Running {
 /// tansu listening on `port`, telling clients to connect to `advertised` (a proxy's port,
 /// or the same), with the flows topic created (3 partitions).
 fn tansu(port: u16, advertised: u16, log: &Path) -> Running {
+    tansu_with_topics(port, advertised, log, &[TOPIC])
+}
+
+/// As `tansu`, with `topics` created (3 partitions each).
+pub(crate) fn tansu_with_topics(
+    port: u16,
+    advertised: u16,
+    log: &Path,
+    topics: &[&str],
+) -> Running {
     require_tool("tansu");
     let child = Command::new("tansu")
         .args([
@@ -64,16 +74,18 @@ fn tansu(port: u16, advertised: u16, log: &Path) -> Running {
         .expect("start tansu");
     let broker = Running(child);
     wait_listening(port, "tansu");
-    let out = Command::new("tansu")
-        .args(["topic", "create", TOPIC, "--partitions", "3", "--broker"])
-        .arg(format!("tcp://127.0.0.1:{port}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "creating the topic: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for topic in topics {
+        let out = Command::new("tansu")
+            .args(["topic", "create", topic, "--partitions", "3", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{port}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "creating topic {topic}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     broker
 }
 
@@ -261,7 +273,7 @@ fn kafka_sent(hawking: &Hawking) -> f64 {
     )
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");

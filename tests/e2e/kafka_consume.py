@@ -18,14 +18,19 @@ import time
 from confluent_kafka import Consumer, KafkaError
 
 
-def protobuf_decoder(proto):
+def compile_proto(proto):
+    """The Python module protoc (grpcio-tools) generates from the .proto file `proto`."""
     from grpc_tools import protoc
     out = tempfile.mkdtemp(prefix="hawking-pb-")
     directory, name = os.path.split(os.path.abspath(proto))
     if protoc.main(["protoc", f"-I{directory}", f"--python_out={out}", name]) != 0:
         sys.exit(f"protoc could not compile {proto}")
     sys.path.insert(0, out)
-    module = importlib.import_module(name[: -len(".proto")] + "_pb2")
+    return importlib.import_module(name[: -len(".proto")] + "_pb2")
+
+
+def protobuf_decoder(proto):
+    module = compile_proto(proto)
 
     def decode(payload):
         flow = module.Flow()

@@ -9,6 +9,7 @@ mod goflow2;
 mod hubble_grpc;
 mod ipfix_tcp;
 mod kafka;
+mod kafka_source;
 mod kube_api;
 mod kube_api_tests;
 mod malformed;

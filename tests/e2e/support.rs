@@ -183,6 +183,14 @@ impl Hawking {
         }
     }
 
+    /// SIGKILL: the process dies where it stands, no shutdown path runs.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
     /// The Prometheus exposition text.
     pub fn metrics_text(&self) -> String {
         http_get(self.metrics, "/metrics")

@@ -333,6 +333,9 @@ fn flow_message(bytes: &[u8]) -> Result<Reported, WireError> {
 pub struct Goflow2Decoder {
     format: Goflow2Format,
     drops: LineDrops,
+    /// Whether a flow whose message names no device is dropped (the transport's sender
+    /// stands for no exporter) rather than stored under the sender's address.
+    sampler_required: bool,
 }
 
 impl Goflow2Decoder {
@@ -341,7 +344,15 @@ impl Goflow2Decoder {
         Goflow2Decoder {
             format,
             drops: LineDrops::new(component),
+            sampler_required: false,
         }
+    }
+
+    /// Flows whose message names no `sampler_address` are dropped and counted
+    /// (`no_sampler_address`): for transports whose sender is not the exporter (Kafka).
+    pub fn requiring_sampler_address(mut self) -> Self {
+        self.sampler_required = true;
+        self
     }
 
     /// Appends `r` to `out`, or counts why it cannot be stored. `from` stands for the
@@ -352,6 +363,11 @@ impl Goflow2Decoder {
         };
         let Some(protocol) = r.protocol else {
             return self.drops.drop("unknown_protocol");
+        };
+        let exporter = match r.sampler {
+            Some(sampler) => sampler,
+            None if self.sampler_required => return self.drops.drop("no_sampler_address"),
+            None => from.ip(),
         };
         let us = |ns: u64| i64::try_from(ns / 1000).ok().filter(|t| *t > 0);
         let received = us(r.received_ns).unwrap_or(received_at_us);
@@ -383,7 +399,7 @@ impl Goflow2Decoder {
         }
         let origin = FlowOrigin {
             received_at: received,
-            exporter: ip_to_u128(r.sampler.unwrap_or(from.ip())),
+            exporter: ip_to_u128(exporter),
             observation_domain: u32::try_from(r.observation_domain).unwrap_or(0),
             source_kind: r.kind.unwrap_or(SourceKind::Goflow2),
         };

@@ -173,12 +173,13 @@ impl Source {
     }
 
     fn hand_over(
-        &self,
-        batch: SourceBatch,
+        &mut self,
+        mut batch: SourceBatch,
         outlet: &mut dyn FnMut(SourceBatch) -> bool,
         stats: &mut SourceStats,
     ) -> bool {
         let flows = batch.flows.len() as u64;
+        batch.receipts.extend(self.transport.seal());
         stats.flows += flows;
         stats.batches += 1;
         let alive = outlet(batch);

@@ -11,6 +11,8 @@ pub mod udp;
 
 use std::net::SocketAddr;
 
+use hawking_schemas::pipeline::Receipt;
+
 /// How long [`Transport::receive`] may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wait {
@@ -85,5 +87,13 @@ pub trait Transport: Send {
         self.receive(wait, &mut |from, message| {
             on_event(Delivery::Message(from, message))
         })
+    }
+
+    /// A receipt for every message delivered so far, for a transport that can replay what
+    /// was not stored (Kafka commits its offsets when the receipt completes); `None` (the
+    /// default) for one that cannot. Called as the source hands a batch over, so a decoder
+    /// paired with such a transport must hold nothing back across messages.
+    fn seal(&mut self) -> Option<Receipt> {
+        None
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use hawking_schemas::flow::FlowBatch;
 use hawking_schemas::nat::NatEvent;
-use hawking_schemas::pipeline::{SourceBatch, Table};
+use hawking_schemas::pipeline::{Receipt, SourceBatch, Table};
 use hawking_schemas::telemetry::{Component, ComponentKind, Telemetry};
 use hawking_schemas::time::now_micros;
 
@@ -64,6 +64,13 @@ pub enum StageError {
     Rows(#[from] arrow::error::ArrowError),
 }
 
+/// Flows waiting out the grace period, with the receipts of the batch they came in.
+struct Held {
+    received: Instant,
+    flows: FlowBatch,
+    receipts: Vec<Receipt>,
+}
+
 /// See the module documentation.
 pub struct EnrichmentStage {
     clusters: Option<Clusters>,
@@ -71,8 +78,13 @@ pub struct EnrichmentStage {
     /// What the NAT index had counted when last published.
     nat_published: NatCounters,
     config: StageConfig,
-    held: VecDeque<(Instant, FlowBatch)>,
+    held: VecDeque<Held>,
     held_flows: usize,
+    /// Receipts of batches without flows that came when nothing was held, handed out with
+    /// the next release's rows.
+    receipts_waiting: Vec<Receipt>,
+    /// Receipts of batches whose rows have been handed out.
+    receipts_released: Vec<Receipt>,
     metrics: StageMetrics,
     component: Component,
     /// Scratch for the clusters of one NAT event's exporter.
@@ -97,6 +109,8 @@ impl EnrichmentStage {
             config,
             held: VecDeque::new(),
             held_flows: 0,
+            receipts_waiting: Vec::new(),
+            receipts_released: Vec::new(),
             metrics: StageMetrics::register(telemetry)?,
             component: telemetry.component(ComponentKind::Stage, "enrich"),
             scratch_clusters: Vec::new(),
@@ -126,6 +140,7 @@ impl EnrichmentStage {
             nat_events,
             nat_alive,
             observations,
+            receipts,
         } = batch;
         if !observations.is_empty() {
             match &mut self.clusters {
@@ -149,10 +164,21 @@ impl EnrichmentStage {
             }
         }
         self.apply_nat(&nat_events);
-        if !flows.is_empty() {
+        if flows.is_empty() {
+            // A receipt says everything before it is stored too: it waits for the flows
+            // held ahead of it.
+            match self.held.back_mut() {
+                Some(newest) => newest.receipts.extend(receipts),
+                None => self.receipts_waiting.extend(receipts),
+            }
+        } else {
             self.component.received(flows.len() as u64, 0);
             self.held_flows += flows.len();
-            self.held.push_back((now, flows));
+            self.held.push_back(Held {
+                received: now,
+                flows,
+                receipts,
+            });
         }
         self.metrics.held_flows.set(self.held_flows as i64);
     }
@@ -201,23 +227,32 @@ impl EnrichmentStage {
         out: &mut Vec<(Table, RecordBatch)>,
     ) -> Result<(), StageError> {
         let max_held = self.config.max_held_flows;
-        while let Some((received, _)) = self.held.front() {
+        while let Some(Held { received, .. }) = self.held.front() {
             let due = closing || now.saturating_duration_since(*received) >= self.config.grace;
             let over = max_held > 0 && self.held_flows > max_held;
             if !due && !over {
                 break;
             }
-            let (_, batch) = self.held.pop_front().expect("front exists");
+            let held = self.held.pop_front().expect("front exists");
+            let batch = &held.flows;
             self.held_flows -= batch.len();
             if !due {
                 self.metrics.early_attributions.inc_by(batch.len() as u64);
             }
-            out.push((Table::Flows, self.attribute(&batch)?));
+            out.push((Table::Flows, self.attribute(batch)?));
             self.component.sent(batch.len() as u64);
+            self.receipts_released.extend(held.receipts);
         }
         self.metrics.held_flows.set(self.held_flows as i64);
         self.take_history_rows(out, closing);
+        self.receipts_released.append(&mut self.receipts_waiting);
         Ok(())
+    }
+
+    /// Moves to `out` the receipts of every batch whose rows [`Self::release`] has handed
+    /// out, oldest first: they may complete once a store commit after that succeeds.
+    pub fn take_receipts(&mut self, out: &mut Vec<Receipt>) {
+        out.append(&mut self.receipts_released);
     }
 
     fn attribute(&mut self, batch: &FlowBatch) -> Result<RecordBatch, StageError> {
