@@ -10,7 +10,8 @@ use hawking_collector::source::capture::CaptureSourceConfig;
 use hawking_collector::source::flow_file::FlowFileSourceConfig;
 use hawking_collector::source::hubble_grpc::HubbleGrpcSourceConfig;
 use hawking_enricher::EnricherConfig;
-use hawking_kafka::{KafkaSinkConfig, KafkaSourceConfig};
+use hawking_kafka::source::StartFrom;
+use hawking_kafka::{KafkaInputFormat, KafkaSinkConfig, KafkaSourceConfig};
 use hawking_query::pg::PgConfig;
 use hawking_query::{QueryOptions, StoreConfig};
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,91 @@ pub struct Config {
     pub pg: PgConfig,
     /// Attributed flows to a Kafka topic; off unless brokers are set.
     pub kafka: KafkaSinkConfig,
+    /// Collectors and enrichers on separate machines, meeting on a Kafka topic.
+    pub roles: RolesConfig,
+}
+
+/// What one `hawking serve` does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Receive, attribute and store (one machine).
+    #[default]
+    All,
+    /// Receive and decode (NetFlow/IPFIX, capture, flow files, Hubble), and publish the
+    /// flows raw to `[roles].topic`, keyed by exporter; no history, no store.
+    Collector,
+    /// Consume the raw flows in consumer group `[roles].group_id` (and any
+    /// `[[kafka_sources]]`), attribute and store them; offsets are committed once stored.
+    Enricher,
+}
+
+/// `[roles]`: where collectors publish raw flows and enrichers consume them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolesConfig {
+    /// `all` (default), `collector` or `enricher`; `hawking serve --role` overrides it.
+    pub role: Role,
+    /// Bootstrap brokers, `host:port[,...]`; required by the collector and enricher roles.
+    pub brokers: Option<String>,
+    /// The raw flows topic. Default `hawking.raw`.
+    pub topic: String,
+    /// The enrichers' consumer group. Default `hawking-enrichers`.
+    pub group_id: String,
+    /// Bytes a collector may spool while the broker cannot take its messages (default
+    /// 1073741824); beyond it they are dropped and counted (component `kafka_raw`,
+    /// reason `spool_full`). Spooled in `<data_dir>/spool/kafka-raw`.
+    pub spool_max_bytes: u64,
+    /// Further librdkafka properties for both roles' clients, passed as given.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for RolesConfig {
+    fn default() -> Self {
+        RolesConfig {
+            role: Role::All,
+            brokers: None,
+            topic: "hawking.raw".into(),
+            group_id: "hawking-enrichers".into(),
+            spool_max_bytes: 1 << 30,
+            properties: Default::default(),
+        }
+    }
+}
+
+impl RolesConfig {
+    fn brokers(&self) -> anyhow::Result<String> {
+        self.brokers.clone().with_context(|| {
+            format!(
+                "--role {:?} needs [roles] brokers: the Kafka the roles meet on",
+                self.role
+            )
+        })
+    }
+
+    /// The collector's publisher of raw flows.
+    pub fn publisher(&self) -> anyhow::Result<KafkaSinkConfig> {
+        Ok(KafkaSinkConfig {
+            brokers: Some(self.brokers()?),
+            topic: self.topic.clone(),
+            spool_max_bytes: self.spool_max_bytes,
+            properties: self.properties.clone(),
+            ..Default::default()
+        })
+    }
+
+    /// The enricher's source of raw flows.
+    pub fn consumer(&self) -> anyhow::Result<KafkaSourceConfig> {
+        Ok(KafkaSourceConfig {
+            brokers: self.brokers()?,
+            topics: vec![self.topic.clone()],
+            group_id: self.group_id.clone(),
+            format: KafkaInputFormat::HawkingRaw,
+            exporter: None,
+            start_from: StartFrom::Earliest,
+            properties: self.properties.clone(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -117,6 +203,7 @@ mod tests {
         assert_eq!(example.store.retention, defaults.store.retention);
         assert_eq!(example.metrics.listen, defaults.metrics.listen);
         assert_eq!(example.kafka, defaults.kafka);
+        assert_eq!(example.roles, defaults.roles);
         assert_eq!(example.pg.listen, defaults.pg.listen);
         assert_eq!(example.pg.auth, defaults.pg.auth);
         assert!(example.pg.users.is_empty() && !example.pg.enabled());

@@ -35,7 +35,7 @@ use hawking_schemas::pipeline::{Committed, Receipt, Sink, SourceBatch};
 use hawking_schemas::telemetry::Telemetry;
 use hawking_schemas::time::now_micros;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 
 /// Batches in flight between the sources and the stage; when full, sources wait.
 const CHANNEL_BATCHES: usize = 8;
@@ -60,11 +60,13 @@ pub struct Totals {
 pub struct Pipeline {
     shutdown: Arc<AtomicBool>,
     sources: Vec<JoinHandle<Result<SourceStats, SourceError>>>,
+    /// The enrichment stage's thread (a collector's: its publisher's).
     stage: JoinHandle<anyhow::Result<Committed>>,
     watches: Vec<tokio::task::JoinHandle<()>>,
     /// Compaction and retention of the store, when configured.
     upkeep: Option<Maintenance>,
-    pub netflow_addr: SocketAddr,
+    /// The NetFlow/IPFIX UDP listener's address (none in an enricher).
+    pub netflow_addr: Option<SocketAddr>,
     /// The IPFIX/TCP listener's address, when one is configured.
     pub netflow_tcp_addr: Option<SocketAddr>,
 }
@@ -73,18 +75,85 @@ impl Pipeline {
     /// Binds the sources, opens the store, loads the history and connects to the clusters
     /// (so configuration errors surface here), then starts everything.
     pub async fn start(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Pipeline> {
+        let role = config.roles.role;
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let state_dir = data_dir.join("state");
-        let netflow = config
-            .netflow
-            .build(Some(state_dir.join("netflow-templates.json")), telemetry)?;
-        let netflow_addr = netflow
-            .local_addr()
-            .context("the NetFlow source has no address")?;
-        let netflow_tcp = config.netflow.build_tcp(telemetry)?;
-        let netflow_tcp_addr = netflow_tcp.as_ref().and_then(Source::local_addr);
+        let (data_tx, data_rx) = sync_channel::<SourceBatch>(CHANNEL_BATCHES);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let mut sources = Vec::new();
+        let mut spawn = |source: Source| -> anyhow::Result<()> {
+            sources.push(spawn_source(source, data_tx.clone(), shutdown.clone())?);
+            Ok(())
+        };
+        let (mut netflow_addr, mut netflow_tcp_addr) = (None, None);
+        // Exporters reach collectors; enrichers read only what collectors published.
+        if role != Role::Enricher {
+            let netflow = config
+                .netflow
+                .build(Some(state_dir.join("netflow-templates.json")), telemetry)?;
+            netflow_addr = netflow.local_addr();
+            let netflow_tcp = config.netflow.build_tcp(telemetry)?;
+            netflow_tcp_addr = netflow_tcp.as_ref().and_then(Source::local_addr);
+            if let Some(capture) = config.capture.build(telemetry)? {
+                tracing::info!(
+                    interface = config.capture.interface.as_deref().unwrap_or_default(),
+                    "metering captured packets"
+                );
+                spawn(capture)?;
+            }
+            for (index, file) in config.flow_files.iter().enumerate() {
+                let source = file
+                    .build(index, Some(&state_dir), telemetry)
+                    .with_context(|| format!("[[flow_files]] {}", file.path.display()))?;
+                spawn(source)?;
+            }
+            for (index, hubble) in config.hubble_grpc.iter().enumerate() {
+                let source = hubble
+                    .build(index, telemetry)
+                    .with_context(|| format!("[[hubble_grpc]] {}", hubble.server))?;
+                spawn(source)?;
+            }
+            if let Some(tcp) = netflow_tcp {
+                spawn(tcp)?;
+            }
+            spawn(netflow)?;
+        }
+        if role == Role::Collector {
+            anyhow::ensure!(
+                config.kafka_sources.is_empty(),
+                "[[kafka_sources]] are consumed by enrichers (--role enricher or all), not by \
+                 a collector"
+            );
+            let publisher = KafkaSink::open_raw(&config.roles.publisher()?, &data_dir, telemetry)?;
+            drop(data_tx);
+            let publisher = std::thread::Builder::new()
+                .name("hawking-publish".into())
+                .spawn(move || run_publisher(publisher, data_rx))?;
+            tracing::info!(
+                netflow = ?netflow_addr,
+                topic = %config.roles.topic,
+                "collector started: publishing raw flows"
+            );
+            return Ok(Pipeline {
+                shutdown,
+                sources,
+                stage: publisher,
+                watches: Vec::new(),
+                upkeep: None,
+                netflow_addr,
+                netflow_tcp_addr,
+            });
+        }
+        for (index, kafka) in config.kafka_sources.iter().enumerate() {
+            spawn(kafka.build(index, telemetry)?)?;
+        }
+        if role == Role::Enricher {
+            let raw = config.roles.consumer()?;
+            spawn(raw.build(config.kafka_sources.len(), telemetry)?)?;
+        }
+        drop(data_tx);
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StoreSink::open(
             &data_dir,
             &config.store,
@@ -114,43 +183,14 @@ impl Pipeline {
         )?;
         let (control_tx, control_rx) = channel::<SourceBatch>();
         let (stage, watches) = build_stage(config, &data_dir, control_tx, telemetry).await?;
-        let (data_tx, data_rx) = sync_channel::<SourceBatch>(CHANNEL_BATCHES);
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let mut sources = Vec::new();
-        if let Some(capture) = config.capture.build(telemetry)? {
-            tracing::info!(
-                interface = config.capture.interface.as_deref().unwrap_or_default(),
-                "metering captured packets"
-            );
-            sources.push(spawn_source(capture, data_tx.clone(), shutdown.clone())?);
-        }
-        for (index, file) in config.flow_files.iter().enumerate() {
-            let source = file
-                .build(index, Some(&state_dir), telemetry)
-                .with_context(|| format!("[[flow_files]] {}", file.path.display()))?;
-            sources.push(spawn_source(source, data_tx.clone(), shutdown.clone())?);
-        }
-        for (index, hubble) in config.hubble_grpc.iter().enumerate() {
-            let source = hubble
-                .build(index, telemetry)
-                .with_context(|| format!("[[hubble_grpc]] {}", hubble.server))?;
-            sources.push(spawn_source(source, data_tx.clone(), shutdown.clone())?);
-        }
-        for (index, kafka) in config.kafka_sources.iter().enumerate() {
-            let source = kafka.build(index, telemetry)?;
-            sources.push(spawn_source(source, data_tx.clone(), shutdown.clone())?);
-        }
-        if let Some(tcp) = netflow_tcp {
-            sources.push(spawn_source(tcp, data_tx.clone(), shutdown.clone())?);
-        }
-        sources.push(spawn_source(netflow, data_tx, shutdown.clone())?);
         let stage = std::thread::Builder::new()
             .name("hawking-stage".into())
             .spawn(move || run_stage(stage, data_rx, control_rx, sinks))?;
         tracing::info!(
-            netflow = %netflow_addr,
+            netflow = ?netflow_addr,
             netflow_tcp = ?netflow_tcp_addr,
             data = %data_dir.display(),
+            role = ?role,
             "pipeline started"
         );
         Ok(Pipeline {
@@ -211,6 +251,32 @@ fn spawn_source(
     std::thread::Builder::new()
         .name(format!("hawking-{}", source.name()))
         .spawn(move || source.run(&mut |batch| tx.send(batch).is_ok(), &shutdown))
+}
+
+/// A collector's publishing thread: every source batch goes out as raw flow messages; the
+/// publisher's spool is settled about every second, and when every source is gone what it
+/// holds is delivered or spooled for the next start. A collector stores nothing: it returns
+/// no committed rows.
+fn run_publisher(
+    mut publisher: KafkaSink,
+    data: Receiver<SourceBatch>,
+) -> anyhow::Result<Committed> {
+    let mut published = Committed::default();
+    loop {
+        match data.recv_timeout(STAGE_POLL) {
+            Ok(batch) => publisher.publish_raw(&batch),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                published += publisher.shutdown()?;
+                tracing::info!(messages = published.units, "raw flows published");
+                return Ok(Committed::default());
+            }
+        }
+        if publisher.commit_due(Instant::now()) {
+            // A failed settle keeps what it holds (counted and logged): next time.
+            published += publisher.commit().unwrap_or_default();
+        }
+    }
 }
 
 /// The enrichment stage as configured, over the history and translations stored in

@@ -11,7 +11,7 @@
 //! messages are delivered out of their original order, and a message whose acknowledgement
 //! was lost (purged in flight at shutdown) can be delivered twice.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +26,10 @@ use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel}
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
+
+use hawking_schemas::ip::push_ip_text;
+use hawking_schemas::pipeline::SourceBatch;
+use hawking_schemas::raw::{self, RAW_SCHEMA};
 
 use crate::config::KafkaSinkConfig;
 use crate::encode::EncodedBatch;
@@ -133,6 +137,8 @@ pub struct KafkaSink {
     client: ClientConfig,
     deliveries: Arc<Deliveries>,
     config: KafkaSinkConfig,
+    /// The `hawking-schema` header of every message.
+    header: &'static str,
     spool: Spool,
     gauges: SpoolGauges,
     component: Component,
@@ -156,6 +162,30 @@ impl KafkaSink {
     pub fn open(
         config: &KafkaSinkConfig,
         data_dir: &Path,
+        telemetry: &Telemetry,
+    ) -> Result<KafkaSink, KafkaSinkError> {
+        let spool = data_dir.join("spool").join("kafka");
+        let header = config.format.schema_header();
+        Self::open_as(config, header, spool, "kafka", telemetry)
+    }
+
+    /// A collector's publisher of raw flows (`hawking.raw.v1`, one message per exporter's
+    /// part of a source batch, see [`Self::publish_raw`]) to `config.topic`, spooling in
+    /// `data_dir/spool/kafka-raw` unless configured. Its counters are component `kafka_raw`'s.
+    pub fn open_raw(
+        config: &KafkaSinkConfig,
+        data_dir: &Path,
+        telemetry: &Telemetry,
+    ) -> Result<KafkaSink, KafkaSinkError> {
+        let spool = data_dir.join("spool").join("kafka-raw");
+        Self::open_as(config, RAW_SCHEMA, spool, "kafka_raw", telemetry)
+    }
+
+    fn open_as(
+        config: &KafkaSinkConfig,
+        header: &'static str,
+        default_spool: PathBuf,
+        name: &str,
         telemetry: &Telemetry,
     ) -> Result<KafkaSink, KafkaSinkError> {
         let brokers = config.brokers.as_deref().ok_or(KafkaSinkError::NoBrokers)?;
@@ -183,10 +213,7 @@ impl KafkaSink {
             &client,
             SharedDeliveries(deliveries.clone()),
         )?;
-        let spool_dir = config
-            .spool_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("spool").join("kafka"));
+        let spool_dir = config.spool_dir.clone().unwrap_or(default_spool);
         let spool = Spool::open(&spool_dir, config.spool_max_bytes)?;
         let gauges = SpoolGauges {
             messages: telemetry.gauge(
@@ -214,9 +241,10 @@ impl KafkaSink {
             client,
             deliveries,
             config: config.clone(),
+            header,
             spool,
             gauges,
-            component: telemetry.component(ComponentKind::Sink, "kafka"),
+            component: telemetry.component(ComponentKind::Sink, name),
             encoded: EncodedBatch::default(),
             sending_segment: None,
             reported: 0,
@@ -240,7 +268,7 @@ impl KafkaSink {
     fn headers(&self) -> OwnedHeaders {
         OwnedHeaders::new().insert(Header {
             key: SCHEMA_HEADER,
-            value: Some(self.config.format.schema_header()),
+            value: Some(self.header),
         })
     }
 
@@ -272,6 +300,84 @@ impl KafkaSink {
                 Err((e, _)) => return Err(e),
             }
         }
+    }
+
+    /// How long a send may wait for room: while the broker is away new messages go to the
+    /// spool at once instead of waiting for room that will not come.
+    fn queue_wait(&self) -> Duration {
+        match self.failing_since {
+            Some(_) => Duration::ZERO,
+            None => QUEUE_WAIT,
+        }
+    }
+
+    /// Sends one message, or adds it to `refused` (once one is refused, the rest of a write
+    /// follows it to the spool, keeping their order).
+    fn offer(
+        &self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        wait: Duration,
+        refused: &mut Vec<Spooled>,
+    ) {
+        let sent = match refused.is_empty() {
+            true => self.send(key, payload, 0, wait),
+            false => Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
+        };
+        if sent.is_err() {
+            refused.push(Spooled {
+                key: key.map(<[u8]>::to_vec),
+                payload: payload.to_vec(),
+            });
+        }
+    }
+
+    /// Spools what the producer would not take: the broker is failing.
+    fn spool_refused(&mut self, refused: &[Spooled]) {
+        if !refused.is_empty() {
+            self.failing_since.get_or_insert_with(Instant::now);
+            let _ = self.spool_messages(refused, None);
+            self.publish_gauges();
+        }
+    }
+
+    /// Publishes what a source batch carries as raw flow messages (a sink opened with
+    /// [`Self::open_raw`]): one per exporter, keyed by its address, so that one exporter's
+    /// flows keep their order on one partition; NAT events and signs of life go with their
+    /// exporter's message.
+    pub fn publish_raw(&mut self, batch: &SourceBatch) {
+        let mut exporters: Vec<u128> = batch.flows.exporter.clone();
+        exporters.extend(batch.nat_events.iter().map(|e| e.exporter));
+        exporters.extend(batch.nat_alive.iter().map(|a| a.exporter));
+        exporters.sort_unstable();
+        exporters.dedup();
+        let wait = self.queue_wait();
+        let (mut refused, mut rows, mut key, mut payload) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for exporter in exporters {
+            rows.clear();
+            rows.extend((0..batch.flows.len()).filter(|&i| batch.flows.exporter[i] == exporter));
+            let events: Vec<_> = batch
+                .nat_events
+                .iter()
+                .filter(|e| e.exporter == exporter)
+                .copied()
+                .collect();
+            let alive: Vec<_> = batch
+                .nat_alive
+                .iter()
+                .filter(|a| a.exporter == exporter)
+                .copied()
+                .collect();
+            payload.clear();
+            raw::encode(&batch.flows, &rows, &events, &alive, &mut payload);
+            key.clear();
+            push_ip_text(&mut key, exporter);
+            self.component.received(1, payload.len() as u64);
+            self.pending += 1;
+            self.offer(Some(&key), &payload, wait, &mut refused);
+        }
+        self.spool_refused(&refused);
     }
 
     /// Writes `messages` to the spool, counting what did not fit (or could not be written:
@@ -476,34 +582,14 @@ impl Sink for KafkaSink {
                 })?;
             self.component.received(encoded.len() as u64, 0);
             self.pending += encoded.len() as u64;
-            // While the broker is away new flows go to the spool at once instead of
-            // waiting for room that will not come.
-            let wait = match self.failing_since {
-                Some(_) => Duration::ZERO,
-                None => QUEUE_WAIT,
-            };
+            let wait = self.queue_wait();
             let mut scratch = String::new();
             let mut refused = Vec::new();
             for i in 0..encoded.len() {
                 let key = encoded.key(i, &mut scratch);
-                let payload = encoded.payload(i);
-                let sent = match refused.is_empty() {
-                    true => self.send(key, payload, 0, wait),
-                    false => Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
-                };
-                if sent.is_err() {
-                    let key = encoded.key(i, &mut scratch).map(<[u8]>::to_vec);
-                    refused.push(Spooled {
-                        key,
-                        payload: payload.to_vec(),
-                    });
-                }
+                self.offer(key, encoded.payload(i), wait, &mut refused);
             }
-            if !refused.is_empty() {
-                self.failing_since.get_or_insert_with(Instant::now);
-                let _ = self.spool_messages(&refused, None);
-                self.publish_gauges();
-            }
+            self.spool_refused(&refused);
             Ok(())
         })();
         self.encoded = encoded;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use hawking_collector::decode::Decoder;
 use hawking_collector::decode::goflow2::{Goflow2Decoder, Goflow2Format};
+use hawking_collector::decode::hawking_raw::RawFlowDecoder;
 use hawking_collector::source::{Batching, Source};
 use hawking_collector::transport::{Received, Transport, TransportError, Wait};
 use hawking_schemas::pipeline::{Receipt, ReceiptLedger};
@@ -46,6 +47,9 @@ pub enum KafkaInputFormat {
     Goflow2Protobuf,
     /// goflow2 `-format=json` (or `-format=text`): one line per message.
     Goflow2Json,
+    /// Hawking's raw flows (`hawking.raw.v1`), as `hawking serve --role collector`
+    /// publishes them.
+    HawkingRaw,
 }
 
 /// Where a group that has committed nothing yet starts reading.
@@ -71,7 +75,7 @@ pub struct KafkaSourceConfig {
     /// `hawking-enrichers`.
     #[serde(default = "default_group")]
     pub group_id: String,
-    /// What the messages are: `goflow2_protobuf` or `goflow2_json`.
+    /// What the messages are: `goflow2_protobuf`, `goflow2_json` or `hawking_raw`.
     pub format: KafkaInputFormat,
     /// The address that stands for the exporter of flows whose message names none (goflow2's
     /// `sampler_address` unset). Unset (the default): such flows are dropped and counted
@@ -154,6 +158,7 @@ impl KafkaSourceConfig {
             KafkaInputFormat::Goflow2Json => {
                 Box::new(self.goflow2(Goflow2Format::Lines, &component))
             }
+            KafkaInputFormat::HawkingRaw => Box::new(RawFlowDecoder::new(component.clone())),
         };
         tracing::info!(
             source = %name,

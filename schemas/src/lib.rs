@@ -13,6 +13,7 @@ pub mod nat;
 pub mod observation;
 pub mod pipeline;
 pub mod protocol;
+pub mod raw;
 pub mod state_file;
 pub mod telemetry;
 pub mod time;

@@ -9,7 +9,7 @@ use hawking_collector::source::flow_file::{FlowFileFormat, FlowFileSourceConfig}
 use hawking_collector::source::hubble_grpc::HubbleGrpcSourceConfig;
 use hawking_schemas::telemetry::Telemetry;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::metrics_http;
 use crate::pipeline::Pipeline;
 
@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// last flow). Repeatable; see [[hubble_grpc]] in the config.
     #[arg(long, value_name = "URL")]
     hubble_grpc: Vec<String>,
+    /// What this process does: `all` (default: receive, attribute, store), `collector`
+    /// (receive and publish raw flows to [roles] topic) or `enricher` (consume them in
+    /// [roles] group_id, attribute, store). See [roles] in the config.
+    #[arg(long, value_enum)]
+    role: Option<Role>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -71,6 +76,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    if let Some(role) = args.role {
+        config.roles.role = role;
+    }
     if let Some(addr) = args.netflow {
         config.netflow.listen = addr;
     }
@@ -162,7 +170,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Machine-readable start-up line for scripts and tests (ports may be 0 = any).
         println!(
             "hawking serving netflow={} netflow_tcp={} metrics={} pg={} data={}",
-            pipeline.netflow_addr,
+            pipeline
+                .netflow_addr
+                .map_or_else(|| "off".to_string(), |addr| addr.to_string()),
             pipeline
                 .netflow_tcp_addr
                 .map_or_else(|| "off".to_string(), |addr| addr.to_string()),

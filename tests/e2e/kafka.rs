@@ -165,7 +165,7 @@ fn set_up(tmp: &Path, brokers: &str, kafka_extra: &str) -> (PathBuf, PathBuf) {
 
 /// Flow `i` (from `first`): the pod's (every fifth from an address no one held) to a remote
 /// end, starting `i` seconds into the day, `1000 + i` bytes (its identity in the checks).
-fn flows(first: i64, n: i64) -> Vec<FlowRecord> {
+pub(crate) fn flows(first: i64, n: i64) -> Vec<FlowRecord> {
     (first..first + n)
         .map(|i| {
             let src = if i % 5 == 0 { "10.4.9.9" } else { "10.4.1.10" };

@@ -20,6 +20,7 @@ mod recorded_cluster;
 mod replay;
 mod shutdown;
 mod snat;
+mod split_roles;
 mod sql_surface;
 mod store_upkeep;
 mod support;

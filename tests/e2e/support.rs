@@ -135,7 +135,10 @@ impl Hawking {
                 .unwrap_or_else(|| panic!("no {key} in {line:?}"))
         };
         Ok(Hawking {
-            netflow: field("netflow").parse().unwrap(),
+            // An enricher listens for no exporter (`netflow=off`): nothing may be sent to it.
+            netflow: field("netflow")
+                .parse()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             netflow_tcp: field("netflow_tcp").parse().ok(),
             metrics: field("metrics").parse().unwrap(),
             pg: field("pg").parse().ok(),
@@ -181,6 +184,11 @@ impl Hawking {
             flows: num("flows"),
             rows_committed: num("rows_committed"),
         }
+    }
+
+    /// SIGSTOP: the process is frozen where it stands (until killed).
+    pub fn pause(&self) {
+        signal(self.child.as_ref().unwrap(), libc::SIGSTOP);
     }
 
     /// SIGKILL: the process dies where it stands, no shutdown path runs.

@@ -3,6 +3,7 @@
 //! messages come from; a transport ([`crate::transport`]) delivers them.
 
 pub mod goflow2;
+pub mod hawking_raw;
 pub mod hubble;
 mod json_lines;
 pub mod netflow;
