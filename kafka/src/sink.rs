@@ -39,6 +39,13 @@ use crate::spool::{Spool, SpoolError, Spooled};
 /// consumers can tell formats and versions apart.
 pub const SCHEMA_HEADER: &str = "hawking-schema";
 
+/// Flows in one raw flow message at most (about 450 KB without details).
+const RAW_MESSAGE_FLOWS: usize = 4096;
+
+/// Bytes of one raw flow message at most: under the broker's default limit of 1 MB
+/// (`message.max.bytes`), whatever the details' text.
+const RAW_MESSAGE_BYTES: usize = 900_000;
+
 /// How long a send waits for room in the producer's queue before it spools instead.
 const QUEUE_WAIT: Duration = Duration::from_millis(200);
 
@@ -346,17 +353,22 @@ impl KafkaSink {
     /// flows keep their order on one partition; NAT events and signs of life go with their
     /// exporter's message.
     pub fn publish_raw(&mut self, batch: &SourceBatch) {
-        let mut exporters: Vec<u128> = batch.flows.exporter.clone();
+        let flows = &batch.flows;
+        // Rows grouped by exporter, each exporter's in their order.
+        let mut order: Vec<usize> = (0..flows.len()).collect();
+        order.sort_by_key(|&i| flows.exporter[i]);
+        let mut exporters: Vec<u128> = order.iter().map(|&i| flows.exporter[i]).collect();
         exporters.extend(batch.nat_events.iter().map(|e| e.exporter));
         exporters.extend(batch.nat_alive.iter().map(|a| a.exporter));
         exporters.sort_unstable();
         exporters.dedup();
         let wait = self.queue_wait();
-        let (mut refused, mut rows, mut key, mut payload) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut refused, mut key, mut payload) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rest = &order[..];
         for exporter in exporters {
-            rows.clear();
-            rows.extend((0..batch.flows.len()).filter(|&i| batch.flows.exporter[i] == exporter));
+            let own = rest.partition_point(|&i| flows.exporter[i] == exporter);
+            let (mut rows, after) = rest.split_at(own);
+            rest = after;
             let events: Vec<_> = batch
                 .nat_events
                 .iter()
@@ -369,13 +381,31 @@ impl KafkaSink {
                 .filter(|a| a.exporter == exporter)
                 .copied()
                 .collect();
-            payload.clear();
-            raw::encode(&batch.flows, &rows, &events, &alive, &mut payload);
             key.clear();
             push_ip_text(&mut key, exporter);
-            self.component.received(1, payload.len() as u64);
-            self.pending += 1;
-            self.offer(Some(&key), &payload, wait, &mut refused);
+            // Messages stay under the broker's limit: an exporter's rows go in several when
+            // they are many; its NAT events and signs of life go with the first.
+            let mut first = true;
+            while first || !rows.is_empty() {
+                let mut take = rows.len().min(RAW_MESSAGE_FLOWS);
+                loop {
+                    payload.clear();
+                    let (events, alive) = match first {
+                        true => (&events[..], &alive[..]),
+                        false => (&[][..], &[][..]),
+                    };
+                    raw::encode(flows, &rows[..take], events, alive, &mut payload);
+                    if payload.len() <= RAW_MESSAGE_BYTES || take <= 1 {
+                        break;
+                    }
+                    take /= 2;
+                }
+                rows = &rows[take..];
+                first = false;
+                self.component.received(1, payload.len() as u64);
+                self.pending += 1;
+                self.offer(Some(&key), &payload, wait, &mut refused);
+            }
         }
         self.spool_refused(&refused);
     }
@@ -745,6 +775,18 @@ mod tests {
 
     /// Every message on the topic: (key, payload as JSON).
     fn consume(bootstrap: &str, expected: usize) -> Vec<(Option<String>, serde_json::Value)> {
+        consume_as(bootstrap, expected, "hawking.flows.v1+json")
+            .into_iter()
+            .map(|(key, payload)| (key, serde_json::from_slice(&payload).unwrap()))
+            .collect()
+    }
+
+    /// Every message on the topic, each with the schema header `schema`: (key, payload).
+    fn consume_as(
+        bootstrap: &str,
+        expected: usize,
+        schema: &str,
+    ) -> Vec<(Option<String>, Vec<u8>)> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("group.id", "test")
@@ -758,15 +800,15 @@ mod tests {
             if let Some(m) = consumer.poll(Duration::from_millis(200)) {
                 let m = m.unwrap();
                 let headers = m.headers().expect("headers");
-                let schema = headers
+                let said = headers
                     .iter()
                     .find(|h| h.key == SCHEMA_HEADER)
                     .and_then(|h| h.value)
                     .expect("the schema header");
-                assert_eq!(schema, b"hawking.flows.v1+json");
+                assert_eq!(said, schema.as_bytes());
                 out.push((
                     m.key().map(|k| String::from_utf8(k.to_vec()).unwrap()),
-                    serde_json::from_slice(m.payload().unwrap()).unwrap(),
+                    m.payload().unwrap().to_vec(),
                 ));
             }
         }
@@ -907,6 +949,72 @@ mod tests {
         let stored = sink.spool.messages();
         assert!(stored > 0 && stored < 300, "{stored}");
         assert!(sink.spool.bytes() <= 20_000);
+        sink.shutdown().unwrap();
+    }
+
+    #[test]
+    fn raw_flows_go_out_one_message_per_exporter_under_the_size_limit() {
+        use hawking_schemas::nat::NatEvent;
+        use hawking_schemas::raw;
+        let (mock, spool, telemetry) = mock_cluster(3, false);
+        let mut config = config(&mock, spool.path());
+        config.topic = TOPIC.into();
+        let mut sink = KafkaSink::open_raw(&config, spool.path(), &telemetry).unwrap();
+        // 6,000 flows of 192.0.2.1 interleaved with 4,000 of 192.0.2.2, and a NAT event of
+        // 192.0.2.9, which exported no flow.
+        let mut batch = SourceBatch::default();
+        for i in 0..10_000u64 {
+            let exporter = if i % 5 < 3 { 0xc000_0201 } else { 0xc000_0202 };
+            let origin = FlowOrigin {
+                received_at: 1_796_083_200_000_000,
+                exporter: v4_to_u128(exporter),
+                observation_domain: 0,
+                source_kind: SourceKind::NetflowV9,
+            };
+            let record = FlowRecord {
+                flow_start: 1_796_083_200_000_000,
+                bytes: i,
+                ..Default::default()
+            };
+            batch.flows.push(&origin, &record);
+        }
+        batch.nat_events.push(NatEvent {
+            exporter: v4_to_u128(0xc000_0209),
+            ..Default::default()
+        });
+        sink.publish_raw(&batch);
+        commit_until(&mut sink, |_, delivered| delivered >= 4);
+        let messages = consume_as(&mock.bootstrap_servers(), 4, raw::RAW_SCHEMA);
+        let mut by_key: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+        let mut events = 0;
+        for (key, payload) in &messages {
+            assert!(payload.len() <= RAW_MESSAGE_BYTES);
+            let (mut scratch, mut out) = (FlowBatch::default(), SourceBatch::default());
+            raw::decode(payload, &mut scratch, &mut out).unwrap();
+            events += out.nat_events.len();
+            let key = key.clone().unwrap();
+            assert!(
+                out.flows
+                    .exporter
+                    .iter()
+                    .all(|e| hawking_schemas::ip::ip_text(*e) == key)
+            );
+            by_key.entry(key).or_default().extend(out.flows.bytes);
+        }
+        assert_eq!(
+            messages.len(),
+            4,
+            "6,000 flows in two messages, 4,000 in one, the NAT event in one"
+        );
+        assert_eq!(events, 1);
+        let ordered = |k: &str| by_key[k].windows(2).all(|w| w[0] < w[1]);
+        assert_eq!(by_key["192.0.2.1"].len(), 6000);
+        assert_eq!(by_key["192.0.2.2"].len(), 4000);
+        assert!(by_key["192.0.2.9"].is_empty());
+        assert!(
+            ordered("192.0.2.1") && ordered("192.0.2.2"),
+            "each exporter's flows in order"
+        );
         sink.shutdown().unwrap();
     }
 }

@@ -48,7 +48,7 @@ def metric(addr, name, labels):
     return total
 
 
-def start_tansu(tmp):
+def start_tansu(tmp, topics=("hawking.flows",)):
     port = free_tcp_port()
     log = open(os.path.join(tmp, "tansu.log"), "w")
     proc = subprocess.Popen(["tansu", "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
@@ -60,8 +60,9 @@ def start_tansu(tmp):
             break
         except OSError:
             time.sleep(0.1)
-    subprocess.run(["tansu", "topic", "create", "hawking.flows", "--partitions", "3",
-                    "--broker", f"tcp://127.0.0.1:{port}"], check=True, capture_output=True)
+    for topic in topics:
+        subprocess.run(["tansu", "topic", "create", topic, "--partitions", "3",
+                        "--broker", f"tcp://127.0.0.1:{port}"], check=True, capture_output=True)
     return proc, port
 
 

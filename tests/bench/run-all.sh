@@ -45,3 +45,6 @@ python3 tests/bench/flow_exports.py
 echo
 echo "## Kafka sink: attributed ingest with [kafka] on beside off (python3 tests/bench/kafka_sink.py)"
 python3 tests/bench/kafka_sink.py
+echo
+echo "## Enricher from Kafka: a collector's backlog attributed and stored (python3 tests/bench/kafka_enricher.py)"
+python3 tests/bench/kafka_enricher.py
