@@ -42,8 +42,8 @@ pub const SCHEMA_HEADER: &str = "hawking-schema";
 /// Flows in one raw flow message at most (about 450 KB without details).
 const RAW_MESSAGE_FLOWS: usize = 4096;
 
-/// Bytes of one raw flow message at most: under the broker's default limit of 1 MB
-/// (`message.max.bytes`), whatever the details' text.
+/// Bytes of one raw flow message at most: under the default limit of 1 MB
+/// (`message.max.bytes`, lower when configured lower), whatever the details' text.
 const RAW_MESSAGE_BYTES: usize = 900_000;
 
 /// How long a send waits for room in the producer's queue before it spools instead.
@@ -146,6 +146,8 @@ pub struct KafkaSink {
     config: KafkaSinkConfig,
     /// The `hawking-schema` header of every message.
     header: &'static str,
+    /// Bytes a raw flow message may take: under the producer's `message.max.bytes`.
+    raw_message_bytes: usize,
     spool: Spool,
     gauges: SpoolGauges,
     component: Component,
@@ -249,6 +251,14 @@ impl KafkaSink {
             deliveries,
             config: config.clone(),
             header,
+            raw_message_bytes: config
+                .properties
+                .get("message.max.bytes")
+                .and_then(|v| v.parse::<usize>().ok())
+                // Room for the record's key, headers and framing.
+                .map_or(RAW_MESSAGE_BYTES, |limit| {
+                    RAW_MESSAGE_BYTES.min(limit.saturating_sub(1024))
+                }),
             spool,
             gauges,
             component: telemetry.component(ComponentKind::Sink, name),
@@ -319,7 +329,8 @@ impl KafkaSink {
     }
 
     /// Sends one message, or adds it to `refused` (once one is refused, the rest of a write
-    /// follows it to the spool, keeping their order).
+    /// follows it to the spool, keeping their order); one larger than the producer's
+    /// `message.max.bytes` is dropped and counted.
     fn offer(
         &self,
         key: Option<&[u8]>,
@@ -331,11 +342,17 @@ impl KafkaSink {
             true => self.send(key, payload, 0, wait),
             false => Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
         };
-        if sent.is_err() {
-            refused.push(Spooled {
+        match sent {
+            Ok(()) => {}
+            // The broker's limit (`message.max.bytes`) will not change by waiting in the
+            // spool: dropped and counted, the rest goes on.
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                self.component.dropped(1, "message_too_large")
+            }
+            Err(_) => refused.push(Spooled {
                 key: key.map(<[u8]>::to_vec),
                 payload: payload.to_vec(),
-            });
+            }),
         }
     }
 
@@ -385,21 +402,22 @@ impl KafkaSink {
             push_ip_text(&mut key, exporter);
             // Messages stay under the broker's limit: an exporter's rows go in several when
             // they are many; its NAT events and signs of life go with the first.
-            let mut first = true;
+            let (mut first, mut most) = (true, RAW_MESSAGE_FLOWS);
             while first || !rows.is_empty() {
-                let mut take = rows.len().min(RAW_MESSAGE_FLOWS);
-                loop {
+                let take = loop {
+                    let take = rows.len().min(most);
                     payload.clear();
                     let (events, alive) = match first {
                         true => (&events[..], &alive[..]),
                         false => (&[][..], &[][..]),
                     };
                     raw::encode(flows, &rows[..take], events, alive, &mut payload);
-                    if payload.len() <= RAW_MESSAGE_BYTES || take <= 1 {
-                        break;
+                    if payload.len() <= self.raw_message_bytes || take <= 1 {
+                        break take;
                     }
-                    take /= 2;
-                }
+                    // The exporter's next messages are as small as this one must be.
+                    most = take / 2;
+                };
                 rows = &rows[take..];
                 first = false;
                 self.component.received(1, payload.len() as u64);
@@ -1016,5 +1034,70 @@ mod tests {
             "each exporter's flows in order"
         );
         sink.shutdown().unwrap();
+    }
+
+    #[test]
+    fn raw_messages_fit_a_lower_size_limit_and_one_that_cannot_is_dropped_and_counted() {
+        let (mock, spool, telemetry) = mock_cluster(1, false);
+        let mut config = config(&mock, spool.path());
+        config
+            .properties
+            .insert("message.max.bytes".into(), "100000".into());
+        let mut sink = KafkaSink::open_raw(&config, spool.path(), &telemetry).unwrap();
+        let origin = FlowOrigin {
+            received_at: 1_796_083_200_000_000,
+            exporter: v4_to_u128(0xc000_0201),
+            observation_domain: 0,
+            source_kind: SourceKind::NetflowV9,
+        };
+        // 4,096 flows of one exporter (some 450 KB) go in messages under the 100 KB limit.
+        let mut batch = SourceBatch::default();
+        for i in 0..4096u64 {
+            let record = FlowRecord {
+                bytes: i,
+                ..Default::default()
+            };
+            batch.flows.push(&origin, &record);
+        }
+        sink.publish_raw(&batch);
+        let delivered = commit_until(&mut sink, |_, delivered| delivered >= 8);
+        assert_eq!(delivered, 8, "halved three times: 8 messages of 512 flows");
+        let mut flows = 0;
+        for (_, payload) in consume_as(
+            &mock.bootstrap_servers(),
+            8,
+            hawking_schemas::raw::RAW_SCHEMA,
+        ) {
+            assert!(payload.len() < 100_000);
+            let (mut scratch, mut out) = (FlowBatch::default(), SourceBatch::default());
+            hawking_schemas::raw::decode(&payload, &mut scratch, &mut out).unwrap();
+            flows += out.flows.len();
+        }
+        assert_eq!(flows, 4096);
+        // A flow whose details alone are over the limit cannot be cut: dropped, counted,
+        // not spooled for ever.
+        let mut huge = SourceBatch::default();
+        let text = "x".repeat(200_000);
+        let mut row = hawking_schemas::flow_details::DetailRow::default();
+        row.set(hawking_schemas::flow_details::Text::Verdict, Some(&text));
+        huge.flows.details_mut().push(&row);
+        huge.flows.push(&origin, &FlowRecord::default());
+        sink.publish_raw(&huge);
+        assert_eq!(sink.spool.messages(), 0, "nothing spooled");
+        sink.shutdown().unwrap();
+        let metrics = {
+            use prometheus::Encoder;
+            let mut out = Vec::new();
+            prometheus::TextEncoder::new()
+                .encode(&telemetry.registry().gather(), &mut out)
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.contains("reason=\"message_too_large\"") && l.ends_with(" 1")),
+            "{metrics}"
+        );
     }
 }
