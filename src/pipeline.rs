@@ -185,7 +185,10 @@ impl Pipeline {
         let (stage, watches) = build_stage(config, &data_dir, control_tx, telemetry).await?;
         let stage = std::thread::Builder::new()
             .name("hawking-stage".into())
-            .spawn(move || run_stage(stage, data_rx, control_rx, sinks))?;
+            .spawn({
+                let shutdown = shutdown.clone();
+                move || run_stage(stage, data_rx, control_rx, sinks, &shutdown)
+            })?;
         tracing::info!(
             netflow = ?netflow_addr,
             netflow_tcp = ?netflow_tcp_addr,
@@ -380,17 +383,34 @@ fn run_stage(
     data: Receiver<SourceBatch>,
     control: Receiver<SourceBatch>,
     mut sinks: Vec<Box<dyn Sink>>,
+    shutdown: &AtomicBool,
 ) -> anyhow::Result<Committed> {
     let mut rows = Vec::new();
     // Receipts of rows handed to the sinks that the store has not committed yet.
-    let mut unstored = Vec::new();
+    let mut unstored: Vec<Receipt> = Vec::new();
     let mut stored = Committed::default();
     let mut heartbeat = Instant::now();
+    let mut store_failing = false;
+    // Once the store has shed rows, no receipt may complete: each says everything before it
+    // is stored. The sources then replay from their last commit when Hawking starts again.
+    let mut receipts_void = false;
     loop {
         while let Ok(batch) = control.try_recv() {
             stage.accept(batch, Instant::now());
         }
-        let closed = match data.recv_timeout(STAGE_POLL) {
+        // While the store cannot commit, sources that can replay (Kafka) are not read: their
+        // flows wait in the topic, not in a buffer the store would shed from, and the
+        // receipts already held must not complete past rows it shed. At shutdown reading
+        // goes on, so the sources can finish.
+        let hold_back = store_failing && !unstored.is_empty() && !shutdown.load(Ordering::Relaxed);
+        let received = match hold_back {
+            true => {
+                std::thread::sleep(STAGE_POLL);
+                Err(RecvTimeoutError::Timeout)
+            }
+            false => data.recv_timeout(STAGE_POLL),
+        };
+        let closed = match received {
             Ok(batch) => {
                 stage.accept(batch, Instant::now());
                 false
@@ -427,15 +447,31 @@ fn run_stage(
                 // A failed commit keeps its rows (the sink counted and logged it): next time.
                 match sink.commit() {
                     Ok(committed) => committed,
-                    Err(_) => continue,
+                    Err(_) => {
+                        store_failing |= sink.name() == "store";
+                        continue;
+                    }
                 }
             } else {
                 continue;
             };
             if sink.name() == "store" {
+                store_failing = false;
                 stored += committed;
-                // Every row written before this commit is in the store now.
-                unstored.drain(..).for_each(Receipt::stored);
+                if !receipts_void && sink.shed() > 0 {
+                    receipts_void = true;
+                    tracing::error!(
+                        shed = sink.shed(),
+                        "the store dropped rows while it could not commit: Kafka offsets are \
+                         not committed from now on, so the next start reads those flows again"
+                    );
+                }
+                if receipts_void {
+                    unstored.clear();
+                } else {
+                    // Every row written before this commit is in the store now.
+                    unstored.drain(..).for_each(Receipt::stored);
+                }
             }
         }
         if closed {

@@ -76,6 +76,8 @@ struct Deliveries {
     /// Messages of the spool segment being sent still unanswered.
     spool_outstanding: AtomicU64,
     failed: Mutex<Vec<Spooled>>,
+    /// Messages the broker refused for their size: spooling them would not help.
+    too_large: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// A delivery failed in a way that leaves this producer's idempotence state unusable
     /// (fenced, a broken sequence): the next commit makes a new producer.
@@ -94,6 +96,11 @@ impl Deliveries {
         match result {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((error, _))
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
+            {
+                self.too_large.fetch_add(1, Ordering::Relaxed);
             }
             Err((error, message)) => {
                 let spooled = Spooled {
@@ -458,6 +465,8 @@ impl KafkaSink {
         let segment_answered = self.sending_segment.is_some()
             && self.deliveries.spool_outstanding.load(Ordering::Acquire) == 0;
         let failed = std::mem::take(&mut *self.deliveries.failed.lock().expect("not poisoned"));
+        let too_large = self.deliveries.too_large.swap(0, Ordering::Relaxed);
+        self.component.dropped(too_large, "message_too_large");
         if !failed.is_empty() {
             self.failing_since.get_or_insert_with(Instant::now);
             let why = self
@@ -991,6 +1000,8 @@ mod tests {
             };
             let record = FlowRecord {
                 flow_start: 1_796_083_200_000_000,
+                flow_end: 1_796_083_200_000_000,
+                sampling_rate: 1,
                 bytes: i,
                 ..Default::default()
             };
@@ -1054,6 +1065,9 @@ mod tests {
         let mut batch = SourceBatch::default();
         for i in 0..4096u64 {
             let record = FlowRecord {
+                flow_start: 1_796_083_200_000_000,
+                flow_end: 1_796_083_200_000_000,
+                sampling_rate: 1,
                 bytes: i,
                 ..Default::default()
             };

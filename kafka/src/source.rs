@@ -564,7 +564,12 @@ mod tests {
         anonymous[0] -= 6;
         produce(
             &mock,
-            &[anonymous.clone(), goflow2_message([192, 0, 2, 1], 7)],
+            &[
+                anonymous.clone(),
+                // An all-zero address is what an unset field reads as: no device either.
+                goflow2_message([0, 0, 0, 0], 6),
+                goflow2_message([192, 0, 2, 1], 7),
+            ],
         );
         let telemetry = Telemetry::detached();
         let batches = consume(&config(&mock), 1, &telemetry);
@@ -583,7 +588,7 @@ mod tests {
         };
         assert!(
             text.lines()
-                .any(|l| l.contains("reason=\"no_sampler_address\"") && l.ends_with(" 1")),
+                .any(|l| l.contains("reason=\"no_sampler_address\"") && l.ends_with(" 2")),
             "{text}"
         );
 

@@ -234,4 +234,10 @@ pub trait Sink: Send {
 
     /// Delivers everything still buffered (retrying once) and reports what could not be.
     fn shutdown(&mut self) -> Result<Committed, SinkError>;
+
+    /// Rows it accepted and then dropped (its buffer bound reached while commits failed),
+    /// since it was opened.
+    fn shed(&self) -> u64 {
+        0
+    }
 }

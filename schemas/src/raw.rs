@@ -36,6 +36,10 @@ const VERSION: u8 = 1;
 const HAS_DETAILS: u8 = 1;
 const NULL_TEXT: u32 = u32::MAX;
 
+/// Longest text value read: a batch of 8,192 flows with every text column this long still
+/// fits the 2 GiB a text column can hold.
+pub const MAX_TEXT_BYTES: usize = 8192;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RawError {
     #[error("not a raw flow message")]
@@ -216,6 +220,9 @@ pub fn decode(
         return Err(RawError::Version(version));
     }
     let flags = r.u8()?;
+    if flags & !HAS_DETAILS != 0 {
+        return Err(RawError::Invalid("unknown flags"));
+    }
     // The fixed columns alone take 111 bytes a flow.
     let n = r.count(111)?;
     let f = &mut *scratch;
@@ -237,6 +244,16 @@ pub fn decode(
     read_column!(r, n, f.out_if, u32);
     for &k in r.take(n)? {
         f.source_kind.push(source_kind(k)?);
+    }
+    // What every decoder guarantees of the flows it hands on, checked again: a collector
+    // of another version (or anyone who can publish) may not.
+    let times_hold = (0..n)
+        .all(|i| f.flow_start[i] > 0 && f.flow_end[i] >= f.flow_start[i] && f.received_at[i] > 0);
+    if !times_hold {
+        return Err(RawError::Invalid("a flow time out of range"));
+    }
+    if f.sampling_rate.contains(&0) {
+        return Err(RawError::Invalid("a sampling rate of 0"));
     }
     if flags & HAS_DETAILS != 0 {
         f.details = Some(Box::new(read_details(&mut r, n)?));
@@ -287,6 +304,9 @@ fn read_details(r: &mut Reader<'_>, n: usize) -> Result<FlowDetails, RawError> {
             let len = u32::from_le_bytes(r.array()?);
             column.push(match len {
                 NULL_TEXT => None,
+                len if len as usize > MAX_TEXT_BYTES => {
+                    return Err(RawError::Invalid("a text value over 8192 bytes"));
+                }
                 len => Some(
                     std::str::from_utf8(r.take(len as usize)?)
                         .map_err(|_| RawError::Invalid("text that is not UTF-8"))?,
@@ -473,6 +493,47 @@ mod tests {
         later[4] = 2;
         assert_eq!(refused(&later), RawError::Version(2));
         assert_eq!(refused(b"{\"bytes\":1}"), RawError::NotRaw);
+        let mut flagged = message.clone();
+        flagged[5] |= 0x80;
+        assert_eq!(refused(&flagged), RawError::Invalid("unknown flags"));
+        // Flow times a decoder would not have handed on (a partition's hour from them
+        // would overflow).
+        let mut timeless = batch.clone();
+        timeless.flow_start[1] = i64::MIN;
+        let mut bad = Vec::new();
+        encode(&timeless, &[0, 1], &[], &[], &mut bad);
+        assert_eq!(refused(&bad), RawError::Invalid("a flow time out of range"));
+        let mut unsampled = batch.clone();
+        unsampled.sampling_rate[0] = 0;
+        bad.clear();
+        encode(&unsampled, &[0], &[], &[], &mut bad);
+        assert_eq!(refused(&bad), RawError::Invalid("a sampling rate of 0"));
+        // A text value too long for a batch's column to hold many of.
+        let mut wordy = FlowBatch::default();
+        let mut row = DetailRow::default();
+        let long = "x".repeat(MAX_TEXT_BYTES + 1);
+        row.set(Text::Verdict, Some(&long));
+        wordy.details_mut().push(&row);
+        wordy.push(
+            &FlowOrigin {
+                received_at: 1,
+                exporter: 1,
+                observation_domain: 0,
+                source_kind: SourceKind::Hubble,
+            },
+            &FlowRecord {
+                flow_start: 1,
+                flow_end: 1,
+                sampling_rate: 1,
+                ..Default::default()
+            },
+        );
+        bad.clear();
+        encode(&wordy, &[0], &[], &[], &mut bad);
+        assert_eq!(
+            refused(&bad),
+            RawError::Invalid("a text value over 8192 bytes")
+        );
         // A count far beyond the message reserves nothing.
         let mut huge = message.clone();
         huge[6..10].copy_from_slice(&u32::MAX.to_le_bytes());

@@ -122,6 +122,10 @@ fn stored_flows(data: &Path) -> i64 {
     sql_i64(data, "SELECT count(*) FROM flows")
 }
 
+fn distinct_flows(data: &Path) -> i64 {
+    sql_i64(data, "SELECT count(DISTINCT bytes) FROM flows")
+}
+
 #[test]
 fn goflow2_messages_from_kafka_are_stored_attributed_and_not_read_twice() {
     let broker = broker();
@@ -221,7 +225,7 @@ fn an_enricher_killed_mid_stream_loses_no_flow() {
     assert!(stored_at_kill < total, "the stream was still going");
     let hawking = Hawking::start(&data, &args);
     produced(producer, total);
-    let distinct_flows = || sql_i64(&data, "SELECT count(DISTINCT bytes) FROM flows");
+    let distinct_flows = || distinct_flows(&data);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while distinct_flows() < total && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
@@ -251,4 +255,60 @@ fn an_enricher_killed_mid_stream_loses_no_flow() {
         "only flows from around the kill are stored twice"
     );
     eprintln!("killed with {stored_at_kill} of {total} flows stored; {duplicates} stored twice");
+}
+
+#[test]
+fn a_store_that_cannot_commit_and_sheds_rows_loses_no_kafka_flow() {
+    let broker = broker();
+    let (data, config) = set_up(broker.tmp.path(), &broker.brokers);
+    // A small buffer bound, so that the outage makes the store shed rows.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("[store]\nmax_buffered_rows = 100\n\n{text}"),
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let hawking = Hawking::start(&data, &args);
+    produced(
+        produce(&broker.brokers, PROTOBUF_TOPIC, "protobuf", 0, 0..300),
+        300,
+    );
+    hawking.wait_metric(
+        "hawking_store_rows_written_total",
+        &[("table", "flows")],
+        300.0,
+    );
+    // The flows table's directory replaced by a file: every commit fails.
+    let (flows, aside) = (data.join("flows"), data.join("flows.aside"));
+    std::fs::rename(&flows, &aside).unwrap();
+    std::fs::write(&flows, b"not a directory").unwrap();
+    produced(
+        produce(&broker.brokers, PROTOBUF_TOPIC, "protobuf", 0, 300..1300),
+        1000,
+    );
+    wait_until("rows shed", Duration::from_secs(30), || {
+        crate::support::metric_sum(
+            &hawking.metrics_text(),
+            "hawking_component_dropped_events_total",
+            &[("component", "store"), ("reason", "buffer_full")],
+        ) > 0.0
+    });
+    std::fs::remove_file(&flows).unwrap();
+    std::fs::rename(&aside, &flows).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    hawking.stop();
+    let after_outage = distinct_flows(&data);
+    assert!(
+        after_outage < 1300,
+        "rows were shed ({after_outage} stored)"
+    );
+    // The offsets did not move past what was shed: the next start reads it again.
+    let hawking = Hawking::start(&data, &args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while distinct_flows(&data) < 1300 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    hawking.stop();
+    assert_eq!(distinct_flows(&data), 1300, "no flow lost");
 }

@@ -364,7 +364,8 @@ impl Goflow2Decoder {
         let Some(protocol) = r.protocol else {
             return self.drops.drop("unknown_protocol");
         };
-        let exporter = match r.sampler {
+        // An all-zero sampler address is what an unset field decodes to: no device named.
+        let exporter = match r.sampler.filter(|a| !a.is_unspecified()) {
             Some(sampler) => sampler,
             None if self.sampler_required => return self.drops.drop("no_sampler_address"),
             None => from.ip(),

@@ -106,6 +106,8 @@ pub struct StoreSink {
     config: StoreConfig,
     /// When the oldest row still buffered arrived.
     oldest_buffered: Option<Instant>,
+    /// Rows dropped from the buffer since opening.
+    shed: u64,
     metrics: StoreMetrics,
     component: Component,
 }
@@ -131,6 +133,7 @@ impl StoreSink {
             writers,
             config: config.clone(),
             oldest_buffered: None,
+            shed: 0,
             metrics: StoreMetrics::register(telemetry)?,
             component: telemetry.component(ComponentKind::Sink, "store"),
         })
@@ -223,6 +226,7 @@ impl Sink for StoreSink {
                         ),
                     );
                     let dropped = writer.shed_to(max_buffered) as u64;
+                    self.shed += dropped;
                     if dropped > 0 {
                         self.metrics
                             .rows_dropped
@@ -246,6 +250,10 @@ impl Sink for StoreSink {
                 source: Box::new(e),
             }),
         }
+    }
+
+    fn shed(&self) -> u64 {
+        self.shed
     }
 
     fn shutdown(&mut self) -> Result<Committed, SinkError> {
