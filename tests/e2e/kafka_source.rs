@@ -234,27 +234,12 @@ fn an_enricher_killed_mid_stream_loses_no_flow() {
     hawking.stop();
     let (rows, distinct) = (stored_flows(&data), distinct_flows());
     assert_eq!(distinct, total, "no flow lost");
-    // Stored again: only what was stored before the kill but after the last offset
-    // commit (auto.commit.interval.ms = 200 here), each at most once more.
+    // Stored again: what was stored after the last offset commit before the kill (and,
+    // when the broker rebalances the group after the restart, before that rebalance); at
+    // least once is the promise, so they are reported, not bounded here (split_roles
+    // bounds them by what the killed member had stored, on a broker that expires it).
     let duplicates = rows - distinct;
-    let most = sql_i64(
-        &data,
-        "SELECT max(n) FROM (SELECT count(*) AS n FROM flows GROUP BY bytes)",
-    );
-    assert!(most <= 2, "a flow stored {most} times");
-    let duplicated_after_kill = sql_i64(
-        &data,
-        &format!(
-            "SELECT count(*) FROM (SELECT bytes FROM flows GROUP BY bytes HAVING count(*) > 1) \
-             WHERE bytes >= {}",
-            1000 + stored_at_kill + 4000
-        ),
-    );
-    assert_eq!(
-        duplicated_after_kill, 0,
-        "only flows from around the kill are stored twice"
-    );
-    eprintln!("killed with {stored_at_kill} of {total} flows stored; {duplicates} stored twice");
+    eprintln!("killed with {stored_at_kill} of {total} flows stored; {duplicates} stored again");
 }
 
 #[test]
@@ -268,7 +253,14 @@ fn a_store_that_cannot_commit_and_sheds_rows_loses_no_kafka_flow() {
         format!("[store]\nmax_buffered_rows = 100\n\n{text}"),
     )
     .unwrap();
-    let args = ["--config", config.to_str().unwrap()];
+    // Commits 3 s apart: the outage's 1,000 flows are all read and buffered before the
+    // first commit that fails (else the sources are held back and nothing is shed).
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--flush-interval",
+        "3",
+    ];
     let hawking = Hawking::start(&data, &args);
     produced(
         produce(&broker.brokers, PROTOBUF_TOPIC, "protobuf", 0, 0..300),
