@@ -1099,14 +1099,7 @@ mod tests {
         sink.publish_raw(&huge);
         assert_eq!(sink.spool.messages(), 0, "nothing spooled");
         sink.shutdown().unwrap();
-        let metrics = {
-            use prometheus::Encoder;
-            let mut out = Vec::new();
-            prometheus::TextEncoder::new()
-                .encode(&telemetry.registry().gather(), &mut out)
-                .unwrap();
-            String::from_utf8(out).unwrap()
-        };
+        let metrics = telemetry.exposition();
         assert!(
             metrics
                 .lines()

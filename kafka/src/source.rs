@@ -578,14 +578,7 @@ mod tests {
             .flat_map(|b| b.flows.bytes.iter().copied())
             .collect();
         assert_eq!(bytes, [7]);
-        let text = {
-            use prometheus::Encoder;
-            let mut out = Vec::new();
-            prometheus::TextEncoder::new()
-                .encode(&telemetry.registry().gather(), &mut out)
-                .unwrap();
-            String::from_utf8(out).unwrap()
-        };
+        let text = telemetry.exposition();
         assert!(
             text.lines()
                 .any(|l| l.contains("reason=\"no_sampler_address\"") && l.ends_with(" 2")),

@@ -114,6 +114,17 @@ impl Telemetry {
         &self.registry
     }
 
+    /// Every metric in Prometheus' text format, as `/metrics` serves it (for tests and
+    /// commands that read their own counters).
+    pub fn exposition(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        match prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            Ok(()) => String::from_utf8(out).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     /// The counters of one component.
     pub fn component(&self, kind: ComponentKind, name: &str) -> Component {
         let labels = [kind.as_str(), name];
