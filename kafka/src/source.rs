@@ -185,10 +185,7 @@ impl KafkaSourceConfig {
         Ok(Source::new(
             Box::new(transport),
             decoder,
-            Batching {
-                flows: 8192,
-                max_delay: Duration::from_millis(500),
-            },
+            Batching::FEW_FLOWS_PER_MESSAGE,
             component,
         ))
     }

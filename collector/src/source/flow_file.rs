@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use hawking_schemas::telemetry::{ComponentKind, Telemetry};
 use serde::{Deserialize, Serialize};
@@ -113,10 +112,7 @@ impl FlowFileSourceConfig {
         Ok(Source::new(
             Box::new(transport),
             decoder,
-            Batching {
-                flows: 8192,
-                max_delay: Duration::from_millis(500),
-            },
+            Batching::FEW_FLOWS_PER_MESSAGE,
             component,
         ))
     }

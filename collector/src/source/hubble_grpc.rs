@@ -2,7 +2,6 @@
 //! agent's Hubble server): the gRPC transport and the protobuf decoder.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use hawking_schemas::telemetry::{ComponentKind, Telemetry};
 use serde::{Deserialize, Serialize};
@@ -73,10 +72,7 @@ impl HubbleGrpcSourceConfig {
         Ok(Source::new(
             Box::new(transport),
             Box::new(HubbleProtoDecoder::new(component.clone())),
-            Batching {
-                flows: 8192,
-                max_delay: Duration::from_millis(500),
-            },
+            Batching::FEW_FLOWS_PER_MESSAGE,
             component,
         ))
     }

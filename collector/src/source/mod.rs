@@ -26,6 +26,15 @@ pub struct Batching {
     pub max_delay: Duration,
 }
 
+impl Batching {
+    /// For sources whose messages carry one or a few flows each (lines, gRPC events, Kafka
+    /// messages): batches of 8,192 flows, none waiting more than half a second.
+    pub const FEW_FLOWS_PER_MESSAGE: Batching = Batching {
+        flows: 8192,
+        max_delay: Duration::from_millis(500),
+    };
+}
+
 /// Totals of one source run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceStats {
