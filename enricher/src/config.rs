@@ -13,8 +13,11 @@ use crate::history::IpHistory;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnricherConfig {
-    /// Seconds a flow waits after it is received before it is attributed, so that history
-    /// arriving late (watch lag) is there when it is looked up. Default 5.
+    /// How late history may arrive (the watch's lag): a flow is attributed once this long
+    /// has passed since it ended. Flows that ended longer ago than that when they arrive (as
+    /// exporters' timed-out flows do) are attributed at once; recent ones wait this long
+    /// after they are received. While a watched cluster is out of sync every flow waits.
+    /// Default 5.
     pub grace_secs: f64,
     /// Most flows held waiting; beyond it the oldest are attributed early (counted in
     /// `hawking_enricher_early_attributions_total`). Default 2000000.

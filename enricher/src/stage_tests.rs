@@ -52,7 +52,12 @@ fn stage(grace: Duration) -> EnrichmentStage {
 }
 
 fn stage_with(grace: Duration, nat: NatIndex, telemetry: &Telemetry) -> EnrichmentStage {
-    let config = EnricherConfig {
+    stage_of(prod_config(), grace, nat, telemetry)
+}
+
+/// One cluster `prod`: pods in 10.4.0.0/16, flows exported from loopback.
+fn prod_config() -> EnricherConfig {
+    EnricherConfig {
         clusters: vec![ClusterConfig {
             name: "prod".into(),
             watch: Some(false),
@@ -61,8 +66,7 @@ fn stage_with(grace: Duration, nat: NatIndex, telemetry: &Telemetry) -> Enrichme
             ..Default::default()
         }],
         ..Default::default()
-    };
-    stage_of(config, grace, nat, telemetry)
+    }
 }
 
 fn stage_of(
@@ -71,15 +75,32 @@ fn stage_of(
     nat: NatIndex,
     telemetry: &Telemetry,
 ) -> EnrichmentStage {
+    stage_from(clusters_of(config, &[]), grace, nat, telemetry)
+}
+
+/// The clusters of `config`, those named in `watched` watched live (and out of sync until
+/// their watches start).
+fn clusters_of(config: EnricherConfig, watched: &[&str]) -> Clusters {
     let mut keeper = HistoryKeeper::new(Mode::Live);
     let selector = config.apply(keeper.history_mut()).unwrap();
-    let clusters = Clusters {
+    for cluster in watched {
+        keeper.begin_watching(cluster, T0, "starting");
+    }
+    Clusters {
         keeper,
         selector,
-        watched: vec![],
+        watched: watched.iter().map(|c| c.to_string()).collect(),
         state: HistoryState::default(),
         state_path: None,
-    };
+    }
+}
+
+fn stage_from(
+    clusters: Clusters,
+    grace: Duration,
+    nat: NatIndex,
+    telemetry: &Telemetry,
+) -> EnrichmentStage {
     EnrichmentStage::new(
         Some(clusters),
         nat,
@@ -115,6 +136,12 @@ fn flow(src: &str, sport: u16, dst: &str, dport: u16, at: i64) -> FlowRecord {
 /// connection, and the firewall outside sees node-1's address and port; plus the pod's own
 /// flow inside the cluster.
 fn batch() -> SourceBatch {
+    batch_at(T0)
+}
+
+/// [`batch`] with its events from `t0` on (the pod was there from [`T0`]): its flows start
+/// at `t0 + 61 s`.
+fn batch_at(t0: i64) -> SourceBatch {
     let mut b = SourceBatch::default();
     b.observations.push(Observation {
         cluster: "prod".into(),
@@ -122,7 +149,7 @@ fn batch() -> SourceBatch {
         event: Event::Upsert(web_pod()),
     });
     b.nat_events.push(NatEvent {
-        at: T0 + 60_000_000,
+        at: t0 + 60_000_000,
         kind: Some(NatEventKind::Create),
         exporter: ip("127.0.0.1"),
         observation_domain: 0,
@@ -135,12 +162,12 @@ fn batch() -> SourceBatch {
         remote_port: 443,
     });
     let origin = FlowOrigin {
-        received_at: T0 + 70_000_000,
+        received_at: t0 + 70_000_000,
         exporter: ip("127.0.0.1"),
         observation_domain: 0,
         source_kind: SourceKind::Ipfix,
     };
-    let at = T0 + 61_000_000;
+    let at = t0 + 61_000_000;
     b.flows.push(
         &origin,
         &flow("192.168.10.11", 61000, "93.184.216.34", 443, at),
@@ -148,6 +175,11 @@ fn batch() -> SourceBatch {
     b.flows
         .push(&origin, &flow("10.4.1.10", 40001, "10.4.9.9", 8080, at));
     b
+}
+
+/// A `t0` for [`batch_at`] whose flows are happening now (they end a second from now).
+fn just_now() -> i64 {
+    hawking_schemas::time::now_micros() - 61_000_000
 }
 
 fn text(rows: &RecordBatch, column: &str, i: usize) -> Option<String> {
@@ -159,7 +191,7 @@ fn text(rows: &RecordBatch, column: &str, i: usize) -> Option<String> {
 fn a_batch_is_applied_in_order_held_for_the_grace_period_then_attributed() {
     let mut stage = stage(Duration::from_secs(5));
     let start = Instant::now();
-    stage.accept(batch(), start);
+    stage.accept(batch_at(just_now()), start);
     assert_eq!(stage.held_flows(), 2);
 
     // Within the grace period only the history and the translation come out.
@@ -209,6 +241,81 @@ fn closing_releases_everything_held_at_once() {
     assert_eq!(flows, 2);
 }
 
+/// The flow rows of `out`, and how many there are.
+fn flow_rows(out: &[(Table, RecordBatch)]) -> usize {
+    out.iter()
+        .filter(|(t, _)| *t == Table::Flows)
+        .map(|(_, r)| r.num_rows())
+        .sum()
+}
+
+#[test]
+fn flows_that_ended_a_grace_period_before_they_came_are_attributed_at_once() {
+    use hawking_schemas::pipeline::Receipt;
+    let ledger = std::sync::Arc::new(Ledger::default());
+    let telemetry = Telemetry::detached();
+    let mut stage = stage_with(Duration::from_secs(5), NatIndex::default(), &telemetry);
+    let start = Instant::now();
+    // Exporters send flows when they time out, long after they ended: their history is in.
+    let mut b = batch();
+    // And one that is still going on: its history may still be on its way.
+    let recent = batch_at(just_now());
+    b.flows.extend_from(&recent.flows.select(&[1]));
+    b.receipts.push(Receipt::new(ledger.clone(), 1));
+    stage.accept(b, start);
+    assert_eq!(stage.held_flows(), 1, "only the recent flow waits");
+    let mut out = Vec::new();
+    stage.release(start, false, &mut out).unwrap();
+    assert_eq!(flow_rows(&out), 2, "the two settled flows, at once");
+    let rows = &out.iter().find(|(t, _)| *t == Table::Flows).unwrap().1;
+    assert_eq!(text(rows, "src_attribution", 0).as_deref(), Some("snat"));
+    assert_eq!(text(rows, "src_workload", 1).as_deref(), Some("web"));
+    let mut receipts = Vec::new();
+    stage.take_receipts(&mut receipts);
+    assert!(
+        receipts.is_empty(),
+        "the batch's receipt waits for its recent flow"
+    );
+
+    out.clear();
+    stage
+        .release(start + Duration::from_secs(5), false, &mut out)
+        .unwrap();
+    assert_eq!(flow_rows(&out), 1);
+    stage.take_receipts(&mut receipts);
+    receipts.drain(..).for_each(Receipt::stored);
+    assert_eq!(*ledger.0.lock().unwrap(), [1]);
+    let exposition = telemetry.exposition();
+    assert!(
+        exposition
+            .lines()
+            .any(|l| l == "hawking_enricher_settled_flows_total 2"),
+        "{exposition}"
+    );
+}
+
+#[test]
+fn while_a_watched_cluster_is_out_of_sync_every_flow_waits() {
+    let clusters = clusters_of(prod_config(), &["prod"]);
+    let telemetry = Telemetry::detached();
+    let mut stage = stage_from(
+        clusters,
+        Duration::from_secs(5),
+        NatIndex::default(),
+        &telemetry,
+    );
+    let start = Instant::now();
+    stage.accept(batch(), start);
+    assert_eq!(stage.held_flows(), 2, "old flows wait for the watch too");
+    let mut out = Vec::new();
+    stage.release(start, false, &mut out).unwrap();
+    assert_eq!(flow_rows(&out), 0);
+    stage
+        .release(start + Duration::from_secs(5), false, &mut out)
+        .unwrap();
+    assert_eq!(flow_rows(&out), 2);
+}
+
 /// Receipts a test source issued, and the highest one the stage let complete.
 #[derive(Default)]
 struct Ledger(std::sync::Mutex<Vec<u64>>);
@@ -226,7 +333,7 @@ fn a_receipt_is_handed_out_only_with_the_rows_of_its_batch_and_of_every_batch_be
     let receipt = |seq| Receipt::new(ledger.clone(), seq);
     let mut stage = stage(Duration::from_secs(5));
     let start = Instant::now();
-    let mut first = batch();
+    let mut first = batch_at(just_now());
     first.receipts.push(receipt(1));
     stage.accept(first, start);
     // A batch with no flows (the rest of the input was malformed) comes a second later: its
@@ -234,7 +341,7 @@ fn a_receipt_is_handed_out_only_with_the_rows_of_its_batch_and_of_every_batch_be
     let mut empty = SourceBatch::default();
     empty.receipts.push(receipt(2));
     stage.accept(empty, start + Duration::from_secs(1));
-    let mut later = batch();
+    let mut later = batch_at(just_now());
     later.receipts.push(receipt(3));
     stage.accept(later, start + Duration::from_secs(2));
 

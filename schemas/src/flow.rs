@@ -85,6 +85,11 @@ pub struct FlowRecord {
     pub out_if: u32,
 }
 
+/// The values of `column` at `rows`.
+pub(crate) fn select_rows<T: Copy>(column: &[T], rows: &[u32]) -> Vec<T> {
+    rows.iter().map(|&i| column[i as usize]).collect()
+}
+
 /// Where a batch's flows came from: the same for every flow of one exporter packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowOrigin {
@@ -250,6 +255,30 @@ impl FlowBatch {
         self.in_if.extend_from_slice(&other.in_if);
         self.out_if.extend_from_slice(&other.out_if);
         self.source_kind.extend_from_slice(&other.source_kind);
+    }
+
+    /// The flows at `rows` (ascending or not), as a batch of their own.
+    pub fn select(&self, rows: &[u32]) -> FlowBatch {
+        FlowBatch {
+            flow_start: select_rows(&self.flow_start, rows),
+            flow_end: select_rows(&self.flow_end, rows),
+            received_at: select_rows(&self.received_at, rows),
+            exporter: select_rows(&self.exporter, rows),
+            observation_domain: select_rows(&self.observation_domain, rows),
+            src_ip: select_rows(&self.src_ip, rows),
+            dst_ip: select_rows(&self.dst_ip, rows),
+            src_port: select_rows(&self.src_port, rows),
+            dst_port: select_rows(&self.dst_port, rows),
+            protocol: select_rows(&self.protocol, rows),
+            tcp_flags: select_rows(&self.tcp_flags, rows),
+            bytes: select_rows(&self.bytes, rows),
+            packets: select_rows(&self.packets, rows),
+            sampling_rate: select_rows(&self.sampling_rate, rows),
+            in_if: select_rows(&self.in_if, rows),
+            out_if: select_rows(&self.out_if, rows),
+            source_kind: select_rows(&self.source_kind, rows),
+            details: self.details.as_ref().map(|d| Box::new(d.select(rows))),
+        }
     }
 
     pub fn clear(&mut self) {

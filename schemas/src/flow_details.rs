@@ -169,6 +169,14 @@ impl TextColumn {
         self.valid.extend_from_slice(&other.valid);
     }
 
+    fn select(&self, rows: &[u32]) -> TextColumn {
+        let mut out = TextColumn::default();
+        for &i in rows {
+            out.push(self.get(i as usize));
+        }
+        out
+    }
+
     fn to_array(&self) -> ArrayRef {
         let mut offsets = Vec::with_capacity(self.ends.len() + 1);
         offsets.push(0i32);
@@ -278,6 +286,16 @@ impl FlowDetails {
         }
         self.is_reply.extend_from_slice(&other.is_reply);
         self.counted.extend_from_slice(&other.counted);
+    }
+
+    /// The details of the flows at `rows`.
+    pub fn select(&self, rows: &[u32]) -> FlowDetails {
+        FlowDetails {
+            text: std::array::from_fn(|c| self.text[c].select(rows)),
+            ints: std::array::from_fn(|c| crate::flow::select_rows(&self.ints[c], rows)),
+            is_reply: crate::flow::select_rows(&self.is_reply, rows),
+            counted: crate::flow::select_rows(&self.counted, rows),
+        }
     }
 
     pub fn clear(&mut self) {

@@ -22,6 +22,7 @@ const ATTRIBUTIONS: [Attribution; 7] = [
 pub(super) struct StageMetrics {
     endpoints: IntCounterVec,
     pub early_attributions: IntCounter,
+    pub settled_flows: IntCounter,
     pub held_flows: IntGauge,
     history_intervals: IntGauge,
     history_owners: IntGauge,
@@ -43,6 +44,11 @@ impl StageMetrics {
             early_attributions: t.counter(
                 "hawking_enricher_early_attributions_total",
                 "Flows attributed before their grace period ended because too many were held",
+            )?,
+            settled_flows: t.counter(
+                "hawking_enricher_settled_flows_total",
+                "Flows attributed without waiting: they ended more than a grace period before \
+                 they arrived",
             )?,
             held_flows: t.gauge(
                 "hawking_enricher_held_flows",

@@ -80,6 +80,9 @@ pub struct EnrichmentStage {
     config: StageConfig,
     held: VecDeque<Held>,
     held_flows: usize,
+    /// Flows that ended a grace period before they arrived: attributed at the next release,
+    /// without waiting (their history is already in).
+    settled: Vec<FlowBatch>,
     /// Receipts of batches without flows that came when nothing was held, handed out with
     /// the next release's rows.
     receipts_waiting: Vec<Receipt>,
@@ -109,6 +112,7 @@ impl EnrichmentStage {
             config,
             held: VecDeque::new(),
             held_flows: 0,
+            settled: Vec::new(),
             receipts_waiting: Vec::new(),
             receipts_released: Vec::new(),
             metrics: StageMetrics::register(telemetry)?,
@@ -133,7 +137,8 @@ impl EnrichmentStage {
     }
 
     /// Takes a source's batch: its observations and NAT events apply at once (flows they
-    /// explain may be in this very batch), its flows wait out the grace period.
+    /// explain may be in this very batch); its flows that ended more than a grace period ago
+    /// are attributed at the next release, the others wait out the grace period.
     pub fn accept(&mut self, batch: SourceBatch, now: Instant) {
         let SourceBatch {
             flows,
@@ -164,23 +169,68 @@ impl EnrichmentStage {
             }
         }
         self.apply_nat(&nat_events);
-        if flows.is_empty() {
+        if !flows.is_empty() {
+            self.component.received(flows.len() as u64, 0);
+        }
+        let (settled, recent) = self.split_settled(flows);
+        if let Some(settled) = settled {
+            self.metrics.settled_flows.inc_by(settled.len() as u64);
+            self.settled.push(settled);
+        }
+        match recent {
+            Some(flows) => {
+                self.held_flows += flows.len();
+                self.held.push_back(Held {
+                    received: now,
+                    flows,
+                    receipts,
+                });
+            }
             // A receipt says everything before it is stored too: it waits for the flows
             // held ahead of it.
-            match self.held.back_mut() {
+            None => match self.held.back_mut() {
                 Some(newest) => newest.receipts.extend(receipts),
                 None => self.receipts_waiting.extend(receipts),
-            }
-        } else {
-            self.component.received(flows.len() as u64, 0);
-            self.held_flows += flows.len();
-            self.held.push_back(Held {
-                received: now,
-                flows,
-                receipts,
-            });
+            },
         }
         self.metrics.held_flows.set(self.held_flows as i64);
+    }
+
+    /// Splits `flows` into those that ended at least a grace period ago, whose history is
+    /// in by now (watch lag is what the grace period covers), and the recent ones, which
+    /// must wait for it. While a watched cluster is out of sync every flow waits: what
+    /// arrives when it is back may concern any time.
+    fn split_settled(&self, flows: FlowBatch) -> (Option<FlowBatch>, Option<FlowBatch>) {
+        if flows.is_empty() {
+            return (None, None);
+        }
+        if self.config.grace.is_zero() {
+            return (Some(flows), None);
+        }
+        let waiting_for_sync = self
+            .clusters
+            .as_ref()
+            .is_some_and(|c| c.watched.iter().any(|w| c.keeper.is_down(w)));
+        if waiting_for_sync {
+            return (None, Some(flows));
+        }
+        let settled_until = now_micros() - self.config.grace.as_micros() as i64;
+        let is_settled = |i: usize| flows.flow_end[i].max(flows.flow_start[i]) <= settled_until;
+        let settled = (0..flows.len()).filter(|&i| is_settled(i)).count();
+        if settled == flows.len() {
+            return (Some(flows), None);
+        }
+        if settled == 0 {
+            return (None, Some(flows));
+        }
+        let (mut old, mut recent) = (Vec::with_capacity(settled), Vec::new());
+        for i in 0..flows.len() {
+            match is_settled(i) {
+                true => old.push(i as u32),
+                false => recent.push(i as u32),
+            }
+        }
+        (Some(flows.select(&old)), Some(flows.select(&recent)))
     }
 
     fn apply_nat(&mut self, events: &[NatEvent]) {
@@ -226,6 +276,12 @@ impl EnrichmentStage {
         closing: bool,
         out: &mut Vec<(Table, RecordBatch)>,
     ) -> Result<(), StageError> {
+        let mut settled = std::mem::take(&mut self.settled);
+        for batch in settled.drain(..) {
+            out.push((Table::Flows, self.attribute(&batch)?));
+            self.component.sent(batch.len() as u64);
+        }
+        self.settled = settled;
         let max_held = self.config.max_held_flows;
         while let Some(Held { received, .. }) = self.held.front() {
             let due = closing || now.saturating_duration_since(*received) >= self.config.grace;
