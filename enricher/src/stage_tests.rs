@@ -316,6 +316,34 @@ fn while_a_watched_cluster_is_out_of_sync_every_flow_waits() {
     assert_eq!(flow_rows(&out), 2);
 }
 
+#[test]
+fn beyond_the_bound_on_held_flows_the_oldest_are_attributed_early_and_counted() {
+    let telemetry = Telemetry::detached();
+    let config = StageConfig {
+        grace: Duration::from_secs(5),
+        max_held_flows: 2,
+        nat_keep_closed: Duration::from_secs(7200),
+    };
+    let clusters = clusters_of(prod_config(), &[]);
+    let mut stage =
+        EnrichmentStage::new(Some(clusters), NatIndex::default(), config, &telemetry).unwrap();
+    let start = Instant::now();
+    stage.accept(batch_at(just_now()), start);
+    stage.accept(batch_at(just_now()), start);
+    assert_eq!(stage.held_flows(), 4);
+    let mut out = Vec::new();
+    stage.release(start, false, &mut out).unwrap();
+    assert_eq!(flow_rows(&out), 2, "the oldest batch goes before its time");
+    assert_eq!(stage.held_flows(), 2, "memory stays within the bound");
+    let exposition = telemetry.exposition();
+    assert!(
+        exposition
+            .lines()
+            .any(|l| l == "hawking_enricher_early_attributions_total 2"),
+        "{exposition}"
+    );
+}
+
 /// Receipts a test source issued, and the highest one the stage let complete.
 #[derive(Default)]
 struct Ledger(std::sync::Mutex<Vec<u64>>);

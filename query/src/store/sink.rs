@@ -1,9 +1,13 @@
-//! The Parquet store as a sink: rows of every table buffered per hour partition and
-//! committed as complete files when the flush interval or the row bound says so. A failed
+//! The Parquet store as a sink: rows of every table encoded as they come into a file per
+//! hour partition, on a thread of the store's own (so encoding runs beside attribution
+//! instead of after it), committed as complete files when the flush interval or the row
+//! bound says so. A failed
 //! commit keeps the rows buffered (up to a bound, beyond which the oldest are dropped and
 //! counted); at shutdown every accepted row is committed or the loss is reported.
 
 use std::path::Path;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -56,6 +60,7 @@ struct StoreMetrics {
     commit_errors: IntCounter,
     rows_dropped: IntCounterVec,
     buffered_rows: IntGauge,
+    buffered_bytes: IntGauge,
     commit_seconds: Histogram,
 }
 
@@ -84,6 +89,10 @@ impl StoreMetrics {
                 "hawking_store_buffered_rows",
                 "Flow rows accepted but not yet committed",
             )?,
+            buffered_bytes: t.gauge(
+                "hawking_store_buffered_bytes",
+                "Memory the rows not yet committed take, encoded, over every table",
+            )?,
             commit_seconds: t.histogram(
                 "hawking_store_commit_seconds",
                 "Time to encode and commit buffered rows",
@@ -100,8 +109,8 @@ pub enum StoreSinkError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// See the module documentation.
-pub struct StoreSink {
+/// The store's writers and their metrics: the work [`StoreSink`] hands to its thread.
+struct StoreWriter {
     writers: Vec<(Table, PartitionedWriter)>,
     config: StoreConfig,
     /// When the oldest row still buffered arrived.
@@ -112,10 +121,8 @@ pub struct StoreSink {
     component: Component,
 }
 
-impl StoreSink {
-    /// Opens every table of the store at `root` for writing (removing what a crashed writer
-    /// left half-written).
-    pub fn open(
+impl StoreWriter {
+    fn open(
         root: &Path,
         config: &StoreConfig,
         telemetry: &Telemetry,
@@ -129,7 +136,7 @@ impl StoreSink {
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(StoreSink {
+        Ok(StoreWriter {
             writers,
             config: config.clone(),
             oldest_buffered: None,
@@ -158,9 +165,17 @@ impl StoreSink {
     fn rows_buffered(&self) -> usize {
         self.writers.iter().map(|(_, w)| w.buffered_rows()).sum()
     }
+
+    fn publish_buffered(&self) {
+        self.metrics
+            .buffered_rows
+            .set(self.flow_rows_buffered() as i64);
+        let bytes: usize = self.writers.iter().map(|(_, w)| w.buffered_bytes()).sum();
+        self.metrics.buffered_bytes.set(bytes as i64);
+    }
 }
 
-impl Sink for StoreSink {
+impl Sink for StoreWriter {
     fn name(&self) -> &str {
         "store"
     }
@@ -170,18 +185,26 @@ impl Sink for StoreSink {
         if n == 0 {
             return Ok(());
         }
-        self.writer(table)
-            .write(rows)
-            .map_err(|e| SinkError::Rejected {
+        let writer = self.writer(table);
+        let before = writer.buffered_rows();
+        if let Err(e) = writer.write(rows) {
+            // The batch, and what its partition had buffered if encoding broke the file.
+            let lost = (before as i64 - writer.buffered_rows() as i64 + n as i64).max(0) as u64;
+            self.shed += lost;
+            self.metrics
+                .rows_dropped
+                .with_label_values(&["encode_failed"])
+                .inc_by(lost);
+            self.component.dropped(lost, "encode_failed");
+            return Err(SinkError::Rejected {
                 sink: "store".into(),
                 table,
                 source: Box::new(e),
-            })?;
+            });
+        }
         self.component.received(n, 0);
         self.oldest_buffered.get_or_insert_with(Instant::now);
-        self.metrics
-            .buffered_rows
-            .set(self.flow_rows_buffered() as i64);
+        self.publish_buffered();
         Ok(())
     }
 
@@ -240,9 +263,7 @@ impl Sink for StoreSink {
         }
         timer.observe_duration();
         self.oldest_buffered = (self.rows_buffered() > 0).then(Instant::now);
-        self.metrics
-            .buffered_rows
-            .set(self.flow_rows_buffered() as i64);
+        self.publish_buffered();
         match failure {
             None => Ok(committed),
             Some(e) => Err(SinkError::Commit {
@@ -283,5 +304,249 @@ impl Sink for StoreSink {
             });
         }
         Ok(committed)
+    }
+}
+
+/// What the store's thread is asked to do, in order.
+enum Job {
+    Write(Table, RecordBatch),
+    Commit(SyncSender<CommitReply>),
+    Shutdown(SyncSender<CommitReply>),
+}
+
+/// What a commit did, and what it left buffered.
+struct CommitReply {
+    result: Result<Committed, SinkError>,
+    rows_buffered: usize,
+    flow_rows_buffered: usize,
+    shed: u64,
+}
+
+/// Batches that may wait for the store's thread: beyond them the stage waits (and with it
+/// the sources), as it did when it encoded itself.
+const QUEUED_BATCHES: usize = 16;
+
+/// See the module documentation. Commits wait for every row written before them.
+pub struct StoreSink {
+    jobs: Option<SyncSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// A batch the store's thread could not take (a schema mismatch: a bug upstream),
+    /// returned by the next write.
+    rejected: Arc<Mutex<Option<SinkError>>>,
+    flush_interval: Duration,
+    commit_rows: usize,
+    /// Rows handed over and not committed (as of the last commit, plus those since).
+    rows_buffered: usize,
+    flow_rows_buffered: usize,
+    /// When the oldest row still buffered was handed over.
+    oldest_buffered: Option<Instant>,
+    shed: u64,
+}
+
+impl StoreSink {
+    /// Opens every table of the store at `root` for writing (removing what a crashed writer
+    /// left half-written) and starts the store's thread.
+    pub fn open(
+        root: &Path,
+        config: &StoreConfig,
+        telemetry: &Telemetry,
+    ) -> Result<Self, StoreSinkError> {
+        let mut writer = StoreWriter::open(root, config, telemetry)?;
+        let (jobs, queue) = sync_channel::<Job>(QUEUED_BATCHES);
+        let rejected = Arc::new(Mutex::new(None));
+        let thread = std::thread::Builder::new()
+            .name("store".into())
+            .spawn({
+                let rejected = rejected.clone();
+                move || {
+                    let reply =
+                        |writer: &StoreWriter, result: Result<Committed, SinkError>| CommitReply {
+                            result,
+                            rows_buffered: writer.rows_buffered(),
+                            flow_rows_buffered: writer.flow_rows_buffered(),
+                            shed: writer.shed,
+                        };
+                    // Ends when the sink is dropped without a shutdown: what is buffered is
+                    // lost then, as it was when the stage dropped its writers.
+                    while let Ok(job) = queue.recv() {
+                        match job {
+                            Job::Write(table, rows) => {
+                                if let Err(e) = writer.write(table, rows) {
+                                    writer.component.error("write_rejected", &e);
+                                    let mut slot = rejected.lock().expect("not poisoned");
+                                    slot.get_or_insert(e);
+                                }
+                            }
+                            Job::Commit(to) => {
+                                let result = writer.commit();
+                                let _ = to.send(reply(&writer, result));
+                            }
+                            Job::Shutdown(to) => {
+                                let result = writer.shutdown();
+                                let _ = to.send(reply(&writer, result));
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Io {
+                path: "the store's thread".into(),
+                source: e,
+            })?;
+        Ok(StoreSink {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            rejected,
+            flush_interval: Duration::from_secs_f64(config.flush_interval_secs.max(0.05)),
+            commit_rows: config.commit_rows,
+            rows_buffered: 0,
+            flow_rows_buffered: 0,
+            oldest_buffered: None,
+            shed: 0,
+        })
+    }
+
+    fn gone() -> SinkError {
+        SinkError::Commit {
+            sink: "store".into(),
+            source: "the store's thread has stopped".into(),
+        }
+    }
+
+    /// Hands `job` to the store's thread and waits for its reply.
+    fn ask(
+        &mut self,
+        job: impl FnOnce(SyncSender<CommitReply>) -> Job,
+    ) -> Result<Committed, SinkError> {
+        let (to, reply) = sync_channel(1);
+        let jobs = self.jobs.as_ref().ok_or_else(Self::gone)?;
+        jobs.send(job(to)).map_err(|_| Self::gone())?;
+        let reply = reply.recv().map_err(|_| Self::gone())?;
+        self.rows_buffered = reply.rows_buffered;
+        self.flow_rows_buffered = reply.flow_rows_buffered;
+        self.shed = reply.shed;
+        self.oldest_buffered = (self.rows_buffered > 0).then(Instant::now);
+        reply.result
+    }
+}
+
+impl Sink for StoreSink {
+    fn name(&self) -> &str {
+        "store"
+    }
+
+    fn write(&mut self, table: Table, rows: RecordBatch) -> Result<(), SinkError> {
+        if let Some(e) = self.rejected.lock().expect("not poisoned").take() {
+            return Err(e);
+        }
+        let n = rows.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let jobs = self.jobs.as_ref().ok_or_else(Self::gone)?;
+        jobs.send(Job::Write(table, rows))
+            .map_err(|_| Self::gone())?;
+        self.rows_buffered += n;
+        if table == Table::Flows {
+            self.flow_rows_buffered += n;
+        }
+        self.oldest_buffered.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    fn commit_due(&self, now: Instant) -> bool {
+        self.oldest_buffered
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.flush_interval)
+            || self.flow_rows_buffered >= self.commit_rows
+    }
+
+    fn commit(&mut self) -> Result<Committed, SinkError> {
+        self.ask(Job::Commit)
+    }
+
+    fn shed(&self) -> u64 {
+        self.shed
+    }
+
+    fn shutdown(&mut self) -> Result<Committed, SinkError> {
+        let result = self.ask(Job::Shutdown);
+        self.jobs = None;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            return Err(SinkError::Commit {
+                sink: "store".into(),
+                source: "the store's thread panicked".into(),
+            });
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::layout::{HOUR_US, TimeRange};
+    use crate::store::test_rows::{H, flows};
+
+    fn stored_rows(root: &Path) -> usize {
+        crate::store::list_files(&root.join("flows"), TimeRange::ALL)
+            .unwrap()
+            .iter()
+            .map(|f| {
+                use parquet::file::reader::{FileReader, SerializedFileReader};
+                let file = std::fs::File::open(&f.path).unwrap();
+                let reader = SerializedFileReader::new(file).unwrap();
+                reader.metadata().file_metadata().num_rows() as usize
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_commit_stores_every_row_written_before_it_and_shutdown_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let telemetry = Telemetry::detached();
+        let mut sink = StoreSink::open(tmp.path(), &StoreConfig::default(), &telemetry).unwrap();
+        for i in 0..100 {
+            sink.write(Table::Flows, flows(&[H + i])).unwrap();
+        }
+        assert_eq!(sink.commit().unwrap().flows, 100);
+        assert_eq!(stored_rows(tmp.path()), 100);
+        assert!(!sink.commit_due(Instant::now()), "nothing is buffered");
+        sink.write(Table::Flows, flows(&[H + HOUR_US])).unwrap();
+        assert_eq!(sink.shutdown().unwrap().flows, 1);
+        assert_eq!(stored_rows(tmp.path()), 101);
+    }
+
+    #[test]
+    fn while_commits_fail_rows_stay_up_to_the_bound_and_the_oldest_are_shed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let telemetry = Telemetry::detached();
+        let config = StoreConfig {
+            max_buffered_rows: 10,
+            ..StoreConfig::default()
+        };
+        let mut sink = StoreSink::open(tmp.path(), &config, &telemetry).unwrap();
+        for hour in 0..3 {
+            let starts: Vec<i64> = (0..10).map(|i| H + hour * HOUR_US + i).collect();
+            sink.write(Table::Flows, flows(&starts)).unwrap();
+        }
+        // The table's directory becomes a file: nothing can be written.
+        let table = tmp.path().join("flows");
+        std::fs::rename(&table, tmp.path().join("flows.away")).unwrap();
+        std::fs::write(&table, b"not a directory").unwrap();
+        assert!(sink.commit().is_err());
+        assert_eq!(sink.shed(), 20, "the two oldest hours are dropped");
+        assert!(
+            telemetry
+                .exposition()
+                .contains("hawking_store_rows_dropped_total{reason=\"buffer_full\"} 20")
+        );
+        std::fs::remove_file(&table).unwrap();
+        std::fs::rename(tmp.path().join("flows.away"), &table).unwrap();
+        assert_eq!(sink.commit().unwrap().flows, 10, "the newest hour is kept");
+        assert_eq!(sink.shutdown().unwrap().flows, 0);
+        assert_eq!(stored_rows(tmp.path()), 10);
     }
 }
