@@ -16,4 +16,4 @@ pub use output::{OutputFormat, write_batches};
 pub use session::{QueryError, QueryOptions, open_session};
 pub use store::sink::{StoreConfig, StoreSink};
 pub use store::writer::{Codec, ColumnTuning, CommittedFile, PartitionedWriter, WriterOptions};
-pub use store::{DataFile, FLOWS_TUNING, StoreError, list_files};
+pub use store::{DataFile, FLOWS_INGEST_TUNING, FLOWS_TUNING, StoreError, list_files};

@@ -168,7 +168,7 @@ const FEW_VALUED_INTS: [&str; 7] = [
 /// the alternatives considered.
 fn attributed_rows(n: usize, rounds: usize) {
     use hawking_query::store::writer::PartitionedWriter;
-    use hawking_query::{Codec, ColumnTuning, FLOWS_TUNING};
+    use hawking_query::{Codec, ColumnTuning, FLOWS_INGEST_TUNING, FLOWS_TUNING};
     let (keeper, selector) = pod_history();
     let mut batch = synthetic(n);
     // Every source is one of the pods, and half the destinations, as in `hawking flowgen`'s
@@ -221,14 +221,14 @@ fn attributed_rows(n: usize, rounds: usize) {
         |v: Vec<&'static str>| -> &'static [&'static str] { Box::leak(v.into_boxed_slice()) };
     let ints_plain = ColumnTuning {
         no_dictionary: leak(
-            FLOWS_TUNING
+            FLOWS_INGEST_TUNING
                 .no_dictionary
                 .iter()
                 .copied()
                 .chain(FEW_VALUED_INTS)
                 .collect(),
         ),
-        ..FLOWS_TUNING
+        ..FLOWS_INGEST_TUNING
     };
     let addresses_plain = ColumnTuning {
         no_dictionary: leak(
@@ -248,6 +248,11 @@ fn attributed_rows(n: usize, rounds: usize) {
     let variants = [
         (
             "encode + commit through the store's writer (what `hawking serve` does)",
+            FLOWS_INGEST_TUNING,
+            WriterOptions::default(),
+        ),
+        (
+            "the same, statistics on every column (the flows tuning compaction writes)",
             FLOWS_TUNING,
             WriterOptions::default(),
         ),
@@ -261,7 +266,7 @@ fn attributed_rows(n: usize, rounds: usize) {
             addresses_plain,
             WriterOptions::default(),
         ),
-        ("the same rows, lz4", FLOWS_TUNING, codec(Codec::Lz4)),
+        ("the same rows, lz4", FLOWS_INGEST_TUNING, codec(Codec::Lz4)),
     ];
     for (name, tuning, options) in variants {
         let (mut best, mut size) = (f64::MAX, 0u64);
@@ -308,7 +313,7 @@ fn main() {
         best_build * 1e9 / n as f64
     );
     let dir = tempfile::tempdir().unwrap();
-    use hawking_query::{Codec, ColumnTuning, FLOWS_TUNING};
+    use hawking_query::{Codec, ColumnTuning, FLOWS_INGEST_TUNING, FLOWS_TUNING};
     let opts = |compression, zstd_level| WriterOptions {
         compression,
         zstd_level,
@@ -317,7 +322,13 @@ fn main() {
     let plain = ColumnTuning::default();
     let variants = vec![
         (
-            "Parquet zstd 1, flows tuning (Hawking's default)",
+            "Parquet zstd 1, ingest tuning (what `hawking serve` writes)",
+            opts(Codec::Zstd, 1)
+                .properties(&FLOWS_INGEST_TUNING)
+                .unwrap(),
+        ),
+        (
+            "Parquet zstd 1, flows tuning (compaction's, which writes zstd 3)",
             opts(Codec::Zstd, 1).properties(&FLOWS_TUNING).unwrap(),
         ),
         (

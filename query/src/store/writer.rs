@@ -56,12 +56,17 @@ impl Default for WriterOptions {
 /// A table's encoding choices by column: which carry page-level statistics (the columns
 /// queries filter on, so pages can be skipped), which carry none (counters nobody filters
 /// by), and which skip dictionary encoding (values that rarely repeat, where building a
-/// dictionary only costs). Other columns get chunk statistics and dictionaries.
+/// dictionary only costs). Other columns get chunk statistics (none with
+/// `only_listed_statistics`) and dictionaries.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ColumnTuning {
     pub page_statistics: &'static [&'static str],
     pub no_statistics: &'static [&'static str],
     pub no_dictionary: &'static [&'static str],
+    /// Only the `page_statistics` columns carry statistics: for files that are merged and
+    /// sorted before they are read for long, where the min and max of unsorted text prune
+    /// nothing and cost two comparisons per value.
+    pub only_listed_statistics: bool,
 }
 
 impl WriterOptions {
@@ -81,7 +86,10 @@ impl WriterOptions {
         let mut b = WriterProperties::builder()
             .set_compression(compression)
             .set_max_row_group_row_count(Some(self.row_group_rows.max(1)))
-            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_statistics_enabled(match tuning.only_listed_statistics {
+                true => EnabledStatistics::None,
+                false => EnabledStatistics::Chunk,
+            })
             .set_created_by(format!("hawking {}", env!("CARGO_PKG_VERSION")));
         for c in tuning.page_statistics {
             b = b.set_column_statistics_enabled(ColumnPath::from(*c), EnabledStatistics::Page);
@@ -178,7 +186,7 @@ impl PartitionedWriter {
             table.schema(),
             table.time_column(),
             options,
-            super::tuning_of(table),
+            super::ingest_tuning_of(table),
         )
     }
 
