@@ -241,7 +241,16 @@ fn closing_releases_everything_held_at_once() {
     assert_eq!(flows, 2);
 }
 
-/// The flow rows of `out`, and how many there are.
+/// Asserts that `telemetry`'s Prometheus text has the line `line`.
+fn assert_exposes(telemetry: &Telemetry, line: &str) {
+    let exposition = telemetry.exposition();
+    assert!(
+        exposition.lines().any(|l| l == line),
+        "{line} in {exposition}"
+    );
+}
+
+/// How many flow rows `out` holds.
 fn flow_rows(out: &[(Table, RecordBatch)]) -> usize {
     out.iter()
         .filter(|(t, _)| *t == Table::Flows)
@@ -285,13 +294,7 @@ fn flows_that_ended_a_grace_period_before_they_came_are_attributed_at_once() {
     stage.take_receipts(&mut receipts);
     receipts.drain(..).for_each(Receipt::stored);
     assert_eq!(*ledger.0.lock().unwrap(), [1]);
-    let exposition = telemetry.exposition();
-    assert!(
-        exposition
-            .lines()
-            .any(|l| l == "hawking_enricher_settled_flows_total 2"),
-        "{exposition}"
-    );
+    assert_exposes(&telemetry, "hawking_enricher_settled_flows_total 2");
 }
 
 #[test]
@@ -335,13 +338,7 @@ fn beyond_the_bound_on_held_flows_the_oldest_are_attributed_early_and_counted() 
     stage.release(start, false, &mut out).unwrap();
     assert_eq!(flow_rows(&out), 2, "the oldest batch goes before its time");
     assert_eq!(stage.held_flows(), 2, "memory stays within the bound");
-    let exposition = telemetry.exposition();
-    assert!(
-        exposition
-            .lines()
-            .any(|l| l == "hawking_enricher_early_attributions_total 2"),
-        "{exposition}"
-    );
+    assert_exposes(&telemetry, "hawking_enricher_early_attributions_total 2");
 }
 
 /// Receipts a test source issued, and the highest one the stage let complete.

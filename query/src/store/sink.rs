@@ -101,6 +101,17 @@ impl StoreMetrics {
     }
 }
 
+impl StoreMetrics {
+    /// Counts `rows` accepted and then dropped, for `reason`, in the store's and the
+    /// component's counters.
+    fn dropped(&self, component: &Component, rows: u64, reason: &str) {
+        if rows > 0 {
+            self.rows_dropped.with_label_values(&[reason]).inc_by(rows);
+            component.dropped(rows, reason);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreSinkError {
     #[error(transparent)]
@@ -113,8 +124,6 @@ pub enum StoreSinkError {
 struct StoreWriter {
     writers: Vec<(Table, PartitionedWriter)>,
     config: StoreConfig,
-    /// When the oldest row still buffered arrived.
-    oldest_buffered: Option<Instant>,
     /// Rows dropped from the buffer since opening.
     shed: u64,
     metrics: StoreMetrics,
@@ -139,7 +148,6 @@ impl StoreWriter {
         Ok(StoreWriter {
             writers,
             config: config.clone(),
-            oldest_buffered: None,
             shed: 0,
             metrics: StoreMetrics::register(telemetry)?,
             component: telemetry.component(ComponentKind::Sink, "store"),
@@ -175,11 +183,7 @@ impl StoreWriter {
     }
 }
 
-impl Sink for StoreWriter {
-    fn name(&self) -> &str {
-        "store"
-    }
-
+impl StoreWriter {
     fn write(&mut self, table: Table, rows: RecordBatch) -> Result<(), SinkError> {
         let n = rows.num_rows() as u64;
         if n == 0 {
@@ -191,11 +195,7 @@ impl Sink for StoreWriter {
             // The batch, and what its partition had buffered if encoding broke the file.
             let lost = (before as i64 - writer.buffered_rows() as i64 + n as i64).max(0) as u64;
             self.shed += lost;
-            self.metrics
-                .rows_dropped
-                .with_label_values(&["encode_failed"])
-                .inc_by(lost);
-            self.component.dropped(lost, "encode_failed");
+            self.metrics.dropped(&self.component, lost, "encode_failed");
             return Err(SinkError::Rejected {
                 sink: "store".into(),
                 table,
@@ -203,16 +203,8 @@ impl Sink for StoreWriter {
             });
         }
         self.component.received(n, 0);
-        self.oldest_buffered.get_or_insert_with(Instant::now);
         self.publish_buffered();
         Ok(())
-    }
-
-    fn commit_due(&self, now: Instant) -> bool {
-        let interval = Duration::from_secs_f64(self.config.flush_interval_secs.max(0.05));
-        self.oldest_buffered
-            .is_some_and(|t| now.saturating_duration_since(t) >= interval)
-            || self.flow_rows_buffered() >= self.config.commit_rows
     }
 
     fn commit(&mut self) -> Result<Committed, SinkError> {
@@ -250,19 +242,13 @@ impl Sink for StoreWriter {
                     );
                     let dropped = writer.shed_to(max_buffered) as u64;
                     self.shed += dropped;
-                    if dropped > 0 {
-                        self.metrics
-                            .rows_dropped
-                            .with_label_values(&["buffer_full"])
-                            .inc_by(dropped);
-                        self.component.dropped(dropped, "buffer_full");
-                    }
+                    self.metrics
+                        .dropped(&self.component, dropped, "buffer_full");
                     failure.get_or_insert(e);
                 }
             }
         }
         timer.observe_duration();
-        self.oldest_buffered = (self.rows_buffered() > 0).then(Instant::now);
         self.publish_buffered();
         match failure {
             None => Ok(committed),
@@ -271,10 +257,6 @@ impl Sink for StoreWriter {
                 source: Box::new(e),
             }),
         }
-    }
-
-    fn shed(&self) -> u64 {
-        self.shed
     }
 
     fn shutdown(&mut self) -> Result<Committed, SinkError> {
@@ -294,10 +276,7 @@ impl Sink for StoreWriter {
         }
         if lost > 0 {
             self.metrics
-                .rows_dropped
-                .with_label_values(&["commit_failed_at_shutdown"])
-                .inc_by(lost);
-            self.component.dropped(lost, "commit_failed_at_shutdown");
+                .dropped(&self.component, lost, "commit_failed_at_shutdown");
             return Err(SinkError::Undelivered {
                 sink: "store".into(),
                 rows: lost,
