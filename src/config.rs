@@ -13,14 +13,21 @@ use hawking_enricher::EnricherConfig;
 use hawking_kafka::source::StartFrom;
 use hawking_kafka::{KafkaInputFormat, KafkaSinkConfig, KafkaSourceConfig};
 use hawking_query::pg::PgConfig;
-use hawking_query::{QueryOptions, StoreConfig};
+use hawking_query::{QueryOptions, StoreConfig, StoreRoot};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Root of the Parquet store and of persisted state. Default `./data`.
-    pub data_dir: Option<PathBuf>,
+    /// Where the Parquet store lives: a local directory, which also holds this machine's
+    /// state and spools, or `s3://bucket/prefix` for an S3-compatible object store (reached
+    /// as `[store.s3]` and the `AWS_*` environment variables say). Default `./data`.
+    pub data_dir: Option<String>,
+    /// This machine's own state (NetFlow templates, the watches' last moment in sync, flow
+    /// files' read offsets) and Kafka spools, when the store is on an object store: they
+    /// belong to the machine the exporters and brokers talk to, not to the shared store.
+    /// Default `./hawking-local`. Ignored for a local store, which keeps them.
+    pub local_dir: Option<PathBuf>,
     /// NetFlow v5/v9 and IPFIX over UDP, and IPFIX over TCP when `tcp_listen` is set.
     pub netflow: NetflowSourceConfig,
     /// Packets of an interface metered into flows; off unless an interface is named.
@@ -77,7 +84,7 @@ pub struct RolesConfig {
     pub group_id: String,
     /// Bytes a collector may spool while the broker cannot take its messages (default
     /// 1073741824); beyond it they are dropped and counted (component `kafka_raw`,
-    /// reason `spool_full`). Spooled in `<data_dir>/spool/kafka-raw`.
+    /// reason `spool_full`). Spooled in `<local_dir>/spool/kafka-raw`.
     pub spool_max_bytes: u64,
     /// Further librdkafka properties for both roles' clients, passed as given.
     pub properties: std::collections::BTreeMap<String, String>,
@@ -153,10 +160,29 @@ impl Config {
         toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
     }
 
-    pub fn data_dir(&self) -> PathBuf {
+    /// Where the store lives, as given (`./data` by default).
+    pub fn data_location(&self) -> String {
         self.data_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from("./data"))
+            .unwrap_or_else(|| "./data".to_string())
+    }
+
+    /// The store, opened as `data_dir` and `[store.s3]` say.
+    pub fn store_root(&self) -> anyhow::Result<StoreRoot> {
+        StoreRoot::open(&self.data_location(), &self.store.s3).context("data_dir")
+    }
+
+    /// The directory of this machine's state and spools: the store's own directory when it
+    /// is local, else `local_dir`.
+    pub fn local_dir(&self) -> PathBuf {
+        let data = self.data_location();
+        if data.starts_with("s3://") {
+            self.local_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./hawking-local"))
+        } else {
+            PathBuf::from(data)
+        }
     }
 }
 
@@ -169,7 +195,9 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/hawking.example.toml");
         let example = Config::load(&path).unwrap();
         let defaults = Config::default();
-        assert_eq!(example.data_dir(), defaults.data_dir());
+        assert_eq!(example.data_location(), defaults.data_location());
+        assert_eq!(example.local_dir, None);
+        assert_eq!(example.store.s3, defaults.store.s3);
         assert_eq!(example.netflow.listen, defaults.netflow.listen);
         assert_eq!(example.netflow.tcp_listen, None);
         assert_eq!(

@@ -28,9 +28,9 @@ use hawking_enricher::{
     Clusters, EnrichmentStage, HistoryKeeper, HistoryState, Mode, NatIndex, StageConfig,
 };
 use hawking_kafka::KafkaSink;
-use hawking_query::StoreSink;
 use hawking_query::history::{load_history, load_translations};
 use hawking_query::store::maintenance::Maintenance;
+use hawking_query::{StoreRoot, StoreSink};
 use hawking_schemas::pipeline::{Committed, Receipt, Sink, SourceBatch};
 use hawking_schemas::telemetry::Telemetry;
 use hawking_schemas::time::now_micros;
@@ -76,10 +76,12 @@ impl Pipeline {
     /// (so configuration errors surface here), then starts everything.
     pub async fn start(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Pipeline> {
         let role = config.roles.role;
-        let data_dir = config.data_dir();
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let state_dir = data_dir.join("state");
+        let store = config.store_root()?;
+        // This machine's state and spools (beside the store's files when it is local).
+        let local_dir = config.local_dir();
+        std::fs::create_dir_all(&local_dir)
+            .with_context(|| format!("creating data dir {}", local_dir.display()))?;
+        let state_dir = local_dir.join("state");
         let (data_tx, data_rx) = sync_channel::<SourceBatch>(CHANNEL_BATCHES);
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut sources = Vec::new();
@@ -126,7 +128,7 @@ impl Pipeline {
                 "[[kafka_sources]] are consumed by enrichers (--role enricher or all), not by \
                  a collector"
             );
-            let publisher = KafkaSink::open_raw(&config.roles.publisher()?, &data_dir, telemetry)?;
+            let publisher = KafkaSink::open_raw(&config.roles.publisher()?, &local_dir, telemetry)?;
             drop(data_tx);
             let publisher = std::thread::Builder::new()
                 .name("hawking-publish".into())
@@ -154,15 +156,12 @@ impl Pipeline {
             spawn(raw.build(config.kafka_sources.len(), telemetry)?)?;
         }
         drop(data_tx);
-        let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StoreSink::open(
-            &data_dir,
-            &config.store,
-            telemetry,
-        )?)];
+        let mut sinks: Vec<Box<dyn Sink>> =
+            vec![Box::new(StoreSink::open(&store, &config.store, telemetry)?)];
         if config.kafka.brokers.is_some() {
             sinks.push(Box::new(KafkaSink::open(
                 &config.kafka,
-                &data_dir,
+                &local_dir,
                 telemetry,
             )?));
         }
@@ -176,13 +175,14 @@ impl Pipeline {
             tracing::warn!("[store.retention]: {warning}");
         }
         let upkeep = Maintenance::start(
-            &data_dir,
+            &store,
             &config.store.compaction,
             &config.store.retention,
             telemetry,
         )?;
         let (control_tx, control_rx) = channel::<SourceBatch>();
-        let (stage, watches) = build_stage(config, &data_dir, control_tx, telemetry).await?;
+        let (stage, watches) =
+            build_stage(config, &store, &state_dir, control_tx, telemetry).await?;
         let stage = std::thread::Builder::new()
             .name("hawking-stage".into())
             .spawn({
@@ -192,7 +192,7 @@ impl Pipeline {
         tracing::info!(
             netflow = ?netflow_addr,
             netflow_tcp = ?netflow_tcp_addr,
-            data = %data_dir.display(),
+            data = %store,
             role = ?role,
             "pipeline started"
         );
@@ -283,10 +283,12 @@ fn run_publisher(
 }
 
 /// The enrichment stage as configured, over the history and translations stored in
-/// `data_dir`, with every watched cluster's watch started (reporting into `control`).
+/// `store` (and the watches' state in `state_dir`), with every watched cluster's watch
+/// started (reporting into `control`).
 async fn build_stage(
     config: &Config,
-    data_dir: &Path,
+    store: &StoreRoot,
+    state_dir: &Path,
     control: Sender<SourceBatch>,
     telemetry: &Telemetry,
 ) -> anyhow::Result<(EnrichmentStage, Vec<tokio::task::JoinHandle<()>>)> {
@@ -298,14 +300,14 @@ async fn build_stage(
         let mut keeper = HistoryKeeper::new(Mode::Live);
         // The grace period is sized for the watch's lag; a broken watch may have lost that much.
         keeper.set_lag_allowance((enricher.grace_secs.max(0.0) * 1e6) as i64);
-        let stored = load_history(data_dir)
+        let stored = load_history(store)
             .await
             .context("reading the stored history")?;
         let loaded = keeper
             .load(&stored.intervals, &stored.gaps)
             .context("reading the stored history")?;
         let selector = enricher.apply(keeper.history_mut())?;
-        let state_path = data_dir.join("state").join("history.json");
+        let state_path = state_dir.join("history.json");
         let state = HistoryState::load(&state_path)?;
         let mut watched = Vec::new();
         for cluster in enricher.clusters.iter().filter(|c| c.watched()) {
@@ -342,7 +344,7 @@ async fn build_stage(
     let keep_closed = Duration::from_secs(nat_config.keep_closed_secs);
     let mut nat =
         NatIndex::new(nat_config.clock_skew_ms as i64 * 1000).with_trust(nat_config.trust());
-    let stored = load_translations(data_dir, keep_closed)
+    let stored = load_translations(store, keep_closed)
         .await
         .context("reading the stored NAT translations")?;
     nat.continue_ids_after(stored.max_id);

@@ -2,13 +2,13 @@
 //! translations still worth holding in memory, for the enrichment stage to start from (and
 //! for replay to re-attribute with).
 
-use std::path::Path;
 use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 
 use crate::session::{QueryError, QueryOptions, open_session};
+use crate::store::root::StoreRoot;
 
 /// The history views folded to one row per interval and one per gap.
 pub struct StoredHistory {
@@ -27,7 +27,7 @@ pub struct StoredTranslations {
 
 /// Reads `ip_history` and `history_gaps` from the store at `root`: the history proper
 /// (watched and imported), not what exporters' flows reported beside it.
-pub async fn load_history(root: &Path) -> Result<StoredHistory, QueryError> {
+pub async fn load_history(root: impl Into<StoreRoot>) -> Result<StoredHistory, QueryError> {
     let ctx = open_session(root, &QueryOptions::default()).await?;
     Ok(StoredHistory {
         intervals: ctx
@@ -45,7 +45,7 @@ pub async fn load_history(root: &Path) -> Result<StoredHistory, QueryError> {
 
 /// Reads the translations worth reloading from the store at `root`.
 pub async fn load_translations(
-    root: &Path,
+    root: impl Into<StoreRoot>,
     keep: Duration,
 ) -> Result<StoredTranslations, QueryError> {
     let ctx = open_session(root, &QueryOptions::default()).await?;

@@ -14,6 +14,7 @@ pub mod whois;
 
 pub use output::{OutputFormat, write_batches};
 pub use session::{QueryError, QueryOptions, open_session};
+pub use store::root::{S3Options, StoreRoot};
 pub use store::sink::{StoreConfig, StoreSink};
 pub use store::writer::{Codec, ColumnTuning, CommittedFile, PartitionedWriter, WriterOptions};
 pub use store::{DataFile, FLOWS_INGEST_TUNING, FLOWS_TUNING, StoreError, list_files};

@@ -1,7 +1,6 @@
 //! The DataFusion session over a store: the tables users query and the settings that make
 //! scans of hour-partitioned Parquet fast.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -9,7 +8,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use hawking_schemas::pipeline::Table;
 use serde::{Deserialize, Serialize};
 
-use crate::store::layout::table_dir;
+use crate::store::root::StoreRoot;
 use crate::table::StoreTable;
 use crate::whois::WhoisFunction;
 
@@ -89,13 +88,19 @@ const FLOWS_BY_WORKLOAD_VIEW: &str = "CREATE VIEW flows_by_workload AS \
 /// `history_gaps`, `nat_history` (and the logs behind the last three), `flows_by_workload`,
 /// Hawking's SQL functions ([`crate::functions`]) and the `whois(...)` table function.
 pub async fn open_session(
-    root: &Path,
+    root: impl Into<StoreRoot>,
     options: &QueryOptions,
 ) -> Result<SessionContext, QueryError> {
-    let root = std::path::absolute(root).map_err(|source| QueryError::Store {
-        path: root.display().to_string(),
-        source,
-    })?;
+    let root =
+        match root.into() {
+            StoreRoot::Local(dir) => StoreRoot::Local(std::path::absolute(&dir).map_err(
+                |source| QueryError::Store {
+                    path: dir.display().to_string(),
+                    source,
+                },
+            )?),
+            object => object,
+        };
     let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_target_partitions(options.target_partitions.max(1));
@@ -108,11 +113,9 @@ pub async fn open_session(
         runtime = runtime.with_memory_limit(limit, 1.0);
     }
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
-    // Compaction and rewrites may swap an hour between a query's planning and its reads.
-    crate::store::retired_reads::register(&ctx);
+    root.register(&ctx);
     for table in Table::ALL {
-        let provider =
-            StoreTable::new(table_dir(&root, table), table.schema(), table.time_column());
+        let provider = StoreTable::new(root.table(table), table.schema(), table.time_column());
         // History tables keep plain Utf8: the enricher reads them back as `StringArray`.
         let provider = if table == Table::Flows {
             provider.with_view_strings()

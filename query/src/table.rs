@@ -2,7 +2,6 @@
 //! can touch, then scans those files with DataFusion's Parquet reader (which prunes row
 //! groups and pages by statistics and pushes filters into the decoder).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,7 +13,6 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
     Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
@@ -27,21 +25,22 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 
+use crate::store::DataFile;
 use crate::store::layout::{HOUR_US, TimeRange};
-use crate::store::{DataFile, list_files};
+use crate::store::root::TableLocation;
 
 /// A table of the store, partitioned by hour of `time_column`.
 #[derive(Debug)]
 pub struct StoreTable {
-    table_dir: PathBuf,
+    location: TableLocation,
     schema: SchemaRef,
     time_column: String,
 }
 
 impl StoreTable {
-    pub fn new(table_dir: PathBuf, schema: SchemaRef, time_column: &str) -> Self {
+    pub fn new(location: impl Into<TableLocation>, schema: SchemaRef, time_column: &str) -> Self {
         StoreTable {
-            table_dir,
+            location: location.into(),
             schema,
             time_column: time_column.to_string(),
         }
@@ -69,9 +68,11 @@ impl StoreTable {
     }
 
     /// The files a scan with these filters reads (exposed so pruning can be shown).
-    pub fn files_for(&self, filters: &[Expr]) -> DfResult<Vec<DataFile>> {
+    pub async fn files_for(&self, filters: &[Expr]) -> DfResult<Vec<DataFile>> {
         let range = time_range_from_filters(&self.time_column, filters);
-        list_files(&self.table_dir, range)
+        self.location
+            .list(range)
+            .await
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
     }
 }
@@ -114,7 +115,7 @@ impl TableProvider for StoreTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let files = self.files_for(filters)?;
+        let files = self.files_for(filters).await?;
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(project_schema(
                 &self.schema,
@@ -195,7 +196,7 @@ impl StoreTable {
         let groups = balance(files, state.config().target_partitions().max(1));
         let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
         let source = format.file_source(TableSchema::from(self.schema.clone()));
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+        let config = FileScanConfigBuilder::new(self.location.store_url(), source)
             .with_file_groups(groups)
             .with_projection_indices(projection)?
             .with_limit(limit)

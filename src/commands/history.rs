@@ -30,9 +30,10 @@ pub enum HistoryCommand {
         /// known].
         #[arg(long)]
         until: Option<String>,
-        /// Store directory.
+        /// Store directory, or `s3://bucket/prefix` (reached as the `AWS_*` environment
+        /// variables say).
         #[arg(long, default_value = "./data")]
-        data: PathBuf,
+        data: String,
     },
 }
 
@@ -53,7 +54,9 @@ pub fn run(command: HistoryCommand) -> anyhow::Result<()> {
                 from: time("from", from)?,
                 until: time("until", until)?,
             };
-            import(&file, &cluster, bounds, &data)
+            let store =
+                hawking_query::StoreRoot::open(&data, &Default::default()).context("--data")?;
+            import(&file, &cluster, bounds, &store)
         }
     }
 }
@@ -67,7 +70,12 @@ struct Bounds {
     until: Option<i64>,
 }
 
-fn import(file: &Path, cluster: &str, bounds: Bounds, data: &Path) -> anyhow::Result<()> {
+fn import(
+    file: &Path,
+    cluster: &str,
+    bounds: Bounds,
+    data: &hawking_query::StoreRoot,
+) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut keeper = HistoryKeeper::new(Mode::Import);

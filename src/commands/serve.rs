@@ -25,9 +25,14 @@ pub struct ServeArgs {
     /// agent exports) [default: off]
     #[arg(long, value_name = "ADDR")]
     listen_tcp: Option<SocketAddr>,
-    /// Store directory [default: ./data]
+    /// Store directory, or `s3://bucket/prefix` for an S3-compatible object store
+    /// [default: ./data]
     #[arg(long)]
-    data: Option<PathBuf>,
+    data: Option<String>,
+    /// This machine's state and spools when the store is on an object store
+    /// [default: ./hawking-local]
+    #[arg(long, value_name = "DIR")]
+    local_dir: Option<PathBuf>,
     /// Prometheus endpoint address [default: 127.0.0.1:9464]
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -87,6 +92,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data {
         config.data_dir = Some(dir);
+    }
+    if let Some(dir) = args.local_dir {
+        config.local_dir = Some(dir);
     }
     if let Some(interface) = args.capture {
         config.capture.interface = Some(interface);
@@ -179,7 +187,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             metrics_addr,
             pg.as_ref()
                 .map_or_else(|| "off".to_string(), |(addr, _)| addr.to_string()),
-            config.data_dir().display()
+            config.data_location()
         );
         wait_for_signal().await?;
         tracing::info!("shutting down: draining and committing accepted flows");
@@ -220,7 +228,7 @@ async fn start_pg(
     registry: &prometheus::Registry,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let data = config.data_dir();
+    let data = config.store_root()?;
     let factory: hawking_query::pg::SessionFactory = std::sync::Arc::new(move |options| {
         let data = data.clone();
         Box::pin(async move {

@@ -20,15 +20,16 @@ use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
 use rustyline::{Config, Editor};
 
-use hawking_query::open_session;
+use hawking_query::{S3Options, StoreRoot, open_session};
 
 #[derive(clap::Args)]
 pub struct SqlArgs {
     /// The query; without one, an interactive prompt opens.
     query: Option<String>,
-    /// Store directory.
+    /// Store directory, or `s3://bucket/prefix` (reached as the `AWS_*` environment
+    /// variables say).
     #[arg(long, default_value = "./data")]
-    data: PathBuf,
+    data: String,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
@@ -63,15 +64,16 @@ pub fn command(args: SqlArgs) -> anyhow::Result<()> {
 
 pub fn run(
     query: Option<&str>,
-    data: &Path,
+    data: &str,
     format: OutputFormat,
     options: &QueryOptions,
 ) -> anyhow::Result<()> {
-    hawking_query::store::require_store(data).context("--data")?;
+    let store = StoreRoot::open(data, &S3Options::default()).context("--data")?;
+    store.require_store().context("--data")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let ctx = runtime.block_on(open_session(data, options))?;
+    let ctx = runtime.block_on(open_session(&store, options))?;
     match query {
         Some(text) => {
             let mut statements = Statements::default();

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
-use hawking_query::StoreConfig;
 use hawking_query::store::compact::compact_closed;
 use hawking_query::store::layout::TimeRange;
 use hawking_query::store::retention::prune;
 use hawking_query::store::stats::hour_stats;
+use hawking_query::{StoreConfig, StoreRoot};
 use hawking_schemas::pipeline::Table;
 use hawking_schemas::time::{format_time, now_micros, parse_time};
 use serde_json::json;
@@ -28,9 +28,10 @@ pub enum StoreCommand {
 
 #[derive(clap::Args)]
 pub struct StatsArgs {
-    /// Store directory.
+    /// Store directory, or `s3://bucket/prefix` (reached as `[store.s3]` in --config and the
+    /// `AWS_*` environment variables say).
     #[arg(long, default_value = "./data")]
-    data: PathBuf,
+    data: String,
     /// Only this table: flows, ip_history_log, history_gaps_log, nat_history_log.
     #[arg(long, value_parser = parse_table)]
     table: Option<Table>,
@@ -50,9 +51,10 @@ pub struct StatsArgs {
 
 #[derive(clap::Args)]
 pub struct CompactArgs {
-    /// Store directory.
+    /// Store directory, or `s3://bucket/prefix` (reached as `[store.s3]` in --config and the
+    /// `AWS_*` environment variables say).
     #[arg(long, default_value = "./data")]
-    data: PathBuf,
+    data: String,
     /// The serve configuration whose [store.compaction] settings apply.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -64,9 +66,10 @@ pub struct CompactArgs {
 
 #[derive(clap::Args)]
 pub struct PruneArgs {
-    /// Store directory.
+    /// Store directory, or `s3://bucket/prefix` (reached as `[store.s3]` in --config and the
+    /// `AWS_*` environment variables say).
     #[arg(long, default_value = "./data")]
-    data: PathBuf,
+    data: String,
     /// The serve configuration whose [store.retention] settings apply; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -114,8 +117,15 @@ pub fn run(command: StoreCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The store `--data` names, reached as `config` says; an error when no store is there.
+fn open_store(data: &str, config: &StoreConfig) -> anyhow::Result<StoreRoot> {
+    let store = StoreRoot::open(data, &config.s3).context("--data")?;
+    store.require_store().context("--data")?;
+    Ok(store)
+}
+
 fn stats(args: StatsArgs) -> anyhow::Result<()> {
-    hawking_query::store::require_store(&args.data).context("--data")?;
+    let store = open_store(&args.data, &StoreConfig::default())?;
     let range = TimeRange {
         start_us: args
             .from
@@ -134,7 +144,7 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
         Some(t) => vec![t],
         None => Table::ALL.to_vec(),
     };
-    let mut rows = hour_stats(&args.data, &tables, range)?;
+    let mut rows = runtime()?.block_on(hour_stats(&store, &tables, range))?;
     if args.summary {
         let mut totals: Vec<hawking_query::store::stats::HourStats> = Vec::new();
         for h in rows {
@@ -191,8 +201,9 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
 }
 
 fn compact(args: CompactArgs) -> anyhow::Result<()> {
-    hawking_query::store::require_store(&args.data).context("--data")?;
-    let config = store_config(args.config.as_deref())?.compaction;
+    let config = store_config(args.config.as_deref())?;
+    let store = open_store(&args.data, &config)?;
+    let config = config.compaction;
     let before = args
         .before
         .as_deref()
@@ -214,7 +225,7 @@ fn compact(args: CompactArgs) -> anyhow::Result<()> {
         );
     };
     let pass = runtime()?.block_on(compact_closed(
-        &args.data,
+        &store,
         &config,
         now_micros(),
         before,
@@ -237,8 +248,9 @@ fn compact(args: CompactArgs) -> anyhow::Result<()> {
 }
 
 fn prune_now(args: PruneArgs) -> anyhow::Result<()> {
-    hawking_query::store::require_store(&args.data).context("--data")?;
-    let mut retention = store_config(args.config.as_deref())?.retention;
+    let config = store_config(args.config.as_deref())?;
+    let store = open_store(&args.data, &config)?;
+    let mut retention = config.retention;
     for (flag, days) in [
         (&mut retention.flows_days, args.flows_days),
         (&mut retention.ip_history_days, args.ip_history_days),
@@ -263,7 +275,7 @@ fn prune_now(args: PruneArgs) -> anyhow::Result<()> {
         None => now_micros(),
     };
     let stop = AtomicBool::new(false);
-    let pass = runtime()?.block_on(prune(&args.data, &retention, now, &stop))?;
+    let pass = runtime()?.block_on(prune(&store, &retention, now, &stop))?;
     for h in &pass.hours {
         eprintln!(
             "pruned hour {} of {}: {} rows, {} kept",

@@ -3,7 +3,6 @@
 //! ([`hawking_query::whois::lookup`]), printed for people or as JSON.
 
 use anyhow::Context;
-use std::path::PathBuf;
 
 use hawking_enricher::OPEN;
 use hawking_enricher::whois::WhoisQuery;
@@ -35,9 +34,10 @@ pub struct WhoisArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// Store directory.
+    /// Store directory, or `s3://bucket/prefix` (reached as the `AWS_*` environment
+    /// variables say).
     #[arg(long, default_value = "./data")]
-    data: PathBuf,
+    data: String,
 }
 
 fn parse_protocol_arg(text: &str) -> Result<u8, String> {
@@ -56,12 +56,14 @@ pub fn run(args: WhoisArgs) -> anyhow::Result<()> {
         port: args.port,
         protocol: args.protocol,
     };
-    hawking_query::store::require_store(&args.data).context("--data")?;
+    let store =
+        hawking_query::StoreRoot::open(&args.data, &Default::default()).context("--data")?;
+    store.require_store().context("--data")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let answer = runtime.block_on(async {
-        let ctx = hawking_query::open_session(&args.data, &Default::default()).await?;
+        let ctx = hawking_query::open_session(&store, &Default::default()).await?;
         hawking_query::whois::lookup(&ctx, query).await
     })?;
     let history = answer.history();

@@ -32,7 +32,13 @@ if [ -n "${COMPARE:-}" ]; then
 fi
 echo
 echo "## Query: top-10 workloads on 100M flows beside DuckDB, gen_flows' one file per hour (tests/bench/query_top_workloads.sh)"
-KEEP=${KEEP:-0} tests/bench/query_top_workloads.sh
+KEEP=1 tests/bench/query_top_workloads.sh
+echo
+echo "## Query: the same files on local disk and in a bucket of Garage on loopback (python3 tests/bench/query_s3.py)"
+python3 tests/bench/query_s3.py "${BENCH_DIR:-/work/benchdata/query}"
+if [ "${KEEP:-0}" = 0 ]; then
+  rm -rf "${BENCH_DIR:-/work/benchdata/query}"
+fi
 echo
 echo "## Query: the same on a day of flows hawking serve stored itself (python3 tests/bench/query_served_store.py)"
 python3 tests/bench/query_served_store.py

@@ -209,7 +209,7 @@ fn send_cases(to: SocketAddr, t0_secs: i64, cases: &[Case]) {
     }
 }
 
-fn check(data: &Path, cases: &[Case], when: &str) {
+fn check(data: &(impl StoreArg + ?Sized), cases: &[Case], when: &str) {
     let rows = sql(
         data,
         "SELECT src_port, src_attribution, src_pod, src_service, src_node, src_workload, src_candidates, src_cluster, \
@@ -288,15 +288,27 @@ fn check(data: &Path, cases: &[Case], when: &str) {
 #[test]
 fn flows_attribute_to_whoever_held_the_address_at_their_own_time() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+    attribute_over(&tmp.path().join("data"), tmp.path());
+}
+
+/// The same, with the store in a bucket of an S3 server: ingest writes objects, and
+/// `hawking sql`, `whois` and the restarted enricher's history read them back.
+#[test]
+fn flows_attribute_the_same_with_the_store_on_an_s3_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let garage = crate::garage::Garage::start(tmp.path());
+    attribute_over(&garage.store("attribution"), tmp.path());
+}
+
+fn attribute_over(data: &(impl StoreArg + ?Sized), tmp: &Path) {
     let t0 = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
         + 2;
     let api = FakeKubeApi::start(&fixtures().join("k8s/handover"), t0);
-    let config = write_config(tmp.path(), &api.url);
-    let hawking = Hawking::start(&data, &["--config", config.to_str().unwrap()]);
+    let config = write_config(tmp, &api.url);
+    let hawking = Hawking::start(data, &["--config", config.to_str().unwrap()]);
     // The watch fails at t0+8 and its retries (backing off from 0.5 s) reach the 410 and the
     // relist at about t0+15.5.
     api.wait_for_step("pods-relist", Duration::from_secs(30));
@@ -321,11 +333,11 @@ fn flows_attribute_to_whoever_held_the_address_at_their_own_time() {
         0.0,
     );
     hawking.stop();
-    check(&data, &cases, "live");
+    check(data, &cases, "live");
 
     // The history is in the store: the gap, and the hand-over, by SQL.
     let gaps = sql(
-        &data,
+        data,
         "SELECT reason, gap_start, gap_end FROM history_gaps ORDER BY gap_start",
     );
     assert!(
@@ -335,7 +347,7 @@ fn flows_attribute_to_whoever_held_the_address_at_their_own_time() {
         "{gaps:?}"
     );
     let holders = sql(
-        &data,
+        data,
         "SELECT name FROM ip_history WHERE ip = '10.4.1.10' ORDER BY valid_from",
     );
     let names: Vec<&str> = holders
@@ -346,12 +358,12 @@ fn flows_attribute_to_whoever_held_the_address_at_their_own_time() {
 
     // whois answers from the same history.
     for (offset, want) in [(-60i64, "web-7d4b9-abcde"), (7, "web-7d4b9-fghij")] {
-        let out = whois(&data, "10.4.1.10", t0 + offset);
+        let out = whois(data, "10.4.1.10", t0 + offset);
         assert_eq!(out["attribution"], "pod", "{out}");
         assert_eq!(out["owner"]["name"], want, "{out}");
         assert_eq!(out["owner"]["workload"], "web");
     }
-    let in_gap = whois(&data, "10.4.1.10", t0 + 10);
+    let in_gap = whois(data, "10.4.1.10", t0 + 10);
     assert_eq!(in_gap["attribution"], "unknown", "{in_gap}");
     assert!(
         in_gap["gaps"].as_array().is_some_and(|g| !g.is_empty()),
@@ -360,12 +372,12 @@ fn flows_attribute_to_whoever_held_the_address_at_their_own_time() {
 
     // After a restart the stored history attributes the same way (the watch resumes too).
     let api2 = FakeKubeApi::start(&fixtures().join("k8s/handover"), t0);
-    let config2 = write_config(tmp.path(), &api2.url);
-    let restarted = Hawking::start(&data, &["--config", config2.to_str().unwrap()]);
+    let config2 = write_config(tmp, &api2.url);
+    let restarted = Hawking::start(data, &["--config", config2.to_str().unwrap()]);
     let again: Vec<Case> = cases.into_iter().filter(|c| c.to < 0.0).collect();
     let port = restarted.netflow;
     std::thread::sleep(Duration::from_millis(1500));
-    let before = sql_i64(&data, "SELECT count(*) FROM flows");
+    let before = sql_i64(data, "SELECT count(*) FROM flows");
     send_cases(port, t0, &again);
     restarted.wait_metric(
         "hawking_store_rows_written_total",
@@ -374,14 +386,14 @@ fn flows_attribute_to_whoever_held_the_address_at_their_own_time() {
     );
     restarted.stop();
     let after = sql(
-        &data,
+        data,
         &format!(
             "SELECT src_attribution, src_pod FROM flows ORDER BY received_at DESC, src_port LIMIT {}",
             again.len()
         ),
     );
     assert_eq!(
-        sql_i64(&data, "SELECT count(*) FROM flows"),
+        sql_i64(data, "SELECT count(*) FROM flows"),
         before + again.len() as i64
     );
     let mut got: Vec<(String, String)> = after
@@ -407,6 +419,6 @@ fn flows_attribute_to_whoever_held_the_address_at_their_own_time() {
     assert_eq!(got, want, "after a restart");
 }
 
-fn whois(data: &Path, ip: &str, at_secs: i64) -> Value {
+fn whois(data: &(impl StoreArg + ?Sized), ip: &str, at_secs: i64) -> Value {
     whois_json(data, ip, &rfc3339(at_secs))
 }

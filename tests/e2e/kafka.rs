@@ -26,7 +26,7 @@ pub(crate) fn free_tcp_port() -> u16 {
         .port()
 }
 
-fn wait_listening(port: u16, what: &str) {
+pub(crate) fn wait_listening(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
         assert!(Instant::now() < deadline, "{what} did not listen on {port}");

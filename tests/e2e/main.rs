@@ -5,6 +5,7 @@ mod attribution;
 mod capture_replay;
 mod exporters;
 mod flow_exports;
+mod garage;
 mod goflow2;
 mod hubble_grpc;
 mod ipfix_tcp;

@@ -97,8 +97,18 @@ fn typed(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 #[test]
 fn psql_psycopg_and_asyncpg_read_attributed_flows_with_postgresql_types() {
     let tmp = tempfile::tempdir().unwrap();
-    let hawking = attributed_store(tmp.path(), "");
+    clients_read_attributed_flows(attributed_store(tmp.path(), ""));
+}
 
+/// The same clients and answers with the store in a bucket of an S3 server.
+#[test]
+fn psql_psycopg_and_asyncpg_read_the_same_from_a_store_on_an_s3_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let garage = crate::garage::Garage::start(tmp.path());
+    clients_read_attributed_flows(attributed_store_at(&garage.store("pg"), tmp.path(), ""));
+}
+
+fn clients_read_attributed_flows(hawking: crate::support::Hawking) {
     // psql: what a person sees. Whole-second timestamps print without a fraction, as
     // PostgreSQL prints them.
     let out = psql(hawking.pg(), USER, PASSWORD, &["-c", WEB_FLOWS]);
@@ -520,6 +530,23 @@ fn grafanas_query_builder_and_schema_api_list_tables_and_columns_as_on_postgresq
 
 #[test]
 fn every_dashboard_panel_runs_over_psycopg_and_asyncpg_with_macros_expanded() {
+    let tmp = tempfile::tempdir().unwrap();
+    dashboard_panels_run(attributed_store(tmp.path(), ""));
+}
+
+/// The same panels with the store in a bucket of an S3 server.
+#[test]
+fn every_dashboard_panel_runs_the_same_from_a_store_on_an_s3_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let garage = crate::garage::Garage::start(tmp.path());
+    dashboard_panels_run(attributed_store_at(
+        &garage.store("grafana"),
+        tmp.path(),
+        "",
+    ));
+}
+
+fn dashboard_panels_run(hawking: crate::support::Hawking) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/dashboards");
     let mut panels = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -535,8 +562,6 @@ fn every_dashboard_panel_runs_over_psycopg_and_asyncpg_with_macros_expanded() {
         dir.display()
     );
 
-    let tmp = tempfile::tempdir().unwrap();
-    let hawking = attributed_store(tmp.path(), "");
     // Two hours; Grafana's interval for such a range on a wide panel is 5 minutes.
     let (from, to, interval) = (T9, T9 + 2 * 3600, 300);
     let statements: Vec<Value> = panels

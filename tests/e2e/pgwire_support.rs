@@ -14,19 +14,19 @@ use hawking_schemas::ip::parse_ip;
 use hawking_schemas::nat::{NatEvent, NatEventKind};
 use serde_json::Value;
 
-use crate::support::{Hawking, exporter_socket, fixtures, hawking_bin, send_ipfix};
+use crate::support::{Hawking, StoreArg, exporter_socket, fixtures, hawking_over, send_ipfix};
 
 pub const USER: &str = "grafana";
 pub const PASSWORD: &str = "correct horse battery staple";
 
 /// `hawking serve --config <config> --pg 127.0.0.1:0`.
-pub fn start_with_pg(data: &Path, config: &Path) -> Hawking {
+pub fn start_with_pg(data: &(impl StoreArg + ?Sized), config: &Path) -> Hawking {
     try_start_with_pg(data, config, &[]).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// As [`start_with_pg`], with `env` set; a server that does not come up gives its log.
 pub fn try_start_with_pg(
-    data: &Path,
+    data: &(impl StoreArg + ?Sized),
     config: &Path,
     env: &[(&str, &str)],
 ) -> Result<Hawking, String> {
@@ -141,12 +141,14 @@ pub const NAT_SESSIONS: i64 = 20;
 /// flows and node-1's NAT sessions over IPFIX; returns once they are committed. The server
 /// keeps running.
 pub fn attributed_store(dir: &Path, pg_extra: &str) -> Hawking {
-    let data = dir.join("data");
-    let imported = Command::new(hawking_bin())
-        .args(["history", "import"])
+    attributed_store_at(&dir.join("data"), dir, pg_extra)
+}
+
+/// As [`attributed_store`], with the store at `data` (a directory, or a bucket).
+pub fn attributed_store_at(data: &(impl StoreArg + ?Sized), dir: &Path, pg_extra: &str) -> Hawking {
+    let imported = hawking_over(data, &["history", "import"])
         .arg(fixtures().join("k8s/import/pods-watch.json"))
-        .args(["--cluster", "prod", "--data"])
-        .arg(&data)
+        .args(["--cluster", "prod"])
         .output()
         .unwrap();
     assert!(
@@ -165,7 +167,7 @@ pub fn attributed_store(dir: &Path, pg_extra: &str) -> Hawking {
         ),
     )
     .unwrap();
-    let hawking = start_with_pg(&data, &config);
+    let hawking = start_with_pg(data, &config);
     let flows: Vec<FlowRecord> = (0..STEPS)
         .flat_map(|step| {
             let start = (T9 + step * 30) * 1_000_000;

@@ -11,7 +11,9 @@ use hawking_schemas::flow::FlowRecord;
 use hawking_schemas::ip::parse_ip;
 use serde_json::Value;
 
-use crate::support::{Hawking, hawking_bin, kill_after_line, rfc3339, send_ipfix, sql_i64};
+use crate::support::{
+    Hawking, StoreArg, hawking_bin, hawking_over, kill_after_line, rfc3339, send_ipfix, sql_i64,
+};
 
 /// 2026-11-20T00:00:00Z.
 const DAY: i64 = 1_795_132_800;
@@ -46,10 +48,8 @@ fn flows(hours: i64, per_hour: i64, round: i64) -> Vec<FlowRecord> {
 }
 
 /// `hawking store stats --json` rows.
-fn stats(data: &Path, extra: &[&str]) -> Vec<Value> {
-    let out = Command::new(hawking_bin())
-        .args(["store", "stats", "--json", "--data"])
-        .arg(data)
+fn stats(data: &(impl StoreArg + ?Sized), extra: &[&str]) -> Vec<Value> {
+    let out = hawking_over(data, &["store", "stats", "--json"])
         .args(extra)
         .output()
         .unwrap();
@@ -62,7 +62,7 @@ fn stats(data: &Path, extra: &[&str]) -> Vec<Value> {
 }
 
 /// Per flows hour: (files, compacted files, rows).
-fn flow_hours(data: &Path) -> Vec<(u64, u64, u64)> {
+fn flow_hours(data: &(impl StoreArg + ?Sized)) -> Vec<(u64, u64, u64)> {
     stats(data, &["--table", "flows"])
         .iter()
         .map(|h| {
@@ -93,15 +93,26 @@ fn store_with_small_files(data: &Path, config: &Path, hours: i64, per_hour: i64,
 #[test]
 fn serve_compacts_closed_hours_while_queries_answer_whole() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let config = tmp.path().join("hawking.toml");
+    compacts_while_queries_answer(&tmp.path().join("data"), tmp.path());
+}
+
+/// The same in a bucket of an S3 server, where an hour is replaced by a marker object.
+#[test]
+fn serve_compacts_closed_hours_in_a_bucket_while_queries_answer_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let garage = crate::garage::Garage::start(tmp.path());
+    compacts_while_queries_answer(&garage.store("upkeep"), tmp.path());
+}
+
+fn compacts_while_queries_answer(data: &(impl StoreArg + ?Sized), tmp: &Path) {
+    let config = tmp.join("hawking.toml");
     // Every ended hour is closed at once, a pass every second.
     std::fs::write(
         &config,
         "[store.compaction]\nsettle_secs = 0\ninterval_secs = 1\n",
     )
     .unwrap();
-    let hawking = Hawking::start(&data, &["--config", config.to_str().unwrap()]);
+    let hawking = Hawking::start(data, &["--config", config.to_str().unwrap()]);
     let (hours, per_hour, rounds) = (3, 400, 4);
     for round in 0..rounds {
         send_ipfix(hawking.netflow, "127.0.0.1", &flows(hours, per_hour, round));
@@ -120,10 +131,10 @@ fn serve_compacts_closed_hours_while_queries_answer_whole() {
     let start = Instant::now();
     let mut queries = 0;
     loop {
-        assert_eq!(sql_i64(&data, "SELECT count(*) FROM flows"), total);
-        assert_eq!(sql_i64(&data, "SELECT sum(bytes) FROM flows"), bytes);
+        assert_eq!(sql_i64(data, "SELECT count(*) FROM flows"), total);
+        assert_eq!(sql_i64(data, "SELECT sum(bytes) FROM flows"), bytes);
         queries += 1;
-        let by_hour = flow_hours(&data);
+        let by_hour = flow_hours(data);
         if by_hour.len() == hours as usize && by_hour.iter().all(|h| h.0 == 1 && h.1 == 1) {
             break;
         }
@@ -137,7 +148,7 @@ fn serve_compacts_closed_hours_while_queries_answer_whole() {
         hawking.metric("hawking_store_hours_compacted_total", &[("table", "flows")]) >= 3.0,
         "compactions show in /metrics"
     );
-    let rows: Vec<u64> = flow_hours(&data).iter().map(|h| h.2).collect();
+    let rows: Vec<u64> = flow_hours(data).iter().map(|h| h.2).collect();
     assert_eq!(rows, vec![(per_hour * rounds) as u64; hours as usize]);
     hawking.stop();
 }

@@ -60,6 +60,47 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::Exit
     None
 }
 
+/// Where a test's store lives, as `hawking` commands are pointed at it: a local directory
+/// (any path), or a bucket of the test's S3 server (`crate::garage::S3Store`).
+pub trait StoreArg {
+    /// The `--data` argument.
+    fn location(&self) -> std::ffi::OsString;
+    /// What the commands need in their environment to reach the store.
+    fn env(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// A local directory of the test's for `hawking serve`'s state when the store is not
+    /// local (`--local-dir`); `None` for a local store, which keeps its own.
+    fn local_dir(&self) -> Option<PathBuf> {
+        None
+    }
+    /// Where `hawking serve`'s logs go: beside the store.
+    fn log_dir(&self) -> PathBuf;
+}
+
+impl<P: AsRef<Path> + ?Sized> StoreArg for P {
+    fn location(&self) -> std::ffi::OsString {
+        self.as_ref().as_os_str().to_owned()
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.as_ref()
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+}
+
+/// A `hawking` command over the store at `data`.
+pub fn hawking_over(data: &(impl StoreArg + ?Sized), args: &[&str]) -> Command {
+    let mut command = Command::new(hawking_bin());
+    command
+        .args(args)
+        .arg("--data")
+        .arg(data.location())
+        .envs(data.env());
+    command
+}
+
 /// A running `hawking serve`: the one harness every end-to-end test starts it with.
 pub struct Hawking {
     child: Option<Child>,
@@ -87,28 +128,36 @@ const METRIC_WAIT: Duration = Duration::from_secs(30);
 impl Hawking {
     /// Starts `hawking serve` on ephemeral loopback ports with its store at `data`, a 0.5 s
     /// flush interval unless `extra` sets one, and `extra`'s flags.
-    pub fn start(data: &Path, extra: &[&str]) -> Hawking {
+    pub fn start(data: &(impl StoreArg + ?Sized), extra: &[&str]) -> Hawking {
         Self::try_start(data, extra, &[])
             .unwrap_or_else(|e| panic!("hawking serve did not start: {e}"))
     }
 
     /// As `start`, with `env` set; a server that does not come up gives its error output.
-    pub fn try_start(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Hawking, String> {
+    pub fn try_start(
+        data: &(impl StoreArg + ?Sized),
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Hawking, String> {
         static RUN: AtomicU64 = AtomicU64::new(0);
-        let log = data.with_file_name(format!(
+        let log = data.log_dir().join(format!(
             "hawking-serve-{}.log",
             RUN.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut child = Command::new(hawking_bin())
-            .args([
+        let mut command = hawking_over(
+            data,
+            &[
                 "serve",
                 "--netflow",
                 "127.0.0.1:0",
                 "--metrics",
                 "127.0.0.1:0",
-                "--data",
-            ])
-            .arg(data)
+            ],
+        );
+        if let Some(local) = data.local_dir() {
+            command.arg("--local-dir").arg(local);
+        }
+        let mut child = command
             .args(if extra.contains(&"--flush-interval") {
                 &[][..]
             } else {
@@ -269,10 +318,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
 }
 
 /// Runs `hawking sql --format json` and returns the rows.
-pub fn sql(data: &Path, query: &str) -> Vec<serde_json::Map<String, Value>> {
-    let out = Command::new(hawking_bin())
-        .args(["sql", "--format", "json", "--data"])
-        .arg(data)
+pub fn sql(data: &(impl StoreArg + ?Sized), query: &str) -> Vec<serde_json::Map<String, Value>> {
+    let out = hawking_over(data, &["sql", "--format", "json"])
         .arg(query)
         .output()
         .expect("run hawking sql");
@@ -292,7 +339,7 @@ pub fn sql(data: &Path, query: &str) -> Vec<serde_json::Map<String, Value>> {
         .collect()
 }
 
-pub fn sql_i64(data: &Path, query: &str) -> i64 {
+pub fn sql_i64(data: &(impl StoreArg + ?Sized), query: &str) -> i64 {
     let rows = sql(data, query);
     let v = rows
         .first()
@@ -574,10 +621,8 @@ pub fn rfc3339(secs: i64) -> String {
 }
 
 /// `hawking whois IP --at AT --json` over the store at `data`.
-pub fn whois_json(data: &Path, ip: &str, at: &str) -> serde_json::Value {
-    let out = Command::new(hawking_bin())
-        .args(["whois", ip, "--json", "--at", at, "--data"])
-        .arg(data)
+pub fn whois_json(data: &(impl StoreArg + ?Sized), ip: &str, at: &str) -> serde_json::Value {
+    let out = hawking_over(data, &["whois", ip, "--json", "--at", at])
         .output()
         .unwrap();
     assert!(

@@ -16,8 +16,8 @@ use hawking_schemas::pipeline::Table;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use super::hour::{HourReplacement, remove_retired, visible_files};
-use super::layout::{HOUR_US, TimeRange, partition_dir, table_dir};
+use super::layout::{HOUR_US, TimeRange, partition_dir};
+use super::root::{Replacement, StoreRoot, TableLocation};
 use super::writer::{ParquetFile, WriterOptions};
 
 /// Name prefix of files compaction writes (ingest writes `part-…`).
@@ -102,9 +102,13 @@ pub fn is_compacted(file: &Path) -> bool {
         .is_some_and(|n| n.to_string_lossy().starts_with(COMPACTED_PREFIX))
 }
 
-/// A DataFusion session for the store's own maintenance: one partition (ingest has the
-/// other core), the sort spilling past `memory_limit_bytes`, text read as stored (`Utf8`).
-pub(crate) fn maintenance_session(memory_limit_bytes: usize) -> Result<SessionContext, StoreError> {
+/// A DataFusion session for the store's own maintenance of the table at `table`: one
+/// partition (ingest has the other core), the sort spilling past `memory_limit_bytes`, text
+/// read as stored (`Utf8`).
+pub(crate) fn maintenance_session(
+    table: &TableLocation,
+    memory_limit_bytes: usize,
+) -> Result<SessionContext, StoreError> {
     let mut config = SessionConfig::new().with_target_partitions(1);
     config
         .options_mut()
@@ -116,21 +120,23 @@ pub(crate) fn maintenance_session(memory_limit_bytes: usize) -> Result<SessionCo
         .build_arc()
         .map_err(StoreError::from_datafusion)?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    // A rewrite may swap the hour while it is read: the read finishes from the retired set,
-    // and the commit then finds the race (`ConcurrentReplace`) instead of a missing file.
-    super::retired_reads::register(&ctx);
+    // Locally a rewrite may swap the hour while it is read: the read finishes from the
+    // retired set, and the commit then finds the race (`ConcurrentReplace`) instead of a
+    // missing file.
+    table.register(&ctx);
     Ok(ctx)
 }
 
-/// Registers `files` (of `table`) as the SQL table `name` in `ctx`.
+/// Registers `files` (of `table`, at `location`) as the SQL table `name` in `ctx`.
 pub(crate) async fn register_files(
     ctx: &SessionContext,
     name: &str,
     table: Table,
+    location: &TableLocation,
     files: &[PathBuf],
 ) -> Result<(), StoreError> {
     let schema = table.schema();
-    let paths: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let paths: Vec<String> = files.iter().map(|p| location.file_url(p)).collect();
     let frame = ctx
         .read_parquet(paths, ParquetReadOptions::default().schema(&schema))
         .await
@@ -170,20 +176,20 @@ fn merge_sql(table: Table) -> String {
 /// Compacts the hour starting at `hour_us` of `table` in the store at `root`, when it gains
 /// from it. `stop` is polled between batches: a stopped compaction leaves the hour as it was.
 pub async fn compact_hour(
-    root: &Path,
+    root: impl Into<StoreRoot>,
     table: Table,
     hour_us: i64,
     config: &CompactionConfig,
     stop: &AtomicBool,
 ) -> Result<Option<HourCompacted>, StoreError> {
-    let dir = table_dir(root, table);
-    let files = visible_files(&partition_dir(&dir, hour_us))?;
+    let dir = root.into().table(table);
+    let files = dir.hour_files(hour_us).await?;
     if !needs_compaction(&files) {
         return Ok(None);
     }
-    let (rows_in, bytes_in) = footprint(&files)?;
-    let ctx = maintenance_session(config.memory_limit_bytes)?;
-    register_files(&ctx, "hour_rows", table, &files).await?;
+    let (rows_in, bytes_in) = dir.footprint(&files).await?;
+    let ctx = maintenance_session(&dir, config.memory_limit_bytes)?;
+    register_files(&ctx, "hour_rows", table, &dir, &files).await?;
     let stream = ctx
         .sql(&merge_sql(table))
         .await
@@ -192,17 +198,17 @@ pub async fn compact_hour(
         .await
         .map_err(StoreError::from_datafusion)?;
     let files_in = files.len();
-    let replacement = HourReplacement::begin(&dir, hour_us, files)?;
+    let replacement = dir.begin_replacement(hour_us, files)?;
     let written = write_stream(table, &replacement, stream, config, stop).await?;
     if table.log_key().is_none() && written.rows != rows_in {
         return Err(StoreError::CompactionLostRows {
-            hour: partition_dir(&dir, hour_us).display().to_string(),
+            hour: format!("{dir}/{}", partition_dir(Path::new(""), hour_us).display()),
             read: rows_in,
             written: written.rows,
         });
     }
-    let replaced = replacement.commit()?;
-    let _ = remove_retired(&dir);
+    let replaced = replacement.commit().await?;
+    let _ = dir.clean_up().await;
     Ok(Some(HourCompacted {
         table: Some(table),
         hour_us,
@@ -220,24 +226,25 @@ pub async fn compact_hour(
 /// (or, with `before_us`, hours that end by then). One hour at a time, oldest first;
 /// `on_hour` hears of each as it is done.
 pub async fn compact_closed(
-    root: &Path,
+    root: impl Into<StoreRoot>,
     config: &CompactionConfig,
     now_us: i64,
     before_us: Option<i64>,
     stop: &AtomicBool,
     on_hour: &mut (dyn FnMut(&HourCompacted) + Send),
 ) -> Result<CompactionPass, StoreError> {
+    let root = root.into();
     let cutoff = before_us.unwrap_or(now_us - config.settle_secs as i64 * 1_000_000);
     let mut pass = CompactionPass::default();
     for table in Table::ALL {
-        for hour in hours_of(&table_dir(root, table))? {
+        for hour in hours_of(&root.table(table)).await? {
             if stop.load(Ordering::Relaxed) {
                 return Ok(pass);
             }
             if hour + HOUR_US > cutoff {
                 continue;
             }
-            match compact_hour(root, table, hour, config, stop).await {
+            match compact_hour(&root, table, hour, config, stop).await {
                 Ok(Some(done)) => {
                     on_hour(&done);
                     pass.hours.push(done);
@@ -252,25 +259,16 @@ pub async fn compact_closed(
     Ok(pass)
 }
 
-/// The hour partitions of the table at `table_dir` that hold files, oldest first.
-pub fn hours_of(table_dir: &Path) -> Result<Vec<i64>, StoreError> {
-    let mut hours: Vec<i64> = super::list_files(table_dir, TimeRange::ALL)?
+/// The hour partitions of `table` that hold files, oldest first.
+pub async fn hours_of(table: &TableLocation) -> Result<Vec<i64>, StoreError> {
+    let mut hours: Vec<i64> = table
+        .list(TimeRange::ALL)
+        .await?
         .iter()
         .map(|f| f.partition_start_us)
         .collect();
     hours.dedup();
     Ok(hours)
-}
-
-/// Rows (from the footers) and bytes of `files`.
-pub fn footprint(files: &[PathBuf]) -> Result<(u64, u64), StoreError> {
-    let (mut rows, mut bytes) = (0u64, 0u64);
-    for f in files {
-        let (r, b) = super::stats::file_rows_and_bytes(f)?;
-        rows += r;
-        bytes += b;
-    }
-    Ok((rows, bytes))
 }
 
 /// What [`write_stream`] wrote.
@@ -284,7 +282,7 @@ pub(crate) struct Written {
 /// as `config.writer` says.
 pub(crate) async fn write_stream(
     table: Table,
-    replacement: &HourReplacement,
+    replacement: &Replacement,
     mut stream: impl futures::Stream<Item = datafusion::error::Result<RecordBatch>> + Unpin,
     config: &CompactionConfig,
     stop: &AtomicBool,
@@ -310,8 +308,9 @@ pub(crate) async fn write_stream(
         while offset < batch.num_rows() {
             if current.is_none() {
                 let path = replacement.dir().join(format!(
-                    "{COMPACTED_PREFIX}{stamp}-{}-{:04}.parquet",
+                    "{COMPACTED_PREFIX}{stamp}-{}-{:08x}-{:04}.parquet",
                     std::process::id(),
+                    super::writer::writer_token(),
                     written.files
                 ));
                 let file = ParquetFile::create(&path, schema.clone(), properties.clone())?;
@@ -345,6 +344,8 @@ fn size_of(path: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::hour::visible_files;
+    use crate::store::layout::table_dir;
     use crate::store::test_rows::{H, commit, flows, ip_log};
     use arrow::array::{AsArray, Int64Array};
     use arrow::datatypes::{Int64Type, TimestampMicrosecondType};

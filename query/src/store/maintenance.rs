@@ -2,8 +2,15 @@
 //! closed hours are compacted, then retention is applied, on a thread of its own (one core's
 //! worth of work at most, beside ingest). Stopping waits for the hour in hand to be
 //! abandoned cleanly; nothing half-done is ever visible.
+//!
+//! On an object store several processes may write one store (the enrichers of a consumer
+//! group), and two compactions of one hour would both be kept. S3 offers no lock Hawking can
+//! count on (Garage, for one, ignores conditional writes), so the upkeep runs only in the
+//! process holding a lease object (`.maintenance-lease.json` at the store's root): a process
+//! takes a lease that is missing or stale by writing its token, waiting
+//! [`LEASE_SETTLE`], and reading it back; only the last writer finds its own token. Its
+//! holder renews it every pass; after [`LEASE_SECS`] without renewal another may take it.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -17,6 +24,7 @@ use prometheus::IntCounterVec;
 use super::StoreError;
 use super::compact::{CompactionConfig, compact_closed};
 use super::retention::{RetentionConfig, prune};
+use super::root::{ObjectRoot, StoreRoot};
 
 struct MaintenanceMetrics {
     hours_compacted: IntCounterVec,
@@ -56,7 +64,7 @@ impl Maintenance {
     /// Starts the upkeep of the store at `root`; `None` when neither compaction nor
     /// retention is configured.
     pub fn start(
-        root: &Path,
+        root: impl Into<StoreRoot>,
         compaction: &CompactionConfig,
         retention: &RetentionConfig,
         telemetry: &Telemetry,
@@ -68,8 +76,14 @@ impl Maintenance {
         let metrics = MaintenanceMetrics::register(telemetry).map_err(StoreError::Metrics)?;
         let component = telemetry.component(ComponentKind::Sink, "store_maintenance");
         let stop = Arc::new(AtomicBool::new(false));
+        let root = root.into();
+        let lease = match &root {
+            StoreRoot::Local(_) => None,
+            StoreRoot::Object(object) => Some(Lease::new(object.clone())),
+        };
         let worker = Worker {
-            root: root.to_path_buf(),
+            root: root.clone(),
+            lease,
             compaction: compaction.clone(),
             retention: retention.clone(),
             metrics,
@@ -79,7 +93,7 @@ impl Maintenance {
         let thread = std::thread::Builder::new()
             .name("hawking-store-upkeep".into())
             .spawn(move || worker.run())
-            .map_err(|e| StoreError::io(root, e))?;
+            .map_err(|e| StoreError::io(std::path::Path::new("hawking-store-upkeep"), e))?;
         Ok(Some(Maintenance {
             stop,
             thread: Some(thread),
@@ -96,7 +110,9 @@ impl Maintenance {
 }
 
 struct Worker {
-    root: PathBuf,
+    root: StoreRoot,
+    /// On an object store: the lease that makes this process the store's one maintainer.
+    lease: Option<Lease>,
     compaction: CompactionConfig,
     retention: RetentionConfig,
     metrics: MaintenanceMetrics,
@@ -105,7 +121,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self) {
+    fn run(mut self) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -129,7 +145,17 @@ impl Worker {
         }
     }
 
-    async fn pass(&self) {
+    async fn pass(&mut self) {
+        if let Some(lease) = &mut self.lease {
+            match lease.hold().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    self.component.error("lease_failed", &e);
+                    return;
+                }
+            }
+        }
         if self.compaction.enabled {
             let mut on_hour = |h: &super::compact::HourCompacted| {
                 let table = h.table.map(|t| t.name()).unwrap_or_default();
@@ -183,5 +209,79 @@ impl Worker {
             }
             Err(e) => self.component.error("retention_failed", &e),
         }
+    }
+}
+
+/// How long a lease stays the holder's without renewal: longer than a pass takes.
+const LEASE_SECS: i64 = 1800;
+
+/// How long a process waits after writing the lease before reading it back: longer than a
+/// competitor's read-then-write can take, so that of two writers both see the last one.
+const LEASE_SETTLE: Duration = Duration::from_secs(5);
+
+const LEASE_NAME: &str = ".maintenance-lease.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LeaseBody {
+    holder: String,
+}
+
+/// This process's claim to maintain an object store; see the module documentation.
+struct Lease {
+    root: Arc<ObjectRoot>,
+    token: String,
+    held: bool,
+}
+
+impl Lease {
+    fn new(root: Arc<ObjectRoot>) -> Lease {
+        let mut bytes = [0u8; 8];
+        let _ = getrandom::fill(&mut bytes);
+        Lease {
+            root,
+            token: format!("{}-{:016x}", std::process::id(), u64::from_ne_bytes(bytes)),
+            held: false,
+        }
+    }
+
+    /// Whether this process maintains the store for the coming pass: renews a lease it
+    /// holds, takes one that is missing or stale, leaves one another holds.
+    async fn hold(&mut self) -> Result<bool, StoreError> {
+        let holder = self.root.read_small(LEASE_NAME).await?;
+        let now = now_micros();
+        let ours = holder
+            .as_ref()
+            .is_some_and(|(body, _)| self.read(body) == Some(true));
+        let stale = holder
+            .as_ref()
+            .is_none_or(|(_, modified_us)| now - modified_us > LEASE_SECS * 1_000_000);
+        if !ours && !stale {
+            if self.held {
+                tracing::warn!("another process took over the store's upkeep");
+            }
+            self.held = false;
+            return Ok(false);
+        }
+        let body = serde_json::to_vec(&LeaseBody {
+            holder: self.token.clone(),
+        })
+        .expect("a lease serializes");
+        self.root.write_small(LEASE_NAME, body).await?;
+        if !ours {
+            tokio::time::sleep(LEASE_SETTLE).await;
+            let back = self.root.read_small(LEASE_NAME).await?;
+            if back.as_ref().and_then(|(b, _)| self.read(b)) != Some(true) {
+                return Ok(false);
+            }
+            tracing::info!(store = %StoreRoot::Object(self.root.clone()), "this process maintains the store");
+        }
+        self.held = true;
+        Ok(true)
+    }
+
+    /// Whether `body` is this process's lease (`None`: not a lease).
+    fn read(&self, body: &[u8]) -> Option<bool> {
+        let lease: LeaseBody = serde_json::from_slice(body).ok()?;
+        Some(lease.holder == self.token)
     }
 }

@@ -5,8 +5,10 @@ pub mod compact;
 pub mod hour;
 pub mod layout;
 pub mod maintenance;
+pub mod object_hours;
 pub mod retention;
 pub mod retired_reads;
+pub mod root;
 pub mod sink;
 pub mod stats;
 #[cfg(test)]
@@ -112,6 +114,17 @@ pub enum StoreError {
     Stopped,
     #[error("query engine: {0}")]
     DataFusion(Box<datafusion::error::DataFusionError>),
+    #[error("{location}: {why}")]
+    BadLocation { location: String, why: String },
+    #[error("{location}: {source}")]
+    ObjectStore {
+        location: String,
+        source: object_store::Error,
+    },
+    #[error("{location}: not a replacement marker Hawking wrote: {why}")]
+    BadMarker { location: String, why: String },
+    #[error("{what} needs a store on the local file system; {location} is on an object store")]
+    NeedsLocalStore { what: String, location: String },
     #[error("zstd level {level}: {source}")]
     ZstdLevel {
         level: i32,
@@ -145,6 +158,14 @@ pub fn is_store(root: &Path) -> bool {
 /// read a store (`sql`, `whois`, `replay`) refuse a wrong `--data` rather than answer from
 /// nothing.
 pub fn require_store(root: &Path) -> Result<(), StoreError> {
+    if root.to_str().is_some_and(|r| r.starts_with("s3://")) {
+        // The commands that take a local store only (`store`, `replay`) get a clear answer
+        // rather than "no store there".
+        return Err(StoreError::NeedsLocalStore {
+            what: "this command".into(),
+            location: root.display().to_string(),
+        });
+    }
     if is_store(root) {
         Ok(())
     } else {

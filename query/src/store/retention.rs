@@ -7,7 +7,7 @@
 //! rest. Each hour changes in one step ([`super::hour`]).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use super::compact::{
-    CompactionConfig, column_list, footprint, maintenance_session, register_files, write_stream,
+    CompactionConfig, column_list, maintenance_session, register_files, write_stream,
 };
-use super::hour::{HourReplacement, lock_hour, remove_retired, visible_files};
-use super::layout::{HOUR_US, TimeRange, hour_of, partition_dir, table_dir};
+use super::layout::{HOUR_US, TimeRange, hour_of, partition_dir};
+use super::root::{Replacement, StoreRoot, TableLocation};
 
 const DAY_US: i64 = 24 * HOUR_US;
 
@@ -110,11 +110,12 @@ pub struct PrunePass {
 
 /// Applies `config` to every table of the store at `root` as of `now_us`.
 pub async fn prune(
-    root: &Path,
+    root: impl Into<StoreRoot>,
     config: &RetentionConfig,
     now_us: i64,
     stop: &AtomicBool,
 ) -> Result<PrunePass, StoreError> {
+    let root = root.into();
     let mut pass = PrunePass::default();
     for table in Table::ALL {
         let Some(days) = config.days(table) else {
@@ -124,27 +125,31 @@ pub async fn prune(
             continue;
         }
         let cutoff = horizon(now_us, days);
+        let dir = root.table(table);
         let result = match table.log_key() {
-            None => prune_whole_hours(root, table, cutoff, stop, &mut pass).await,
-            Some(_) => prune_log(root, table, cutoff, stop, &mut pass).await,
+            None => prune_whole_hours(&dir, table, cutoff, stop, &mut pass).await,
+            Some(_) => prune_log(&dir, table, cutoff, stop, &mut pass).await,
         };
         match result {
             Ok(()) | Err(StoreError::Stopped) => {}
             Err(e) => return Err(e),
         }
-        let _ = remove_retired(&table_dir(root, table));
+        let _ = dir.clean_up().await;
     }
     Ok(pass)
 }
 
 /// The hours of `table` that end by `cutoff`, with their files.
-fn expired_hours(table_dir: &Path, cutoff: i64) -> Result<BTreeMap<i64, Vec<PathBuf>>, StoreError> {
+async fn expired_hours(
+    table: &TableLocation,
+    cutoff: i64,
+) -> Result<BTreeMap<i64, Vec<PathBuf>>, StoreError> {
     let range = TimeRange {
         start_us: None,
         end_us: Some(cutoff - 1),
     };
     let mut hours: BTreeMap<i64, Vec<PathBuf>> = BTreeMap::new();
-    for f in super::list_files(table_dir, range)? {
+    for f in table.list(range).await? {
         if f.partition_start_us + HOUR_US <= cutoff {
             hours.entry(f.partition_start_us).or_default().push(f.path);
         }
@@ -153,20 +158,19 @@ fn expired_hours(table_dir: &Path, cutoff: i64) -> Result<BTreeMap<i64, Vec<Path
 }
 
 async fn prune_whole_hours(
-    root: &Path,
+    dir: &TableLocation,
     table: Table,
     cutoff: i64,
     stop: &AtomicBool,
     pass: &mut PrunePass,
 ) -> Result<(), StoreError> {
-    let dir = table_dir(root, table);
-    for (hour, files) in expired_hours(&dir, cutoff)? {
+    for (hour, files) in expired_hours(dir, cutoff).await? {
         if stop.load(Ordering::Relaxed) {
             return Err(StoreError::Stopped);
         }
-        let (rows_before, _) = footprint(&files)?;
-        let replacement = HourReplacement::begin(&dir, hour, files)?;
-        finish(replacement, &dir, table, hour, rows_before, pass)?;
+        let (rows_before, _) = dir.footprint(&files).await?;
+        let replacement = dir.begin_replacement(hour, files)?;
+        finish(replacement, dir, table, hour, rows_before, pass).await?;
     }
     Ok(())
 }
@@ -174,15 +178,15 @@ async fn prune_whole_hours(
 /// Commits a replacement, removes the hour's directory when nothing is left in it, and
 /// records the hour in `pass` (files that arrived meanwhile count as kept). Another
 /// replacement that got there first is a lost race, retried on the next pass.
-fn finish(
-    replacement: HourReplacement,
-    dir: &Path,
+async fn finish(
+    replacement: Replacement,
+    dir: &TableLocation,
     table: Table,
     hour: i64,
     rows_before: u64,
     pass: &mut PrunePass,
 ) -> Result<(), StoreError> {
-    match replacement.commit() {
+    match replacement.commit().await {
         Ok(_) => {}
         Err(StoreError::ConcurrentReplace { .. }) => {
             pass.lost_races += 1;
@@ -190,14 +194,23 @@ fn finish(
         }
         Err(e) => return Err(e),
     }
-    let hour_dir = partition_dir(dir, hour);
-    let _lock = lock_hour(dir, hour)?;
-    let left = visible_files(&hour_dir)?;
-    let rows_kept = if left.is_empty() {
-        let _ = std::fs::remove_dir(&hour_dir);
-        0
-    } else {
-        footprint(&left)?.0
+    let rows_kept = match dir {
+        TableLocation::Local(table_dir) => {
+            // Under the hour's lock, so that no writer is adding a file to the directory
+            // while it is removed.
+            let _lock = super::hour::lock_hour(table_dir, hour)?;
+            let hour_dir = partition_dir(table_dir, hour);
+            let left = super::hour::visible_files(&hour_dir)?;
+            if left.is_empty() {
+                let _ = std::fs::remove_dir(&hour_dir);
+            }
+            dir.footprint(&left).await?.0
+        }
+        // An object store has no directories to remove.
+        TableLocation::Object { .. } => {
+            let left = dir.hour_files(hour).await?;
+            dir.footprint(&left).await?.0
+        }
     };
     pass.hours.push(HourPruned {
         table,
@@ -225,24 +238,25 @@ fn survivors_sql(table: Table, cutoff: i64) -> String {
 }
 
 async fn prune_log(
-    root: &Path,
+    dir: &TableLocation,
     table: Table,
     cutoff: i64,
     stop: &AtomicBool,
     pass: &mut PrunePass,
 ) -> Result<(), StoreError> {
-    let dir = table_dir(root, table);
-    let expired = expired_hours(&dir, cutoff)?;
+    let expired = expired_hours(dir, cutoff).await?;
     if expired.is_empty() {
         return Ok(());
     }
-    let all: Vec<PathBuf> = super::list_files(&dir, TimeRange::ALL)?
+    let all: Vec<PathBuf> = dir
+        .list(TimeRange::ALL)
+        .await?
         .into_iter()
         .map(|f| f.path)
         .collect();
     let settings = CompactionConfig::default();
-    let ctx = maintenance_session(settings.memory_limit_bytes)?;
-    register_files(&ctx, "log_rows", table, &all).await?;
+    let ctx = maintenance_session(dir, settings.memory_limit_bytes)?;
+    register_files(&ctx, "log_rows", table, dir, &all).await?;
     let survivors = ctx
         .sql(&survivors_sql(table, cutoff))
         .await
@@ -254,16 +268,16 @@ async fn prune_log(
         if stop.load(Ordering::Relaxed) {
             return Err(StoreError::Stopped);
         }
-        let (rows_before, _) = footprint(&files)?;
+        let (rows_before, _) = dir.footprint(&files).await?;
         let kept = rows_of_hour(&survivors, table, hour)?;
         let kept_rows: u64 = kept.iter().map(|b| b.num_rows() as u64).sum();
         if kept_rows == rows_before {
             continue;
         }
-        let replacement = HourReplacement::begin(&dir, hour, files)?;
+        let replacement = dir.begin_replacement(hour, files)?;
         let stream = futures::stream::iter(kept.into_iter().map(Ok));
         write_stream(table, &replacement, stream, &settings, stop).await?;
-        finish(replacement, &dir, table, hour, rows_before, pass)?;
+        finish(replacement, dir, table, hour, rows_before, pass).await?;
     }
     Ok(())
 }
@@ -299,13 +313,17 @@ fn rows_of_hour(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::layout::table_dir;
     use crate::store::test_rows::{H, commit, flows, ip_log};
     use arrow::array::{AsArray, Int64Array};
+    use std::path::Path;
 
     const S: i64 = 1_000_000;
 
-    fn hours_with_files(root: &Path, table: Table) -> Vec<i64> {
-        crate::store::compact::hours_of(&table_dir(root, table)).unwrap()
+    async fn hours_with_files(root: &Path, table: Table) -> Vec<i64> {
+        crate::store::compact::hours_of(&StoreRoot::from(root).table(table))
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -332,7 +350,7 @@ mod tests {
                 .all(|h| h.rows_before == 1 && h.rows_kept == 0)
         );
         assert_eq!(
-            hours_with_files(tmp.path(), Table::Flows),
+            hours_with_files(tmp.path(), Table::Flows).await,
             [H + 4 * HOUR_US, H + 5 * HOUR_US]
         );
         // The removed hours' directories are gone too; a second pass has nothing to do.

@@ -5,7 +5,6 @@
 //! commit keeps the rows buffered (up to a bound, beyond which the oldest are dropped and
 //! counted); at shutdown every accepted row is committed or the loss is reported.
 
-use std::path::Path;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 use super::compact::CompactionConfig;
 use super::retention::RetentionConfig;
+use super::root::{S3Options, StoreRoot};
 use super::writer::{PartitionedWriter, WriterOptions};
 
 /// The `[store]` section: how accepted rows become files.
@@ -39,6 +39,8 @@ pub struct StoreConfig {
     pub compaction: CompactionConfig,
     /// Days each table keeps (`[store.retention]`); unset keeps everything.
     pub retention: RetentionConfig,
+    /// How to reach the S3-compatible service when the store is on one (`s3://…`).
+    pub s3: S3Options,
 }
 
 impl Default for StoreConfig {
@@ -50,6 +52,7 @@ impl Default for StoreConfig {
             writer: WriterOptions::default(),
             compaction: CompactionConfig::default(),
             retention: RetentionConfig::default(),
+            s3: S3Options::default(),
         }
     }
 }
@@ -132,7 +135,7 @@ struct StoreWriter {
 
 impl StoreWriter {
     fn open(
-        root: &Path,
+        root: &StoreRoot,
         config: &StoreConfig,
         telemetry: &Telemetry,
     ) -> Result<Self, StoreSinkError> {
@@ -326,11 +329,11 @@ impl StoreSink {
     /// Opens every table of the store at `root` for writing (removing what a crashed writer
     /// left half-written) and starts the store's thread.
     pub fn open(
-        root: &Path,
+        root: impl Into<StoreRoot>,
         config: &StoreConfig,
         telemetry: &Telemetry,
     ) -> Result<Self, StoreSinkError> {
-        let mut writer = StoreWriter::open(root, config, telemetry)?;
+        let mut writer = StoreWriter::open(&root.into(), config, telemetry)?;
         let (jobs, queue) = sync_channel::<Job>(QUEUED_BATCHES);
         let rejected = Arc::new(Mutex::new(None));
         let thread = std::thread::Builder::new()
@@ -469,7 +472,7 @@ mod tests {
     use crate::store::layout::{HOUR_US, TimeRange};
     use crate::store::test_rows::{H, flows};
 
-    fn stored_rows(root: &Path) -> usize {
+    fn stored_rows(root: &std::path::Path) -> usize {
         crate::store::list_files(&root.join("flows"), TimeRange::ALL)
             .unwrap()
             .iter()

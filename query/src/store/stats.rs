@@ -7,8 +7,9 @@ use std::path::Path;
 use hawking_schemas::pipeline::Table;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
-use super::layout::{TimeRange, table_dir};
-use super::{StoreError, list_files};
+use super::StoreError;
+use super::layout::TimeRange;
+use super::root::StoreRoot;
 
 /// One hour partition of one table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,15 +33,16 @@ pub fn file_rows_and_bytes(path: &Path) -> Result<(u64, u64), StoreError> {
 }
 
 /// Per hour partition of `tables` overlapping `range`, in table then hour order.
-pub fn hour_stats(
-    root: &Path,
+pub async fn hour_stats(
+    root: &StoreRoot,
     tables: &[Table],
     range: TimeRange,
 ) -> Result<Vec<HourStats>, StoreError> {
     let mut out: Vec<HourStats> = Vec::new();
     for &table in tables {
-        for file in list_files(&table_dir(root, table), range)? {
-            let (rows, bytes) = file_rows_and_bytes(&file.path)?;
+        let location = root.table(table);
+        for file in location.list(range).await? {
+            let (rows, bytes) = location.footprint(std::slice::from_ref(&file.path)).await?;
             let compacted = super::compact::is_compacted(&file.path) as usize;
             match out.last_mut() {
                 Some(h) if h.table == table && h.hour_us == file.partition_start_us => {

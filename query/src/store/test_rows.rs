@@ -1,6 +1,5 @@
 //! Rows for the store's own tests: flows at given times, and history log rows.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
@@ -70,7 +69,7 @@ pub fn ip_log(rows: &[LogRow]) -> RecordBatch {
 }
 
 /// Commits `batch` to `table` in the store at `root` as one file per hour it touches.
-pub fn commit(root: &Path, table: Table, batch: RecordBatch) {
+pub fn commit(root: impl Into<crate::store::root::StoreRoot>, table: Table, batch: RecordBatch) {
     let mut w = PartitionedWriter::for_table(root, table, &WriterOptions::default()).unwrap();
     w.write(batch).unwrap();
     w.commit().unwrap();

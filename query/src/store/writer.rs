@@ -1,8 +1,8 @@
 //! Writes a table's rows into hour partitions. Rows are encoded as they arrive, each
 //! partition's into a Parquet file held in memory (a fraction of the rows' Arrow size, and
 //! the encoding spread over the interval instead of stalling the commit); each commit
-//! writes every partition's file (under a hidden name, synced, then renamed), so a query
-//! never sees a partial file, and a failed write keeps the encoded file for the next commit
+//! writes every partition's file (locally under a hidden name, synced, then renamed; on an
+//! object store in one PUT), so a query never sees a partial file, and a failed write keeps the encoded file for the next commit
 //! instead of losing its rows.
 
 use std::collections::BTreeMap;
@@ -20,7 +20,8 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use super::layout::{IN_PROGRESS_SUFFIX, hour_of, partition_dir, table_dir};
+use super::layout::{IN_PROGRESS_SUFFIX, hour_of, partition_dir};
+use super::root::{StoreRoot, TableLocation};
 use hawking_schemas::pipeline::Table;
 
 /// How files are encoded.
@@ -117,7 +118,7 @@ pub struct CommittedFile {
 
 /// Buffers rows per hour partition of one timestamp column and commits them as files.
 pub struct PartitionedWriter {
-    table_dir: PathBuf,
+    table: TableLocation,
     schema: SchemaRef,
     time_column: usize,
     properties: WriterProperties,
@@ -177,12 +178,12 @@ impl Partition {
 impl PartitionedWriter {
     /// A writer for `table` in the store at `root`, with the table's own encoding choices.
     pub fn for_table(
-        root: &Path,
+        root: impl Into<StoreRoot>,
         table: Table,
         options: &WriterOptions,
     ) -> Result<Self, StoreError> {
         PartitionedWriter::new(
-            &table_dir(root, table),
+            root.into().table(table),
             table.schema(),
             table.time_column(),
             options,
@@ -190,10 +191,11 @@ impl PartitionedWriter {
         )
     }
 
-    /// A writer for the table at `table_dir`, partitioned by the µs UTC timestamp column
-    /// `time_column` of `schema`. Removes files a crashed writer left half-written.
+    /// A writer for the table at `table`, partitioned by the µs UTC timestamp column
+    /// `time_column` of `schema`. Removes files a crashed writer left half-written (in a
+    /// local directory: an object store has none).
     pub fn new(
-        table_dir: &Path,
+        table: impl Into<TableLocation>,
         schema: SchemaRef,
         time_column: &str,
         options: &WriterOptions,
@@ -205,10 +207,13 @@ impl PartitionedWriter {
                 .map_err(|_| StoreError::NoPartitionColumn {
                     column: time_column.to_string(),
                 })?;
-        std::fs::create_dir_all(table_dir).map_err(|e| StoreError::io(table_dir, e))?;
-        remove_in_progress(table_dir)?;
+        let table = table.into();
+        if let TableLocation::Local(table_dir) = &table {
+            std::fs::create_dir_all(table_dir).map_err(|e| StoreError::io(table_dir, e))?;
+            remove_in_progress(table_dir)?;
+        }
         Ok(PartitionedWriter {
-            table_dir: table_dir.to_path_buf(),
+            table,
             schema,
             time_column,
             properties: options.properties(tuning)?,
@@ -236,7 +241,7 @@ impl PartitionedWriter {
         }
         if batch.schema().fields() != self.schema.fields() {
             return Err(StoreError::SchemaMismatch {
-                table: self.table_dir.display().to_string(),
+                table: self.table.to_string(),
                 found: batch.schema().to_string(),
             });
         }
@@ -327,25 +332,36 @@ impl PartitionedWriter {
         bytes: &[u8],
         rows: usize,
     ) -> Result<CommittedFile, StoreError> {
-        let dir = partition_dir(&self.table_dir, hour);
         self.sequence += 1;
         let name = format!(
-            "part-{}-{}-{:06}.parquet",
+            "part-{}-{}-{:06}-{:08x}.parquet",
             hawking_schemas::time::now_micros(),
             std::process::id(),
-            self.sequence
+            self.sequence,
+            writer_token()
         );
+        let table_dir = match &self.table {
+            TableLocation::Local(dir) => dir,
+            TableLocation::Object { root, dir } => {
+                return Ok(CommittedFile {
+                    path: root.put_file(dir, hour, &name, bytes)?,
+                    rows,
+                    bytes: bytes.len() as u64,
+                });
+            }
+        };
+        let dir = partition_dir(table_dir, hour);
         let final_path = dir.join(&name);
         // Written outside the hour's directory, which a replacement may exchange meanwhile
         // (super::hour), and moved in under the hour's lock.
-        let staging = self.table_dir.join(STAGING_DIR);
+        let staging = table_dir.join(STAGING_DIR);
         std::fs::create_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
         let tmp_path = staging.join(format!(".{name}{IN_PROGRESS_SUFFIX}"));
         if let Err(e) = write_synced(&tmp_path, bytes) {
             let _ = std::fs::remove_file(&tmp_path);
             return Err(StoreError::io(&tmp_path, e));
         }
-        let moved = super::hour::lock_hour(&self.table_dir, hour).and_then(|_lock| {
+        let moved = super::hour::lock_hour(table_dir, hour).and_then(|_lock| {
             std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
             std::fs::rename(&tmp_path, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
             sync_dir(&dir);
@@ -441,6 +457,18 @@ fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+/// A random number drawn once per process and put in its files' names: writers on several
+/// machines (enrichers of one consumer group) may share a pid, and on an object store a
+/// second file of the same name would replace the first.
+pub(crate) fn writer_token() -> u32 {
+    static TOKEN: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *TOKEN.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        let _ = getrandom::fill(&mut bytes);
+        u32::from_ne_bytes(bytes)
+    })
 }
 
 /// Whether the process that is writing `path` (its name carries the writer's pid:

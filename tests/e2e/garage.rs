@@ -1,0 +1,168 @@
+//! A real S3-compatible server for the tests that put the store in a bucket: Garage
+//! (`cargo install garage`, which `make test` does once), one single-node server per test on
+//! loopback ports, in the test's own directory, stopped and removed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::kafka::{Running, free_tcp_port, wait_listening};
+use crate::support::{StoreArg, require_tool};
+
+const BUCKET: &str = "hawking";
+/// Garage's key format: `GK` and 24 hex digits, a 64-hex-digit secret.
+const KEY_ID: &str = "GK0123456789abcdef01234567";
+const SECRET: &str = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7";
+
+/// A running Garage with bucket `hawking` and a key that may read and write it.
+pub struct Garage {
+    _server: Running,
+    config: PathBuf,
+    endpoint: String,
+    /// Where `hawking serve` keeps this machine's state and logs for the test.
+    local: PathBuf,
+}
+
+impl Garage {
+    /// Starts Garage under `dir` and makes its bucket.
+    pub fn start(dir: &Path) -> Garage {
+        require_tool("garage");
+        let (s3, rpc) = (free_tcp_port(), free_tcp_port());
+        let config = dir.join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{meta}\"\n\
+                 data_dir = \"{data}\"\n\
+                 db_engine = \"sqlite\"\n\
+                 replication_factor = 1\n\
+                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_public_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_secret = \"{secret}\"\n\
+                 [s3_api]\n\
+                 s3_region = \"us-east-1\"\n\
+                 api_bind_addr = \"127.0.0.1:{s3}\"\n",
+                meta = dir.join("garage-meta").display(),
+                data = dir.join("garage-data").display(),
+                secret = "7e57".repeat(16),
+            ),
+        )
+        .unwrap();
+        let server = Command::new("garage")
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("garage.log")).unwrap())
+            .spawn()
+            .expect("start garage");
+        let server = Running(server);
+        wait_listening(s3, "garage");
+        let garage = Garage {
+            _server: server,
+            config,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            local: dir.join("hawking-local"),
+        };
+        let node = garage.cli_until_ok(&["node", "id", "-q"]);
+        let node = node.trim().split('@').next().unwrap().to_string();
+        garage.cli(&["layout", "assign", "-z", "test", "-c", "1G", &node]);
+        garage.cli(&["layout", "apply", "--version", "1"]);
+        garage.cli(&["bucket", "create", BUCKET]);
+        garage.cli(&["key", "import", "--yes", "-n", "hawking", KEY_ID, SECRET]);
+        garage.cli(&[
+            "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", "hawking",
+        ]);
+        garage
+    }
+
+    /// The store at `prefix` of the bucket.
+    pub fn store(&self, prefix: &str) -> S3Store {
+        S3Store {
+            url: format!("s3://{BUCKET}/{prefix}"),
+            env: self.env(),
+            local: self.local.join(prefix),
+        }
+    }
+
+    /// The environment that points an S3 client at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Runs the `garage` command against this server; fails the test when it fails.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("garage")
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "garage {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// As `cli`, retried while the server is still starting its RPC.
+    fn cli_until_ok(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("garage")
+                .arg("-c")
+                .arg(&self.config)
+                .args(args)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "garage {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A store in a bucket of a test's Garage, as `hawking` commands are pointed at it.
+pub struct S3Store {
+    url: String,
+    env: Vec<(String, String)>,
+    local: PathBuf,
+}
+
+impl StoreArg for S3Store {
+    fn location(&self) -> std::ffi::OsString {
+        self.url.clone().into()
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        self.env.clone()
+    }
+
+    fn local_dir(&self) -> Option<PathBuf> {
+        std::fs::create_dir_all(&self.local).unwrap();
+        Some(self.local.clone())
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.local_dir().unwrap()
+    }
+}
