@@ -148,6 +148,15 @@ pub struct S3Store {
     local: PathBuf,
 }
 
+impl S3Store {
+    /// The same store, with `hawking serve`'s state in `dir` (a second process beside the
+    /// first keeps its own).
+    pub fn with_local_dir(mut self, dir: &Path) -> S3Store {
+        self.local = dir.to_path_buf();
+        self
+    }
+}
+
 impl StoreArg for S3Store {
     fn location(&self) -> std::ffi::OsString {
         self.url.clone().into()

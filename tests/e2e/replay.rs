@@ -14,7 +14,9 @@ use hawking_schemas::ip::parse_ip;
 use serde_json::json;
 
 use crate::pgwire::pg::{PASSWORD, USER, pg_section, psql, start_with_pg, stdout};
-use crate::support::{hawking_bin, kill_after_line, rfc3339, send_ipfix, sql, sql_i64};
+use crate::support::{
+    StoreArg, hawking_bin, hawking_over, kill_after_line, rfc3339, send_ipfix, sql, sql_i64,
+};
 
 /// 2026-11-20T00:00:00Z.
 pub(crate) const DAY: i64 = 1_795_132_800;
@@ -70,12 +72,10 @@ pub(crate) fn flow_to_the_web(i: i64, start: i64, duration: i64, src: &str) -> F
     }
 }
 
-pub(crate) fn import(data: &Path, file: &Path, until: i64) {
-    let out = Command::new(hawking_bin())
-        .args(["history", "import"])
+pub(crate) fn import(data: &(impl StoreArg + ?Sized), file: &Path, until: i64) {
+    let out = hawking_over(data, &["history", "import"])
         .arg(file)
-        .args(["--cluster", "prod", "--until", &rfc3339(until), "--data"])
-        .arg(data)
+        .args(["--cluster", "prod", "--until", &rfc3339(until)])
         .output()
         .unwrap();
     assert!(

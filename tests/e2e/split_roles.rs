@@ -14,7 +14,7 @@ use rdkafka::producer::DefaultProducerContext;
 
 use crate::kafka::{flows, free_tcp_port, tansu_with_topics};
 use crate::replay::{DAY, import, recording};
-use crate::support::{Hawking, send_ipfix, sql, sql_i64};
+use crate::support::{Hawking, StoreArg, send_ipfix, sql, sql_i64};
 
 const EXPORTERS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
 const TOPIC: &str = "hawking.raw";
@@ -40,14 +40,14 @@ fn config(tmp: &Path, brokers: &str) -> PathBuf {
 }
 
 /// A store at `data` holding the pod's history.
-fn store(tmp: &Path, data: &Path) {
+fn store(tmp: &Path, data: &(impl StoreArg + ?Sized)) {
     let pods = tmp.join("pods.json");
     recording(&pods);
     import(data, &pods, DAY + 7 * 86_400);
 }
 
 /// What a store says of its flows, one line per group, each flow counted once.
-fn summary(data: &Path) -> Vec<String> {
+fn summary(data: &(impl StoreArg + ?Sized)) -> Vec<String> {
     sql(
         data,
         "SELECT exporter, src_attribution, src_workload, dst_attribution, count(*) AS n, \
@@ -81,7 +81,7 @@ fn args(config: &Path, role: &'static str) -> [String; 4] {
     ]
 }
 
-fn start(data: &Path, args: &[String; 4]) -> Hawking {
+fn start(data: &(impl StoreArg + ?Sized), args: &[String; 4]) -> Hawking {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Hawking::start(data, &args)
 }
@@ -101,16 +101,16 @@ fn all_in_one(tmp: &Path, config: &Path) -> PathBuf {
     whole
 }
 
-fn flows_stored(data: &Path) -> i64 {
+fn flows_stored(data: &(impl StoreArg + ?Sized)) -> i64 {
     sql_i64(data, "SELECT count(*) FROM flows")
 }
 
-fn distinct_flows(data: &Path) -> i64 {
+fn distinct_flows(data: &(impl StoreArg + ?Sized)) -> i64 {
     sql_i64(data, "SELECT count(DISTINCT bytes) FROM flows")
 }
 
 /// Waits until `data` holds every flow of the test once at least (or a minute has passed).
-fn wait_for_every_flow(data: &Path) {
+fn wait_for_every_flow(data: &(impl StoreArg + ?Sized)) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while distinct_flows(data) < TOTAL && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(250));
@@ -124,19 +124,41 @@ fn flows_written(h: &Hawking) -> f64 {
 #[test]
 fn a_collector_and_two_enrichers_store_what_one_process_does() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_tcp_port();
-    let _broker = tansu_with_topics(port, port, &tmp.path().join("tansu.log"), &[TOPIC]);
-    let config = config(tmp.path(), &format!("127.0.0.1:{port}"));
-    let whole = all_in_one(tmp.path(), &config);
     let split = tmp.path().join("split");
-    store(tmp.path(), &split);
-    let collector = start(&tmp.path().join("collector"), &args(&config, "collector"));
-    let first = start(&split, &args(&config, "enricher"));
-    let second = start(&split, &args(&config, "enricher"));
+    two_enrichers_store_what_one_process_does(tmp.path(), &split, &split);
+}
+
+/// The same with the two enrichers writing one bucket of an S3 server, each with its own
+/// local directory.
+#[test]
+fn two_enrichers_writing_one_bucket_store_what_one_process_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let garage = crate::garage::Garage::start(tmp.path());
+    let (first, second) = (garage.store("split"), garage.store("split"));
+    two_enrichers_store_what_one_process_does(
+        tmp.path(),
+        &first.with_local_dir(&tmp.path().join("first")),
+        &second.with_local_dir(&tmp.path().join("second")),
+    );
+}
+
+fn two_enrichers_store_what_one_process_does(
+    tmp: &Path,
+    split: &(impl StoreArg + ?Sized),
+    second_split: &(impl StoreArg + ?Sized),
+) {
+    let port = free_tcp_port();
+    let _broker = tansu_with_topics(port, port, &tmp.join("tansu.log"), &[TOPIC]);
+    let config = config(tmp, &format!("127.0.0.1:{port}"));
+    let whole = all_in_one(tmp, &config);
+    store(tmp, split);
+    let collector = start(&tmp.join("collector"), &args(&config, "collector"));
+    let first = start(split, &args(&config, "enricher"));
+    let second = start(second_split, &args(&config, "enricher"));
     // Both enrichers in the group before the flows come, so both take partitions.
     std::thread::sleep(Duration::from_secs(4));
     send(collector.netflow, 0..TOTAL);
-    wait_for_every_flow(&split);
+    wait_for_every_flow(split);
     collector.stop();
     let (a, b) = (flows_written(&first), flows_written(&second));
     first.stop();
@@ -145,9 +167,9 @@ fn a_collector_and_two_enrichers_store_what_one_process_does() {
         a > 0.0 && b > 0.0,
         "both enrichers took partitions ({a}, {b})"
     );
-    assert_eq!(flows_stored(&split), TOTAL, "every flow once");
+    assert_eq!(flows_stored(split), TOTAL, "every flow once");
     assert_eq!(
-        summary(&split),
+        summary(split),
         summary(&whole),
         "the same flows, attributed the same"
     );
