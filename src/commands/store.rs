@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use hawking_query::store::compact::compact_closed;
 use hawking_query::store::layout::TimeRange;
+use hawking_query::store::maintenance::CommandLease;
 use hawking_query::store::retention::prune;
 use hawking_query::store::stats::hour_stats;
 use hawking_query::{StoreConfig, StoreRoot};
@@ -224,14 +225,12 @@ fn compact(args: CompactArgs) -> anyhow::Result<()> {
             h.bytes_out
         );
     };
-    let pass = runtime()?.block_on(compact_closed(
-        &store,
-        &config,
-        now_micros(),
-        before,
-        &stop,
-        &mut on_hour,
-    ))?;
+    let pass = runtime()?.block_on(async {
+        let lease = CommandLease::take(&store).await?;
+        let pass = compact_closed(&store, &config, now_micros(), before, &stop, &mut on_hour).await;
+        lease.release().await?;
+        pass
+    })?;
     eprintln!(
         "{} hours compacted{}",
         pass.hours.len(),
@@ -275,7 +274,12 @@ fn prune_now(args: PruneArgs) -> anyhow::Result<()> {
         None => now_micros(),
     };
     let stop = AtomicBool::new(false);
-    let pass = runtime()?.block_on(prune(&store, &retention, now, &stop))?;
+    let pass = runtime()?.block_on(async {
+        let lease = CommandLease::take(&store).await?;
+        let pass = prune(&store, &retention, now, &stop).await;
+        lease.release().await?;
+        pass
+    })?;
     for h in &pass.hours {
         eprintln!(
             "pruned hour {} of {}: {} rows, {} kept",

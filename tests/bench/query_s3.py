@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from query_top_workloads import DAY, free_port, hawking_query, run_hawking_sql, windows  # noqa: E402
@@ -85,7 +86,9 @@ def upload(store, s3_port, prefix):
                 [
                     "curl", "-sf", "-X", "PUT", "--aws-sigv4", f"aws:amz:{REGION}:s3",
                     "--user", f"{KEY_ID}:{SECRET}", "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD",
-                    "--upload-file", path, f"http://127.0.0.1:{s3_port}/{BUCKET}/{key}",
+                    # SigV4 signs the path as sent: '=' of date=/hour= goes percent-encoded.
+                    "--upload-file", path,
+                    f"http://127.0.0.1:{s3_port}/{BUCKET}/{urllib.parse.quote(key, safe='/')}",
                 ],
                 check=True,
             )

@@ -257,3 +257,68 @@ fn prune_drops_exactly_the_expired_hours() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("flows"));
 }
+
+/// In a bucket one process maintains the store: `hawking store compact` is refused while a
+/// `serve` holds the maintenance lease, and works once that `serve` has stopped and given it
+/// back.
+#[test]
+fn in_a_bucket_store_compact_waits_for_the_serve_that_maintains_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let garage = crate::garage::Garage::start(tmp.path());
+    let data = garage.store("lease");
+    let config = tmp.path().join("hawking.toml");
+    // Passes every second; no hour is closed yet, so the serve compacts nothing itself.
+    std::fs::write(
+        &config,
+        "[store.compaction]\nsettle_secs = 86400000\ninterval_secs = 1\n",
+    )
+    .unwrap();
+    let hawking = Hawking::start(&data, &["--config", config.to_str().unwrap()]);
+    send_ipfix(hawking.netflow, "127.0.0.1", &flows(2, 100, 0));
+    hawking.wait_metric(
+        "hawking_store_rows_written_total",
+        &[("table", "flows")],
+        200.0,
+    );
+    send_ipfix(hawking.netflow, "127.0.0.1", &flows(2, 100, 1));
+    hawking.wait_metric(
+        "hawking_store_rows_written_total",
+        &[("table", "flows")],
+        400.0,
+    );
+    // The serve's first pass takes the lease: one interval, then 5 s to read it back.
+    std::thread::sleep(Duration::from_secs(8));
+    let compact = || {
+        hawking_over(
+            &data,
+            &["store", "compact", "--before", &rfc3339(DAY + 2 * 3600)],
+        )
+        .output()
+        .unwrap()
+    };
+    let refused = compact();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("another process maintains this store"),
+        "{err}"
+    );
+    assert!(
+        flow_hours(&data).iter().all(|h| h.1 == 0),
+        "nothing compacted"
+    );
+    hawking.stop();
+    let done = compact();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let hours = flow_hours(&data);
+    assert_eq!(
+        hours,
+        vec![(1, 1, 200), (1, 1, 200)],
+        "both hours merged, every row kept"
+    );
+    assert_eq!(sql_i64(&data, "SELECT count(*) FROM flows"), 400);
+}

@@ -208,7 +208,10 @@ pub async fn compact_hour(
         });
     }
     let replaced = replacement.commit().await?;
-    let _ = dir.clean_up().await;
+    // What earlier replacements left; failing here leaves it for the next pass.
+    if let Err(e) = dir.clean_up().await {
+        tracing::warn!(table = %dir, error = %e, "could not delete what replacements left");
+    }
     Ok(Some(HourCompacted {
         table: Some(table),
         hour_us,

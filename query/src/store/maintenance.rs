@@ -143,19 +143,49 @@ impl Worker {
             runtime.block_on(self.pass());
             next = Instant::now() + interval;
         }
+        // Given back, so that another process (or `hawking store compact`) may maintain the
+        // store at once rather than after the lease goes stale.
+        if let Some(lease) = self.lease.take().filter(|l| l.held)
+            && let Err(e) = runtime.block_on(lease.root.delete_small(LEASE_NAME))
+        {
+            tracing::warn!(error = %e, "could not give the store's maintenance lease back");
+        }
     }
 
+    /// One pass; on an object store only while this process holds the lease, renewed
+    /// every [`LEASE_RENEW`] during the pass, which is abandoned (safely: nothing is
+    /// visible before a marker's PUT) as soon as the lease is lost.
     async fn pass(&mut self) {
-        if let Some(lease) = &mut self.lease {
-            match lease.hold().await {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
-                    self.component.error("lease_failed", &e);
-                    return;
-                }
+        let Some(mut lease) = self.lease.take() else {
+            self.upkeep().await;
+            return;
+        };
+        match lease.hold().await {
+            Ok(true) => {
+                let renewals = async {
+                    loop {
+                        tokio::time::sleep(LEASE_RENEW).await;
+                        match lease.hold().await {
+                            Ok(true) => {}
+                            Ok(false) => break,
+                            Err(e) => {
+                                self.component.error("lease_failed", &e);
+                                break;
+                            }
+                        }
+                    }
+                };
+                let upkeep = self.upkeep();
+                futures::pin_mut!(renewals, upkeep);
+                futures::future::select(upkeep, renewals).await;
             }
+            Ok(false) => {}
+            Err(e) => self.component.error("lease_failed", &e),
         }
+        self.lease = Some(lease);
+    }
+
+    async fn upkeep(&self) {
         if self.compaction.enabled {
             let mut on_hour = |h: &super::compact::HourCompacted| {
                 let table = h.table.map(|t| t.name()).unwrap_or_default();
@@ -215,6 +245,9 @@ impl Worker {
 /// How long a lease stays the holder's without renewal: longer than a pass takes.
 const LEASE_SECS: i64 = 1800;
 
+/// How often the holder renews the lease during a pass.
+const LEASE_RENEW: Duration = Duration::from_secs(60);
+
 /// How long a process waits after writing the lease before reading it back: longer than a
 /// competitor's read-then-write can take, so that of two writers both see the last one.
 const LEASE_SETTLE: Duration = Duration::from_secs(5);
@@ -224,6 +257,36 @@ const LEASE_NAME: &str = ".maintenance-lease.json";
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LeaseBody {
     holder: String,
+}
+
+/// The lease a command (`hawking store compact|prune`) holds while it maintains a store:
+/// on an object store, taken as `hawking serve` takes it, and refused while another process
+/// holds it; nothing on a local store, whose hours are locked one by one.
+pub struct CommandLease(Option<Lease>);
+
+impl CommandLease {
+    /// Takes the store's lease, or says who holds it.
+    pub async fn take(root: &StoreRoot) -> Result<CommandLease, StoreError> {
+        let StoreRoot::Object(object) = root else {
+            return Ok(CommandLease(None));
+        };
+        let mut lease = Lease::new(object.clone());
+        if lease.hold().await? {
+            Ok(CommandLease(Some(lease)))
+        } else {
+            Err(StoreError::Maintained {
+                location: root.to_string(),
+            })
+        }
+    }
+
+    /// Gives the lease back, so that a `serve` may take it at once.
+    pub async fn release(self) -> Result<(), StoreError> {
+        match self.0 {
+            Some(lease) => lease.root.delete_small(LEASE_NAME).await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// This process's claim to maintain an object store; see the module documentation.

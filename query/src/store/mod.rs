@@ -123,6 +123,11 @@ pub enum StoreError {
     },
     #[error("{location}: not a replacement marker Hawking wrote: {why}")]
     BadMarker { location: String, why: String },
+    #[error(
+        "{location}: another process maintains this store (its lease, .maintenance-lease.json, \
+         was renewed within 30 minutes); stop it, or let it compact and prune"
+    )]
+    Maintained { location: String },
     #[error("{what} needs a store on the local file system; {location} is on an object store")]
     NeedsLocalStore { what: String, location: String },
     #[error("zstd level {level}: {source}")]

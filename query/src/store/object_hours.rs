@@ -2,14 +2,16 @@
 //! compaction and retention replace an hour's files in one step on a store that has no
 //! rename.
 //!
-//! How: the replacement's new files are uploaded beside the old ones, invisible because a
-//! file compaction wrote (`compacted-…`) counts only when a marker names it; then one small
-//! object, the marker (`hour=HH/.replace-<µs>-<token>.json`), lists the files it adds and
-//! those it removes. Its PUT is the step: before it a query sees the old files, after it the
-//! new ones, never both (a removed file is hidden by every marker that names it) and never
-//! neither. A crash before the marker leaves invisible uploads, after it hidden old files;
-//! [`clean_up`] deletes both once no query can still be reading them, and a marker once none
-//! of the objects it names is left.
+//! How: the replacement's new files are uploaded beside the old ones under names that count
+//! only once a marker names them (`compacted-upload-…`); then one small object, the marker
+//! (`hour=HH/.replace-<µs>-<token>.json`), lists the files it adds and those it removes. Its
+//! PUT is the step: before it a query sees the old files, after it the new ones, never both
+//! and never neither. Markers are in force in name order, and one that removes a file an
+//! earlier marker in force already removed is void (its files never count): of two
+//! replacements of the same files that both got their marker in, one counts. A crash before
+//! the marker leaves uploads nothing names, after it hidden old files; [`clean_up`] deletes
+//! both once no query can still be reading them, and a marker once none of the objects it
+//! names is left.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -28,6 +30,11 @@ use super::{DataFile, StoreError};
 
 /// Name prefix of replacement markers (hidden from other engines' `*.parquet` globs).
 const MARKER_PREFIX: &str = ".replace-";
+
+/// Name prefix of a replacement's uploads: they count only when a marker in force adds
+/// them. (A compacted file copied in from a local store, `compacted-<digits>…`, is a plain
+/// file.)
+const UPLOAD_PREFIX: &str = "compacted-upload-";
 
 /// How long an upload no marker names is kept: a replacement still uploading its files.
 const UNCLAIMED_KEEP_SECS: i64 = 86_400;
@@ -52,10 +59,27 @@ fn name_of(meta: &ObjectMeta) -> &str {
     meta.location.filename().unwrap_or_default()
 }
 
+/// Of `markers` (with their object names), those in force: in name order, each that removes
+/// nothing an earlier one in force removed.
+fn in_force<'a>(markers: &[(&ObjectMeta, &'a Marker)]) -> Vec<&'a Marker> {
+    let mut ordered: Vec<&(&ObjectMeta, &Marker)> = markers.iter().collect();
+    ordered.sort_by_key(|(meta, _)| name_of(meta).to_string());
+    let mut removed: HashSet<&str> = HashSet::new();
+    let mut out = Vec::new();
+    for (_, marker) in ordered {
+        if marker.removes.iter().any(|r| removed.contains(r.as_str())) {
+            continue;
+        }
+        removed.extend(marker.removes.iter().map(String::as_str));
+        out.push(*marker);
+    }
+    out
+}
+
 impl HourObjects {
-    /// The files a query reads, given the hour's markers: every data file no marker removes,
-    /// a compacted one only when a marker adds it.
-    fn visible(&self, markers: &[Marker]) -> Vec<&ObjectMeta> {
+    /// The files a query reads, given the markers in force: every data file none of them
+    /// removes, an upload only when one of them adds it.
+    fn visible(&self, markers: &[&Marker]) -> Vec<&ObjectMeta> {
         let removed: HashSet<&str> = markers
             .iter()
             .flat_map(|m| m.removes.iter().map(String::as_str))
@@ -69,7 +93,7 @@ impl HourObjects {
             .filter(|f| {
                 let name = name_of(f);
                 !removed.contains(name)
-                    && (!name.starts_with(COMPACTED_PREFIX) || added.contains(name))
+                    && (!name.starts_with(UPLOAD_PREFIX) || added.contains(name))
             })
             .collect()
     }
@@ -170,26 +194,37 @@ pub(crate) async fn list_visible(
     dir: &ObjectPath,
     range: TimeRange,
 ) -> Result<Vec<DataFile>, StoreError> {
-    let mut files = Vec::new();
-    for (hour, (_, objects)) in hours_in(root, dir, range).await? {
-        let markers: Vec<Marker> = read_markers(root, &objects)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
-        let mut in_hour: Vec<DataFile> = objects
-            .visible(&markers)
-            .into_iter()
-            .map(|meta| DataFile {
-                path: PathBuf::from(meta.location.as_ref()),
-                size: meta.size,
-                partition_start_us: hour,
-            })
-            .collect();
-        in_hour.sort_by(|a, b| a.path.cmp(&b.path));
-        files.extend(in_hour);
+    // A marker listed but gone when read was cleaned up meanwhile, with files it named:
+    // the listing is out of date, so it is taken again.
+    let mut attempts = 0;
+    'listing: loop {
+        attempts += 1;
+        let mut files = Vec::new();
+        for (hour, (_, objects)) in hours_in(root, dir, range).await? {
+            let read = read_markers(root, &objects).await?;
+            if read.iter().any(Option::is_none) && attempts < 5 {
+                continue 'listing;
+            }
+            let pairs: Vec<(&ObjectMeta, &Marker)> = objects
+                .markers
+                .iter()
+                .zip(&read)
+                .filter_map(|(meta, m)| Some((meta, m.as_ref()?)))
+                .collect();
+            let mut in_hour: Vec<DataFile> = objects
+                .visible(&in_force(&pairs))
+                .into_iter()
+                .map(|meta| DataFile {
+                    path: PathBuf::from(meta.location.as_ref()),
+                    size: meta.size,
+                    partition_start_us: hour,
+                })
+                .collect();
+            in_hour.sort_by(|a, b| a.path.cmp(&b.path));
+            files.extend(in_hour);
+        }
+        return Ok(files);
     }
-    Ok(files)
 }
 
 /// The hour prefix of the table at `dir` holding the partition that starts at `hour_us`.
@@ -238,9 +273,25 @@ impl ObjectReplacement {
 
     /// Uploads the new files, then makes them replace the old ones in one PUT (the marker).
     /// Files that arrived meanwhile stay. If one of the replaced files is no longer visible
-    /// (another replacement got there first), nothing is made visible.
+    /// just before the marker would go in (another replacement got there first), nothing is
+    /// made visible.
     pub async fn commit(self) -> Result<Replaced, StoreError> {
         let root = &self.root;
+        let prefix = hour_prefix(&self.table_dir, self.hour_us);
+        let mut adds: Vec<String> = Vec::new();
+        let entries = std::fs::read_dir(self.staging.path())
+            .map_err(|e| StoreError::io(self.staging.path(), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(self.staging.path(), e))?;
+            let staged = entry.file_name().to_string_lossy().into_owned();
+            let name = format!(
+                "{UPLOAD_PREFIX}{}",
+                staged.strip_prefix(COMPACTED_PREFIX).unwrap_or(&staged)
+            );
+            upload(root, &entry.path(), &prefix.clone().join(name.as_str())).await?;
+            adds.push(name);
+        }
+        adds.sort();
         let range = TimeRange {
             start_us: Some(self.hour_us),
             end_us: Some(self.hour_us + HOUR_US - 1),
@@ -251,21 +302,11 @@ impl ObjectReplacement {
             .map(|f| f.path)
             .collect();
         if let Some(gone) = self.replaces.iter().find(|f| !now.contains(f)) {
+            // The uploads are named by no marker: clean_up deletes them.
             return Err(StoreError::ConcurrentReplace {
                 path: gone.display().to_string(),
             });
         }
-        let prefix = hour_prefix(&self.table_dir, self.hour_us);
-        let mut adds: Vec<String> = Vec::new();
-        let entries = std::fs::read_dir(self.staging.path())
-            .map_err(|e| StoreError::io(self.staging.path(), e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| StoreError::io(self.staging.path(), e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            upload(root, &entry.path(), &prefix.clone().join(name.as_str())).await?;
-            adds.push(name);
-        }
-        adds.sort();
         let marker = Marker {
             adds,
             removes: self
@@ -285,13 +326,14 @@ impl ObjectReplacement {
             .await
             .map_err(|e| root.error(e))?;
         Ok(Replaced {
-            kept_arrivals: now.len() - self.replaces.len(),
+            kept_arrivals: now.len().saturating_sub(self.replaces.len()),
             retired: None,
         })
     }
 }
 
 /// Uploads the local file at `from` to `to`, in parts (a compacted hour may be gigabytes).
+/// A failed upload is aborted, so that no parts are left behind.
 async fn upload(root: &ObjectRoot, from: &Path, to: &ObjectPath) -> Result<(), StoreError> {
     use tokio::io::AsyncReadExt;
     const PART: usize = 16 << 20;
@@ -317,60 +359,67 @@ async fn upload(root: &ObjectRoot, from: &Path, to: &ObjectPath) -> Result<(), S
             break;
         }
         writer.write(&buf[..n]);
-        writer
-            .wait_for_capacity(4)
-            .await
-            .map_err(|e| root.error(e))?;
+        if let Err(e) = writer.wait_for_capacity(4).await {
+            let _ = writer.abort().await;
+            return Err(root.error(e));
+        }
     }
     writer.finish().await.map_err(|e| root.error(e))?;
     Ok(())
 }
 
-/// Deletes what replacements of the table at `dir` left: files a marker removed, once
-/// [`RETIRED_KEEP_SECS`] have passed since the marker (queries that listed them before
-/// have finished); uploads no marker names, after a day (a replacement that crashed); and
-/// markers none of whose objects is left. Returns how many objects were deleted.
-/// `now_us` is the moment ages are measured at.
+/// Deletes what replacements of the table at `dir` left, as of `now_us`: files a marker in
+/// force removed, once [`RETIRED_KEEP_SECS`] have passed since the marker (queries that
+/// listed them before have finished); uploads no marker in force adds, after a day (a
+/// replacement that crashed or lost a race); and markers none of whose objects is left.
+/// Returns how many objects were deleted.
 pub(crate) async fn clean_up(
     root: &ObjectRoot,
     dir: &ObjectPath,
     now_us: i64,
 ) -> Result<usize, StoreError> {
-    let now = now_us;
     let mut deleted = 0;
     for (_, (prefix, objects)) in hours_in(root, dir, TimeRange::ALL).await? {
         if objects.markers.is_empty()
             && !objects
                 .files
                 .iter()
-                .any(|f| name_of(f).starts_with(COMPACTED_PREFIX))
+                .any(|f| name_of(f).starts_with(UPLOAD_PREFIX))
         {
             continue;
         }
-        let markers = read_markers(root, &objects).await?;
+        let read = read_markers(root, &objects).await?;
+        let pairs: Vec<(&ObjectMeta, &Marker)> = objects
+            .markers
+            .iter()
+            .zip(&read)
+            .filter_map(|(meta, m)| Some((meta, m.as_ref()?)))
+            .collect();
+        let valid = in_force(&pairs);
         let existing: HashSet<&str> = objects.files.iter().map(name_of).collect();
         let mut doomed: Vec<ObjectPath> = Vec::new();
-        let mut named: HashSet<&str> = HashSet::new();
-        for (meta, marker) in objects.markers.iter().zip(&markers) {
-            let Some(marker) = marker else { continue };
-            let settled = age_secs(meta, now) >= RETIRED_KEEP_SECS as i64;
-            for removed in &marker.removes {
-                if !existing.contains(removed.as_str()) {
-                    continue;
-                }
+        let mut claimed: HashSet<&str> = HashSet::new();
+        for (meta, marker) in &pairs {
+            if !valid.iter().any(|v| std::ptr::eq(*v, *marker)) {
+                continue;
+            }
+            let settled = age_secs(meta, now_us) >= RETIRED_KEEP_SECS as i64;
+            for removed in marker
+                .removes
+                .iter()
+                .filter(|r| existing.contains(r.as_str()))
+            {
                 if settled {
                     doomed.push(prefix.clone().join(removed.as_str()));
-                } else {
-                    named.insert(removed);
                 }
             }
-            named.extend(marker.adds.iter().map(String::as_str));
+            claimed.extend(marker.adds.iter().map(String::as_str));
         }
         for file in &objects.files {
             let name = name_of(file);
-            if name.starts_with(COMPACTED_PREFIX)
-                && !named.contains(name)
-                && age_secs(file, now) >= UNCLAIMED_KEEP_SECS
+            if name.starts_with(UPLOAD_PREFIX)
+                && !claimed.contains(name)
+                && age_secs(file, now_us) >= UNCLAIMED_KEEP_SECS
             {
                 doomed.push(file.location.clone());
             }
@@ -380,8 +429,7 @@ pub(crate) async fn clean_up(
             .iter()
             .filter_map(|p| p.filename().map(str::to_string))
             .collect();
-        for (meta, marker) in objects.markers.iter().zip(&markers) {
-            let Some(marker) = marker else { continue };
+        for (meta, marker) in &pairs {
             let left = marker
                 .adds
                 .iter()
@@ -392,11 +440,11 @@ pub(crate) async fn clean_up(
             }
         }
         for location in doomed {
-            match root.store().delete(&location).await {
-                Ok(()) => deleted += 1,
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(root.error(e)),
-            }
+            root.store()
+                .delete(&location)
+                .await
+                .map_err(|e| root.error(e))?;
+            deleted += 1;
         }
     }
     Ok(deleted)
@@ -552,14 +600,26 @@ mod tests {
             .bytes()
             .await
             .unwrap();
-        let orphan =
-            hour_prefix(&dir, H).join(format!("{COMPACTED_PREFIX}crashed.parquet").as_str());
+        let hour = hour_prefix(&dir, H);
+        let orphan = hour
+            .clone()
+            .join(format!("{UPLOAD_PREFIX}crashed.parquet").as_str());
         root.store()
-            .put(&orphan, PutPayload::from(bytes))
+            .put(&orphan, PutPayload::from(bytes.clone()))
             .await
             .unwrap();
         assert_eq!(visible(&store).await.len(), 2);
         assert_eq!(count(&store).await, 200);
+        // A compacted file copied in from a local store is a plain file.
+        let copied =
+            hour.join(format!("{COMPACTED_PREFIX}1796000000000000-1-0000.parquet").as_str());
+        root.store()
+            .put(&copied, PutPayload::from(bytes))
+            .await
+            .unwrap();
+        assert_eq!(visible(&store).await.len(), 3);
+        assert_eq!(count(&store).await, 300);
+        root.store().delete(&copied).await.unwrap();
         let now = now_micros();
         assert_eq!(clean_up(&root, &dir, now + KEEP_US * 2).await.unwrap(), 0);
         let day = UNCLAIMED_KEEP_SECS * 1_000_000;
@@ -586,6 +646,62 @@ mod tests {
         // The first removed both files and added nothing (a retention's replacement).
         assert!(visible(&store).await.is_empty());
         assert_eq!(count(&store).await, 0);
+    }
+
+    #[tokio::test]
+    async fn of_two_markers_that_remove_the_same_file_only_the_first_counts() {
+        let (store, root, dir) = bucket();
+        flushes(&store, 2);
+        let files = store.table(Table::Flows).hour_files(H).await.unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let first = root
+            .store()
+            .get(&ObjectPath::from(files[0].to_string_lossy().as_ref()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let hour = hour_prefix(&dir, H);
+        // Two merges of the same two files (each holding the first file's rows, to tell
+        // them apart from the originals), both of whose markers got in: "b" is named later.
+        for which in ["a", "b"] {
+            let upload = format!("{UPLOAD_PREFIX}{which}.parquet");
+            let marker = Marker {
+                adds: vec![upload.clone()],
+                removes: names.clone(),
+            };
+            for (name, body) in [
+                (upload, first.to_vec()),
+                (
+                    format!("{MARKER_PREFIX}100-{which}.json"),
+                    serde_json::to_vec(&marker).unwrap(),
+                ),
+            ] {
+                let location = hour.clone().join(name.as_str());
+                root.store()
+                    .put(&location, PutPayload::from(body))
+                    .await
+                    .unwrap();
+            }
+        }
+        assert_eq!(
+            visible(&store).await,
+            vec![format!("{UPLOAD_PREFIX}a.parquet")]
+        );
+        assert_eq!(count(&store).await, 100);
+        // The void marker's upload is unclaimed: deleted after a day, with the two files
+        // the first marker removed and the void marker itself.
+        let later = now_micros() + UNCLAIMED_KEEP_SECS * 1_000_000 + KEEP_US;
+        assert_eq!(clean_up(&root, &dir, later).await.unwrap(), 4);
+        assert_eq!(
+            visible(&store).await,
+            vec![format!("{UPLOAD_PREFIX}a.parquet")]
+        );
+        assert_eq!(objects(&root).await.len(), 2);
     }
 
     #[tokio::test]

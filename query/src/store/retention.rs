@@ -134,7 +134,10 @@ pub async fn prune(
             Ok(()) | Err(StoreError::Stopped) => {}
             Err(e) => return Err(e),
         }
-        let _ = dir.clean_up().await;
+        // What earlier replacements left; failing here leaves it for the next pass.
+        if let Err(e) = dir.clean_up().await {
+            tracing::warn!(table = %dir, error = %e, "could not delete what replacements left");
+        }
     }
     Ok(pass)
 }

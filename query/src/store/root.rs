@@ -106,6 +106,12 @@ impl StoreRoot {
         if options.allow_http {
             builder = builder.with_allow_http(true);
         }
+        // Every request runs on the store's own I/O runtime, whichever runtime (a query's,
+        // the upkeep's, none) asks: pooled connections then never belong to a runtime that
+        // has stopped or is not being driven.
+        builder = builder.with_http_connector(object_store::client::SpawnedReqwestConnector::new(
+            io_runtime().handle().clone(),
+        ));
         let store = builder.build().map_err(|source| StoreError::ObjectStore {
             location: location.to_string(),
             source,
@@ -322,6 +328,15 @@ impl ObjectRoot {
             .map_err(|e| self.error(e))
     }
 
+    /// Deletes the small object `name` at the store's root.
+    pub(crate) async fn delete_small(&self, name: &str) -> Result<(), StoreError> {
+        let location = self.prefix.clone().join(name);
+        self.store
+            .delete(&location)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
     pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
@@ -491,21 +506,25 @@ impl std::fmt::Display for TableLocation {
 /// store's thread and from commands outside any runtime. One runtime for the process, so
 /// the connections it pools outlive every caller.
 fn run_io<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    io_runtime().spawn(async move {
+        let _ = tx.send(work.await);
+    });
+    rx.recv()
+        .expect("the store's I/O runtime runs every task it is given")
+}
+
+/// The process's runtime for object store I/O, started on first use.
+fn io_runtime() -> &'static tokio::runtime::Runtime {
     static IO: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    let runtime = IO.get_or_init(|| {
+    IO.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("hawking-store-io")
             .enable_all()
             .build()
             .expect("the store's I/O runtime starts")
-    });
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    runtime.spawn(async move {
-        let _ = tx.send(work.await);
-    });
-    rx.recv()
-        .expect("the store's I/O runtime runs every task it is given")
+    })
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! partition's into a Parquet file held in memory (a fraction of the rows' Arrow size, and
 //! the encoding spread over the interval instead of stalling the commit); each commit
 //! writes every partition's file (locally under a hidden name, synced, then renamed; on an
-//! object store in one PUT), so a query never sees a partial file, and a failed write keeps the encoded file for the next commit
-//! instead of losing its rows.
+//! object store in one PUT), so a query never sees a partial file, and a failed write keeps
+//! the encoded file, under the name it was given, for the next commit instead of losing its
+//! rows (a write that did succeed though it was reported failed is then overwritten, not
+//! doubled).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -127,25 +129,33 @@ pub struct PartitionedWriter {
     sequence: u64,
 }
 
+/// A complete file of one partition, waiting to be written.
+struct EncodedFile {
+    /// Chosen once: every attempt writes the same name.
+    name: String,
+    bytes: Vec<u8>,
+    rows: usize,
+}
+
 /// One hour partition's rows not yet committed.
 #[derive(Default)]
 struct Partition {
     /// The file rows are being encoded into.
     encoding: Option<(ArrowWriter<Vec<u8>>, usize)>,
     /// Complete files whose commit failed, with their rows: written again next time.
-    encoded: Vec<(Vec<u8>, usize)>,
+    encoded: Vec<EncodedFile>,
 }
 
 impl Partition {
     fn rows(&self) -> usize {
         self.encoding.as_ref().map_or(0, |(_, rows)| *rows)
-            + self.encoded.iter().map(|(_, rows)| rows).sum::<usize>()
+            + self.encoded.iter().map(|f| f.rows).sum::<usize>()
     }
 
     /// Bytes held in memory.
     fn memory(&self) -> usize {
         self.encoding.as_ref().map_or(0, |(w, _)| w.memory_size())
-            + self.encoded.iter().map(|(b, _)| b.len()).sum::<usize>()
+            + self.encoded.iter().map(|f| f.bytes.len()).sum::<usize>()
     }
 
     fn write(
@@ -166,10 +176,14 @@ impl Partition {
         Ok(())
     }
 
-    /// Completes the file being encoded, which joins those waiting to be written.
-    fn finish(&mut self) -> Result<(), StoreError> {
+    /// Completes the file being encoded, which joins those waiting to be written as `name`.
+    fn finish(&mut self, name: impl FnOnce() -> String) -> Result<(), StoreError> {
         if let Some((writer, rows)) = self.encoding.take() {
-            self.encoded.push((writer.into_inner()?, rows));
+            self.encoded.push(EncodedFile {
+                name: name(),
+                bytes: writer.into_inner()?,
+                rows,
+            });
         }
         Ok(())
     }
@@ -291,9 +305,9 @@ impl PartitionedWriter {
         let mut committed = Vec::new();
         while let Some((&hour, _)) = self.buffered.first_key_value() {
             let mut partition = self.buffered.remove(&hour).expect("key exists");
-            let result = partition.finish().and_then(|()| {
-                while let Some((bytes, rows)) = partition.encoded.first() {
-                    let file = self.write_file(hour, bytes, *rows)?;
+            let result = partition.finish(|| self.next_name()).and_then(|()| {
+                while let Some(encoded) = partition.encoded.first() {
+                    let file = self.write_file(hour, encoded)?;
                     partition.encoded.remove(0);
                     self.buffered_rows -= file.rows;
                     committed.push(file);
@@ -325,33 +339,34 @@ impl PartitionedWriter {
         dropped
     }
 
-    /// Writes one encoded file of the partition at `hour` and makes it visible.
-    fn write_file(
-        &mut self,
-        hour: i64,
-        bytes: &[u8],
-        rows: usize,
-    ) -> Result<CommittedFile, StoreError> {
+    /// A new file's name, unique across processes and machines.
+    fn next_name(&mut self) -> String {
         self.sequence += 1;
-        let name = format!(
+        format!(
             "part-{}-{}-{:06}-{:08x}.parquet",
             hawking_schemas::time::now_micros(),
             std::process::id(),
             self.sequence,
             writer_token()
-        );
+        )
+    }
+
+    /// Writes one encoded file of the partition at `hour` and makes it visible.
+    fn write_file(&self, hour: i64, file: &EncodedFile) -> Result<CommittedFile, StoreError> {
+        let EncodedFile { name, bytes, rows } = file;
+        let (name, rows) = (name.as_str(), *rows);
         let table_dir = match &self.table {
             TableLocation::Local(dir) => dir,
             TableLocation::Object { root, dir } => {
                 return Ok(CommittedFile {
-                    path: root.put_file(dir, hour, &name, bytes)?,
+                    path: root.put_file(dir, hour, name, bytes)?,
                     rows,
                     bytes: bytes.len() as u64,
                 });
             }
         };
         let dir = partition_dir(table_dir, hour);
-        let final_path = dir.join(&name);
+        let final_path = dir.join(name);
         // Written outside the hour's directory, which a replacement may exchange meanwhile
         // (super::hour), and moved in under the hour's lock.
         let staging = table_dir.join(STAGING_DIR);
