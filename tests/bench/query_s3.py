@@ -97,6 +97,20 @@ def upload(store, s3_port, prefix):
     return files, size
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds the process `pid` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu():
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("store")
@@ -126,25 +140,33 @@ def main():
             AWS_REGION=REGION,
         )
         bucket = f"s3://{BUCKET}/store"
-        print("| window | local disk: best / median s | S3 (Garage): best / median s | S3 / local (median) | same answer |")
-        print("|---|---|---|---|---|")
+        print(
+            "| window | local disk: best / median s | S3 (Garage): best / median s | S3 / local (median) "
+            "| CPU-s per query, local | CPU-s per query on S3: hawking + Garage | same answer |"
+        )
+        print("|---|---|---|---|---|---|---|")
         for name, window in windows(args.day_start).items():
             sql = hawking_query(window)
             run = lambda at: run_hawking_sql(args.hawking, at, sql)
             want, got = run(store), run(bucket)  # warm-up, not counted
             local, remote = [], []
+            cpu = {store: 0.0, bucket: 0.0, "garage": 0.0}
             for _ in range(args.runs):
                 for at, times in ((store, local), (bucket, remote)):
+                    c, g = children_cpu(), cpu_seconds(proc.pid)
                     t = time.perf_counter()
                     rows = run(at)
                     times.append(time.perf_counter() - t)
+                    cpu[at] += children_cpu() - c
                     if at == bucket:
                         got = rows
+                        cpu["garage"] += cpu_seconds(proc.pid) - g
             ratio = statistics.median(remote) / statistics.median(local)
             print(
                 f"| {name} | {min(local):.2f} / {statistics.median(local):.2f} | "
                 f"{min(remote):.2f} / {statistics.median(remote):.2f} | {ratio:.2f}x | "
-                f"{'yes' if got == want and want else 'NO'} |"
+                f"{cpu[store] / args.runs:.2f} | {cpu[bucket] / args.runs:.2f} + "
+                f"{cpu['garage'] / args.runs:.2f} | {'yes' if got == want and want else 'NO'} |"
             )
     finally:
         if proc is not None:
