@@ -16,7 +16,9 @@ const SECRET: &str = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7
 
 /// A running Garage with bucket `hawking` and a key that may read and write it.
 pub struct Garage {
-    _server: Running,
+    server: Option<Running>,
+    dir: PathBuf,
+    s3_port: u16,
     config: PathBuf,
     endpoint: String,
     /// Where `hawking serve` keeps this machine's state and logs for the test.
@@ -48,23 +50,15 @@ impl Garage {
             ),
         )
         .unwrap();
-        let server = Command::new("garage")
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("garage.log")).unwrap())
-            .spawn()
-            .expect("start garage");
-        let server = Running(server);
-        wait_listening(s3, "garage");
-        let garage = Garage {
-            _server: server,
+        let mut garage = Garage {
+            server: None,
+            dir: dir.to_path_buf(),
+            s3_port: s3,
             config,
             endpoint: format!("http://127.0.0.1:{s3}"),
             local: dir.join("hawking-local"),
         };
+        garage.resume();
         let node = garage.cli_until_ok(&["node", "id", "-q"]);
         let node = node.trim().split('@').next().unwrap().to_string();
         garage.cli(&["layout", "assign", "-z", "test", "-c", "1G", &node]);
@@ -75,6 +69,31 @@ impl Garage {
             "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", "hawking",
         ]);
         garage
+    }
+
+    /// Stops the server (SIGKILL): the bucket is unreachable until [`Garage::resume`].
+    pub fn stop(&mut self) {
+        self.server = None;
+    }
+
+    /// Starts the server (again) on its ports, with what it stored.
+    pub fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("garage.log"))
+            .unwrap();
+        let server = Command::new("garage")
+            .arg("-c")
+            .arg(&self.config)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start garage");
+        self.server = Some(Running(server));
+        wait_listening(self.s3_port, "garage");
     }
 
     /// The store at `prefix` of the bucket.
@@ -174,4 +193,64 @@ impl StoreArg for S3Store {
     fn log_dir(&self) -> PathBuf {
         self.local_dir().unwrap()
     }
+}
+
+/// While the bucket is unreachable, `hawking serve` keeps accepting flows (its commits fail
+/// and the rows stay buffered), and stores every one of them once the service is back.
+#[test]
+fn flows_accepted_while_the_bucket_is_unreachable_are_stored_once_it_is_back() {
+    use crate::support::{Hawking, send_ipfix, sql_i64};
+    use hawking_schemas::flow::FlowRecord;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut garage = Garage::start(tmp.path());
+    let data = garage.store("outage");
+    let hawking = Hawking::start(&data, &[]);
+    let now = hawking_schemas::time::now_micros();
+    let flows = |from: u16| -> Vec<FlowRecord> {
+        (from..from + 200)
+            .map(|i| FlowRecord {
+                flow_start: now,
+                flow_end: now + 1_000_000,
+                src_ip: hawking_schemas::ip::parse_ip("10.1.0.1").unwrap(),
+                dst_ip: hawking_schemas::ip::parse_ip("10.2.0.1").unwrap(),
+                src_port: i,
+                dst_port: 443,
+                protocol: 6,
+                tcp_flags: 0,
+                bytes: 1000 + i as u64,
+                packets: 1,
+                sampling_rate: 1,
+                in_if: 1,
+                out_if: 2,
+            })
+            .collect()
+    };
+    send_ipfix(hawking.netflow, "127.0.0.1", &flows(1000));
+    hawking.wait_metric(
+        "hawking_store_rows_written_total",
+        &[("table", "flows")],
+        200.0,
+    );
+    garage.stop();
+    send_ipfix(hawking.netflow, "127.0.0.1", &flows(2000));
+    hawking.wait_metric("hawking_flows_total", &[], 400.0);
+    hawking.wait_metric("hawking_store_commit_errors_total", &[], 1.0);
+    assert_eq!(
+        hawking.metric("hawking_store_rows_written_total", &[("table", "flows")]),
+        200.0,
+        "nothing is stored while the bucket is away"
+    );
+    garage.resume();
+    hawking.wait_metric(
+        "hawking_store_rows_written_total",
+        &[("table", "flows")],
+        400.0,
+    );
+    let report = hawking.stop();
+    assert_eq!(report.rows_committed, 400);
+    assert_eq!(sql_i64(&data, "SELECT count(*) FROM flows"), 400);
+    assert_eq!(
+        sql_i64(&data, "SELECT count(DISTINCT src_port) FROM flows"),
+        400
+    );
 }

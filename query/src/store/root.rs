@@ -106,6 +106,15 @@ impl StoreRoot {
         if options.allow_http {
             builder = builder.with_allow_http(true);
         }
+        // A request the service does not answer fails within seconds, not object_store's
+        // default three minutes: ingest's commit then fails, its rows stay buffered (up to
+        // [store] max_buffered_rows) and the next commit retries, instead of the store's
+        // thread waiting while the sockets overflow.
+        builder = builder.with_retry(object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(10),
+            ..Default::default()
+        });
         // Every request runs on the store's own I/O runtime, whichever runtime (a query's,
         // the upkeep's, none) asks: pooled connections then never belong to a runtime that
         // has stopped or is not being driven.
