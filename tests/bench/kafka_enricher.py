@@ -114,6 +114,8 @@ def main():
     ap.add_argument("--flows", type=int, default=8_000_000)
     ap.add_argument("--fill-rate", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--property", action="append", default=[], metavar="KEY=VALUE",
+                    help="a librdkafka property for both roles ([roles] properties), repeatable")
     args = ap.parse_args()
     ni.HAWKING = os.path.abspath(args.hawking)
     with tempfile.TemporaryDirectory(prefix="hawking-enricher-bench-") as tmp:
@@ -122,6 +124,11 @@ def main():
             config = os.path.join(tmp, "roles.toml")
             with open(config, "w") as f:
                 f.write(f'[roles]\nbrokers = "127.0.0.1:{port}"\n')
+                if args.property:
+                    pairs = ", ".join(
+                        '"{}" = "{}"'.format(*p.split("=", 1)) for p in args.property
+                    )
+                    f.write(f"properties = {{ {pairs} }}\n")
             backlog = fill(tmp, config, args.flows, args.fill_rate)
             print(f"  backlog: {backlog} flows published", file=sys.stderr)
             runs = []
