@@ -176,7 +176,7 @@ impl Config {
     /// is local, else `local_dir`.
     pub fn local_dir(&self) -> PathBuf {
         let data = self.data_location();
-        if data.starts_with("s3://") {
+        if hawking_query::store::root::names_a_bucket(&data) {
             self.local_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("./hawking-local"))

@@ -163,7 +163,7 @@ pub fn is_store(root: &Path) -> bool {
 /// read a store (`sql`, `whois`, `replay`) refuse a wrong `--data` rather than answer from
 /// nothing.
 pub fn require_store(root: &Path) -> Result<(), StoreError> {
-    if root.to_str().is_some_and(|r| r.starts_with("s3://")) {
+    if root.to_str().is_some_and(root::names_a_bucket) {
         // The commands that take a local store only (`store`, `replay`) get a clear answer
         // rather than "no store there".
         return Err(StoreError::NeedsLocalStore {

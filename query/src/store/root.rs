@@ -71,11 +71,18 @@ pub enum TableLocation {
     },
 }
 
+const S3_SCHEME: &str = "s3://";
+
+/// Whether `location` (a `--data` or `data_dir`) names a bucket rather than a directory.
+pub fn names_a_bucket(location: &str) -> bool {
+    location.starts_with(S3_SCHEME)
+}
+
 impl StoreRoot {
     /// The store at `location`: `s3://bucket[/prefix]` for an S3 bucket (reached as
     /// `options` and the environment say), anything else a local directory.
     pub fn open(location: &str, options: &S3Options) -> Result<StoreRoot, StoreError> {
-        let Some(rest) = location.strip_prefix("s3://") else {
+        let Some(rest) = location.strip_prefix(S3_SCHEME) else {
             return Ok(StoreRoot::Local(PathBuf::from(location)));
         };
         let bad = |why: &str| StoreError::BadLocation {
