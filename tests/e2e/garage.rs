@@ -119,14 +119,19 @@ impl Garage {
         .collect()
     }
 
-    /// Runs the `garage` command against this server; fails the test when it fails.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("garage")
+    /// Runs the `garage` command against this server.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("garage")
             .arg("-c")
             .arg(&self.config)
             .args(args)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// As `run`; fails the test when the command fails.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = self.run(args);
         assert!(
             out.status.success(),
             "garage {}: {}",
@@ -140,12 +145,7 @@ impl Garage {
     fn cli_until_ok(&self, args: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = Command::new("garage")
-                .arg("-c")
-                .arg(&self.config)
-                .args(args)
-                .output()
-                .unwrap();
+            let out = self.run(args);
             if out.status.success() {
                 return String::from_utf8_lossy(&out.stdout).into_owned();
             }

@@ -497,6 +497,18 @@ mod tests {
             .collect()
     }
 
+    /// The object at `key`, whole.
+    async fn read(root: &ObjectRoot, key: &Path) -> bytes::Bytes {
+        let location = ObjectPath::from(key.to_string_lossy().as_ref());
+        root.store()
+            .get(&location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    }
+
     async fn count(root: &StoreRoot) -> i64 {
         let ctx = crate::open_session(root, &Default::default())
             .await
@@ -592,14 +604,7 @@ mod tests {
         flushes(&store, 2);
         let files = store.table(Table::Flows).hour_files(H).await.unwrap();
         // What a compaction that crashed before its marker leaves: its upload.
-        let bytes = root
-            .store()
-            .get(&ObjectPath::from(files[0].to_string_lossy().as_ref()))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let bytes = read(&root, &files[0]).await;
         let hour = hour_prefix(&dir, H);
         let orphan = hour
             .clone()
@@ -657,14 +662,7 @@ mod tests {
             .iter()
             .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        let first = root
-            .store()
-            .get(&ObjectPath::from(files[0].to_string_lossy().as_ref()))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let first = read(&root, &files[0]).await;
         let hour = hour_prefix(&dir, H);
         // Two merges of the same two files (each holding the first file's rows, to tell
         // them apart from the originals), both of whose markers got in: "b" is named later.
