@@ -142,15 +142,6 @@ impl StoreRoot {
         })))
     }
 
-    /// The local directory, for the operations only a local store has (`None` on an object
-    /// store).
-    pub fn local_dir(&self) -> Option<&Path> {
-        match self {
-            StoreRoot::Local(dir) => Some(dir),
-            StoreRoot::Object(_) => None,
-        }
-    }
-
     /// `table`'s files.
     pub fn table(&self, table: Table) -> TableLocation {
         match self {
